@@ -1,0 +1,1 @@
+"""The control plane: store backends, planner, gRPC controller service, chaos admin."""

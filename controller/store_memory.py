@@ -1,0 +1,191 @@
+"""The embedded `Store` backend: in-process, optionally persisted to one JSON file.
+
+The default for `elastiq run`, so a single machine needs no server. Same semantics
+as etcd for revisions, CAS, leases and watches. Persistence writes the whole state
+atomically (temp file + rename) after each change; leases are not persisted, so
+keys bound to a lease are gone after a restart, as if their TTL had run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from elastiq.controller.store import KeyValue, Store, StoreError, WatchEvent
+
+
+@dataclass(slots=True)
+class _Lease:
+    ttl_s: float
+    deadline: float
+    keys: set[str] = field(default_factory=set)
+
+
+class MemoryStore(Store):
+    def __init__(self, path: str | None = None) -> None:
+        self._data: dict[str, KeyValue] = {}
+        self._revision = 0
+        self._leases: dict[int, _Lease] = {}
+        self._next_lease = 1
+        self._watchers: list[tuple[str, asyncio.Queue[WatchEvent | None]]] = []
+        self._path = path
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+        if path and os.path.exists(path):
+            self._load(path)
+
+    # persistence -------------------------------------------------------------
+    def _load(self, path: str) -> None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                raw = json.load(fh)
+            self._revision = int(raw["revision"])
+            for key, (value, rev) in raw["data"].items():
+                self._data[key] = KeyValue(key, base64.b64decode(value), int(rev))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"embedded store file {path} is unreadable: {exc}") from exc
+
+    def _persist(self) -> None:
+        if not self._path:
+            return
+        data = {
+            k: (base64.b64encode(kv.value).decode(), kv.mod_revision)
+            for k, kv in self._data.items()
+            if kv.lease == 0
+        }
+        tmp = f"{self._path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"revision": self._revision, "data": data}, fh)
+        os.replace(tmp, self._path)
+
+    # internals ----------------------------------------------------------------
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None and not self._closed:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            self._expire(time.monotonic())
+
+    def _expire(self, now: float) -> None:
+        for lease_id in [lid for lid, lease in self._leases.items() if lease.deadline <= now]:
+            self._drop_lease(lease_id)
+
+    def _drop_lease(self, lease_id: int) -> None:
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return
+        for key in sorted(lease.keys):
+            kv = self._data.get(key)
+            if kv is not None and kv.lease == lease_id:
+                self._remove(key)
+
+    def _notify(self, event: WatchEvent) -> None:
+        for prefix, queue in self._watchers:
+            if event.key.startswith(prefix):
+                queue.put_nowait(event)
+
+    def _write(self, key: str, value: bytes, lease: int) -> int:
+        if lease and lease not in self._leases:
+            raise StoreError(f"lease {lease} does not exist (expired or revoked)")
+        old = self._data.get(key)
+        if old is not None and old.lease and old.lease in self._leases:
+            self._leases[old.lease].keys.discard(key)
+        self._revision += 1
+        self._data[key] = KeyValue(key, bytes(value), self._revision, lease)
+        if lease:
+            self._leases[lease].keys.add(key)
+        self._notify(WatchEvent("put", key, bytes(value), self._revision))
+        self._persist()
+        return self._revision
+
+    def _remove(self, key: str) -> bool:
+        old = self._data.pop(key, None)
+        if old is None:
+            return False
+        self._revision += 1
+        self._notify(WatchEvent("delete", key, b"", self._revision))
+        self._persist()
+        return True
+
+    # Store API ----------------------------------------------------------------
+    async def get(self, key: str) -> KeyValue | None:
+        self._ensure_reaper()
+        self._expire(time.monotonic())
+        return self._data.get(key)
+
+    async def get_prefix(self, prefix: str) -> list[KeyValue]:
+        self._ensure_reaper()
+        self._expire(time.monotonic())
+        return [self._data[k] for k in sorted(self._data) if k.startswith(prefix)]
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        self._ensure_reaper()
+        self._expire(time.monotonic())
+        return self._write(key, value, lease)
+
+    async def compare_and_set(
+        self, key: str, value: bytes, expected_revision: int, lease: int = 0
+    ) -> bool:
+        self._ensure_reaper()
+        self._expire(time.monotonic())
+        current = self._data.get(key)
+        actual = current.mod_revision if current is not None else 0
+        if actual != expected_revision:
+            return False
+        self._write(key, value, lease)
+        return True
+
+    async def delete(self, key: str) -> bool:
+        self._ensure_reaper()
+        return self._remove(key)
+
+    async def grant_lease(self, ttl_s: float) -> int:
+        if ttl_s <= 0:
+            raise StoreError(f"lease TTL must be positive, got {ttl_s}")
+        self._ensure_reaper()
+        lease_id = self._next_lease
+        self._next_lease += 1
+        self._leases[lease_id] = _Lease(ttl_s, time.monotonic() + ttl_s)
+        return lease_id
+
+    async def refresh_lease(self, lease: int) -> bool:
+        now = time.monotonic()
+        self._expire(now)
+        entry = self._leases.get(lease)
+        if entry is None:
+            return False
+        entry.deadline = now + entry.ttl_s
+        return True
+
+    async def revoke_lease(self, lease: int) -> None:
+        self._drop_lease(lease)
+
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:  # type: ignore[override]
+        self._ensure_reaper()
+        queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
+        entry = (prefix, queue)
+        self._watchers.append(entry)
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            if entry in self._watchers:
+                self._watchers.remove(entry)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        for _, queue in self._watchers:
+            queue.put_nowait(None)

@@ -1,0 +1,26 @@
+"""elastiq: elastic hybrid-parallel training that survives the loss of any worker.
+
+The public API is small and imported lazily, so `import elastiq.controller` does
+not pull torch and `import elastiq` stays cheap:
+
+- `JobConfig`, `ModelConfig`: what to train.
+- `run_local`: run a controller and agents on this machine (what `elastiq run` does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["JobConfig", "ModelConfig", "run_local"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("JobConfig", "ModelConfig"):
+        from elastiq import config
+
+        return getattr(config, name)
+    if name == "run_local":
+        from elastiq.local import run_local
+
+        return run_local
+    raise AttributeError(f"module 'elastiq' has no attribute {name!r}")

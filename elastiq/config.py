@@ -1,0 +1,141 @@
+"""The job's training configuration, shared by controller (which owns it) and workers.
+
+Torch-free on purpose: the controller validates and stores it, the agents receive
+it as JSON and hand it to their workers. Every field is checked in __post_init__
+so a bad value fails at submission with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    """Shape of the built-in LLaMA-style decoder (byte-level vocabulary)."""
+
+    dim: int = 64
+    """Hidden size; must be divisible by n_heads."""
+    n_layers: int = 4
+    """Number of transformer blocks (the unit of pipeline stages)."""
+    n_heads: int = 4
+    """Attention heads per block."""
+    vocab: int = 256
+    """Vocabulary size; 256 for raw bytes."""
+    mlp_ratio: float = 2.75
+    """SwiGLU hidden size as a multiple of dim."""
+    dropout: float = 0.0
+    """Dropout probability; RNG is keyed by (seed, step, sample, layer), never rank."""
+
+    def __post_init__(self) -> None:
+        if self.dim <= 0 or self.n_layers <= 0 or self.n_heads <= 0 or self.vocab <= 1:
+            raise ValueError(f"model sizes must be positive (got {self})")
+        if self.dim % self.n_heads != 0 or (self.dim // self.n_heads) % 2 != 0:
+            raise ValueError(
+                f"model.dim={self.dim} must be a multiple of 2*n_heads={2 * self.n_heads} "
+                "(rotary embeddings need an even head size)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"model.mlp_ratio={self.mlp_ratio} must be positive")
+
+
+@dataclass(kw_only=True, slots=True)
+class JobConfig:
+    """Everything that decides the training computation, independent of the layout."""
+
+    job: str = "elastiq"
+    """Job name; keys in the store live under it."""
+    steps: int = 200
+    """Optimizer steps to run."""
+    global_batch: int = 32
+    """Samples per optimizer step, kept through every membership change."""
+    micro_batch: int = 4
+    """Samples per micro-batch; global_batch must be a multiple of it."""
+    seq_len: int = 64
+    """Tokens per sample (bytes)."""
+    lr: float = 3e-3
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps, then cosine decay to lr/10 at `steps`."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    seed: int = 0
+    """Seed for initialisation, data order and dropout."""
+    data: str = ""
+    """fsspec path, directory or glob of text files; empty: Python's standard library."""
+    data_max_bytes: int = 4_000_000
+    """Bytes of the corpus read at most (files in sorted order)."""
+    collective_timeout_s: float = 60.0
+    """Timeout of every collective and point-to-point transfer."""
+    rendezvous_timeout_s: float = 30.0
+    """Timeout for building a generation's process group."""
+    step_delay_s: float = 0.0
+    """Artificial delay per step (demos and chaos timing on fast machines)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model shape."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        if not self.job or not all(c.isalnum() or c in "-_." for c in self.job):
+            raise ValueError(f"job={self.job!r}: use letters, digits, '-', '_' or '.'")
+        if self.steps <= 0:
+            raise ValueError(f"steps={self.steps} must be positive")
+        if self.micro_batch <= 0 or self.global_batch <= 0:
+            raise ValueError("global_batch and micro_batch must be positive")
+        if self.global_batch % self.micro_batch != 0:
+            raise ValueError(
+                f"global_batch={self.global_batch} must be a multiple of "
+                f"micro_batch={self.micro_batch}"
+            )
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len={self.seq_len} must be at least 2")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be positive; warmup_steps, weight_decay, grad_clip >= 0")
+        if self.data_max_bytes < (self.seq_len + 1) * self.global_batch:
+            raise ValueError(
+                f"data_max_bytes={self.data_max_bytes} is smaller than one global batch"
+            )
+        if self.collective_timeout_s <= 0 or self.rendezvous_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.step_delay_s < 0:
+            raise ValueError("step_delay_s must be >= 0")
+
+    @property
+    def micro_batches(self) -> int:
+        return self.global_batch // self.micro_batch
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> JobConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown job config keys {unknown}; known keys: {sorted(known)}")
+        model = raw.get("model", {})
+        if isinstance(model, dict):
+            mknown = {f.name for f in dataclasses.fields(ModelConfig)}
+            bad = sorted(set(model) - mknown)
+            if bad:
+                raise ValueError(f"unknown model config keys {bad}; known: {sorted(mknown)}")
+            raw = {**raw, "model": ModelConfig(**model)}
+        return cls(**raw)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobConfig:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"job config is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError("job config must be a JSON object")
+        return cls.from_dict(raw)

@@ -1,0 +1,1 @@
+"""The wire contract (generated from elastiq.proto); imported by controller and agent."""

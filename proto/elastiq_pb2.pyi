@@ -1,0 +1,358 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChaosAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHAOS_UNSPECIFIED: _ClassVar[ChaosAction]
+    KILL_WORKER: _ClassVar[ChaosAction]
+    KILL_NODE: _ClassVar[ChaosAction]
+    HANG_WORKER: _ClassVar[ChaosAction]
+
+class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_UNSPECIFIED: _ClassVar[EventKind]
+    WORKER_READY: _ClassVar[EventKind]
+    WORKER_EXITED: _ClassVar[EventKind]
+    WORKER_HUNG: _ClassVar[EventKind]
+    COLLECTIVE_ERROR: _ClassVar[EventKind]
+    RECOVERED: _ClassVar[EventKind]
+    FINISHED: _ClassVar[EventKind]
+    CHAOS_INJECTED: _ClassVar[EventKind]
+    WORKER_FAILED: _ClassVar[EventKind]
+CHAOS_UNSPECIFIED: ChaosAction
+KILL_WORKER: ChaosAction
+KILL_NODE: ChaosAction
+HANG_WORKER: ChaosAction
+EVENT_UNSPECIFIED: EventKind
+WORKER_READY: EventKind
+WORKER_EXITED: EventKind
+WORKER_HUNG: EventKind
+COLLECTIVE_ERROR: EventKind
+RECOVERED: EventKind
+FINISHED: EventKind
+CHAOS_INJECTED: EventKind
+WORKER_FAILED: EventKind
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("worker_id", "slot", "pid", "state", "generation", "step")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    slot: int
+    pid: int
+    state: str
+    generation: int
+    step: int
+    def __init__(self, worker_id: _Optional[str] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("token", "node_id", "slots", "address", "workers")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    node_id: str
+    slots: int
+    address: str
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., slots: _Optional[int] = ..., address: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("lease_id", "lease_ttl_s", "heartbeat_interval_s", "config_json", "generation", "job")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    lease_ttl_s: float
+    heartbeat_interval_s: float
+    config_json: str
+    generation: int
+    job: str
+    def __init__(self, lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., config_json: _Optional[str] = ..., generation: _Optional[int] = ..., job: _Optional[str] = ...) -> None: ...
+
+class WorkerProgress(_message.Message):
+    __slots__ = ("worker_id", "rank", "generation", "step", "loss", "tokens_per_s", "step_time_s", "wall_time", "state")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    STEP_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    rank: int
+    generation: int
+    step: int
+    loss: float
+    tokens_per_s: float
+    step_time_s: float
+    wall_time: float
+    state: str
+    def __init__(self, worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., wall_time: _Optional[float] = ..., state: _Optional[str] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("token", "node_id", "lease_id", "progress")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    node_id: str
+    lease_id: int
+    progress: _containers.RepeatedCompositeFieldContainer[WorkerProgress]
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("generation", "known")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    known: bool
+    def __init__(self, generation: _Optional[int] = ..., known: _Optional[bool] = ...) -> None: ...
+
+class WatchPlanRequest(_message.Message):
+    __slots__ = ("token", "node_id")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    node_id: str
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("rank", "worker_id", "node_id", "slot", "holder")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    worker_id: str
+    node_id: str
+    slot: int
+    holder: bool
+    def __init__(self, rank: _Optional[int] = ..., worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., slot: _Optional[int] = ..., holder: _Optional[bool] = ...) -> None: ...
+
+class Transfer(_message.Message):
+    __slots__ = ("src_rank", "dst_rank", "what")
+    SRC_RANK_FIELD_NUMBER: _ClassVar[int]
+    DST_RANK_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    src_rank: int
+    dst_rank: int
+    what: str
+    def __init__(self, src_rank: _Optional[int] = ..., dst_rank: _Optional[int] = ..., what: _Optional[str] = ...) -> None: ...
+
+class Plan(_message.Message):
+    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "transfers", "abort_in_flight", "reason", "created_unix", "state_source")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    ABORT_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    generation: int
+    rendezvous: str
+    world_size: int
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    transfers: _containers.RepeatedCompositeFieldContainer[Transfer]
+    abort_in_flight: bool
+    reason: str
+    created_unix: float
+    state_source: str
+    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., transfers: _Optional[_Iterable[_Union[Transfer, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ...) -> None: ...
+
+class ChaosCommand(_message.Message):
+    __slots__ = ("action", "worker_id", "rank", "at_step", "id")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    AT_STEP_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    action: ChaosAction
+    worker_id: str
+    rank: int
+    at_step: int
+    id: str
+    def __init__(self, action: _Optional[_Union[ChaosAction, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., at_step: _Optional[int] = ..., id: _Optional[str] = ...) -> None: ...
+
+class Directive(_message.Message):
+    __slots__ = ("plan", "chaos", "shutdown")
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    CHAOS_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    plan: Plan
+    chaos: ChaosCommand
+    shutdown: str
+    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ChaosCommand, _Mapping]] = ..., shutdown: _Optional[str] = ...) -> None: ...
+
+class EventReport(_message.Message):
+    __slots__ = ("token", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall_time", "detail", "timings")
+    class TimingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    node_id: str
+    generation: int
+    kind: EventKind
+    worker_id: str
+    rank: int
+    step: int
+    wall_time: float
+    detail: str
+    timings: _containers.ScalarMap[str, float]
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., detail: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class EventAck(_message.Message):
+    __slots__ = ("accepted", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("worker_id", "node_id", "rank", "step", "loss", "state", "pid")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    node_id: str
+    rank: int
+    step: int
+    loss: float
+    state: str
+    pid: int
+    def __init__(self, worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("wall_time", "generation", "kind", "message")
+    WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    wall_time: float
+    generation: int
+    kind: str
+    message: str
+    def __init__(self, wall_time: _Optional[float] = ..., generation: _Optional[int] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Recovery(_message.Message):
+    __slots__ = ("generation", "cause", "failure_time", "resumed_time", "lost_steps", "phases")
+    class PhasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_TIME_FIELD_NUMBER: _ClassVar[int]
+    LOST_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    cause: str
+    failure_time: float
+    resumed_time: float
+    lost_steps: int
+    phases: _containers.ScalarMap[str, float]
+    def __init__(self, generation: _Optional[int] = ..., cause: _Optional[str] = ..., failure_time: _Optional[float] = ..., resumed_time: _Optional[float] = ..., lost_steps: _Optional[int] = ..., phases: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("job", "phase", "generation", "members", "plan", "events", "step", "loss", "tokens_per_s", "failures", "recoveries", "leader", "total_steps")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    RECOVERIES_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    phase: str
+    generation: int
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    plan: Plan
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    step: int
+    loss: float
+    tokens_per_s: float
+    failures: int
+    recoveries: _containers.RepeatedCompositeFieldContainer[Recovery]
+    leader: str
+    total_steps: int
+    def __init__(self, job: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., failures: _Optional[int] = ..., recoveries: _Optional[_Iterable[_Union[Recovery, _Mapping]]] = ..., leader: _Optional[str] = ..., total_steps: _Optional[int] = ...) -> None: ...
+
+class AdminRequest(_message.Message):
+    __slots__ = ("token", "action", "rank", "node_id", "at_step")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_STEP_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    action: ChaosAction
+    rank: int
+    node_id: str
+    at_step: int
+    def __init__(self, token: _Optional[str] = ..., action: _Optional[_Union[ChaosAction, str]] = ..., rank: _Optional[int] = ..., node_id: _Optional[str] = ..., at_step: _Optional[int] = ...) -> None: ...
+
+class AdminResponse(_message.Message):
+    __slots__ = ("accepted", "detail")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    detail: str
+    def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
