@@ -1,0 +1,172 @@
+"""One worker's training state and the data-parallel step over it.
+
+The step is layout-independent by construction: step s consumes global samples
+[(s-1)*B, s*B), split into micro-batches of m samples; rank r of a world of W
+processes the contiguous block `even_split(B/m, W, r)` of them; each sample's
+loss is its mean token loss divided by B (the global batch, not the world), so
+the summed gradient over ranks is the same whatever W is. The gradient buffer
+carries control slots behind it (switch flag, loss sum, sample count), so
+agreeing to change generation at a step boundary costs no extra collective.
+
+Before the optimizer applies step s the state of step s-1 is kept, so a step that
+some survivors applied and others did not (the failure hit mid-collective) can be
+rolled back: the last committed step is the one every survivor holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from elastiq.agent.comm import Group
+from elastiq.agent.data import SampleOrder
+from elastiq.agent.flat import AdamWConfig, FlatAdamW, FlatParams, lr_at
+from elastiq.agent.model import Block, build_unit, num_units
+from elastiq.config import JobConfig
+from elastiq.partition import even_split
+
+# control slots appended to the gradient buffer
+SWITCH, LOSS_SUM, SAMPLES = 0, 1, 2
+CONTROL_SLOTS = 3
+
+
+@dataclass(slots=True)
+class StepResult:
+    step: int
+    loss: float
+    grad_norm: float
+    switch: bool
+    samples: int
+
+
+class TrainState:
+    """Model units, flat parameters, optimizer and a one-step rollback snapshot."""
+
+    def __init__(self, cfg: JobConfig) -> None:
+        self.cfg = cfg
+        self.units = nn.ModuleList(
+            build_unit(cfg.model, u, cfg.seq_len, cfg.seed) for u in range(num_units(cfg.model))
+        )
+        self.flat = FlatParams([(f"u{i}", m) for i, m in enumerate(self.units)], CONTROL_SLOTS)
+        self.opt = FlatAdamW(0, self.flat.numel, AdamWConfig(weight_decay=cfg.weight_decay))
+        self.step = 0
+        self._snap_params = torch.empty_like(self.flat.data)
+        self._snap_avg = torch.empty_like(self.opt.exp_avg)
+        self._snap_avg_sq = torch.empty_like(self.opt.exp_avg_sq)
+        self._snap_step = -1
+
+    # state movement -------------------------------------------------------------
+    def state_tensors(self) -> list[torch.Tensor]:
+        """What a live replica sends a newcomer (after a header of step and opt step)."""
+        return [self.flat.data, self.opt.exp_avg, self.opt.exp_avg_sq]
+
+    def header(self) -> torch.Tensor:
+        return torch.tensor([self.step, self.opt.step_count], dtype=torch.int64)
+
+    def load_header(self, header: torch.Tensor) -> None:
+        self.step = int(header[0])
+        self.opt.step_count = int(header[1])
+        self._snap_step = -1
+
+    def snapshot(self) -> None:
+        self._snap_params.copy_(self.flat.data)
+        self._snap_avg.copy_(self.opt.exp_avg)
+        self._snap_avg_sq.copy_(self.opt.exp_avg_sq)
+        self._snap_step = self.step
+
+    def rollback_to(self, step: int) -> None:
+        if step == self.step:
+            return
+        if self._snap_step != step or self.step != step + 1:
+            raise RuntimeError(
+                f"cannot roll back from step {self.step} to {step}: the snapshot holds "
+                f"step {self._snap_step} (only one step can be undone)"
+            )
+        self.flat.data.copy_(self._snap_params)
+        self.opt.exp_avg.copy_(self._snap_avg)
+        self.opt.exp_avg_sq.copy_(self._snap_avg_sq)
+        self.opt.step_count -= 1
+        self.step = step
+        self._snap_step = -1
+
+    # computation ------------------------------------------------------------------
+    def _dropout_masks(self, step: int, first_sample: int, count: int) -> dict[int, list[torch.Tensor]]:
+        """Masks keyed by (seed, step, sample, layer): identical under any layout."""
+        p = self.cfg.model.dropout
+        shape = (self.cfg.seq_len, self.cfg.model.dim)
+        masks: dict[int, list[torch.Tensor]] = {}
+        for u, unit in enumerate(self.units):
+            if not isinstance(unit, Block):
+                continue
+            pair = []
+            for which in range(2):
+                rows = []
+                for i in range(count):
+                    gen = torch.Generator().manual_seed(
+                        hash((self.cfg.seed, step, first_sample + i, u, which)) & 0x7FFF_FFFF
+                    )
+                    rows.append((torch.rand(shape, generator=gen) >= p).float() / (1 - p))
+                pair.append(torch.stack(rows))
+            masks[u] = pair
+        return masks
+
+    def loss_of(self, tokens: torch.Tensor, step: int, first_sample: int) -> torch.Tensor:
+        """Per-sample mean token losses of a micro-batch [m, seq_len+1]."""
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        masks = (
+            self._dropout_masks(step, first_sample, tokens.shape[0])
+            if self.cfg.model.dropout > 0
+            else {}
+        )
+        h: torch.Tensor = x
+        for u, unit in enumerate(self.units):
+            h = unit(h, masks.get(u)) if isinstance(unit, Block) else unit(h)
+        per_token = F.cross_entropy(h.reshape(-1, h.shape[-1]), y.reshape(-1), reduction="none")
+        return per_token.view(tokens.shape[0], -1).mean(dim=1)
+
+
+def my_micro_batches(cfg: JobConfig, rank: int, world: int) -> range:
+    lo, hi = even_split(cfg.micro_batches, world, rank)
+    return range(lo, hi)
+
+
+def run_step(
+    state: TrainState, group: Group, order: SampleOrder, step: int, want_switch: bool
+) -> StepResult:
+    """Forward/backward this rank's micro-batches of `step`, reduce, clip, update."""
+    cfg = state.cfg
+    flat = state.flat
+    flat.zero_grad()
+    base = (step - 1) * cfg.global_batch
+    for mb in my_micro_batches(cfg, group.rank, group.world):
+        first = base + mb * cfg.micro_batch
+        losses = state.loss_of(order.samples(first, cfg.micro_batch), step, first)
+        (losses.sum() / cfg.global_batch).backward()
+        flat.extra[LOSS_SUM] += float(losses.detach().sum())
+        flat.extra[SAMPLES] += cfg.micro_batch
+    flat.extra[SWITCH] = 1.0 if want_switch else 0.0
+    group.allreduce_sum_(flat.grad_and_extra)
+    samples = int(flat.extra[SAMPLES])
+    if samples != cfg.global_batch:
+        raise RuntimeError(
+            f"step {step} covered {samples} samples, expected {cfg.global_batch}: "
+            "micro-batch routing disagrees between ranks"
+        )
+    norm = float(flat.grad.norm())
+    if cfg.grad_clip and norm > cfg.grad_clip and math.isfinite(norm):
+        flat.grad.mul_(cfg.grad_clip / (norm + 1e-6))
+    state.snapshot()
+    lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps)
+    state.opt.step(flat.data, flat.grad, lr)
+    state.step = step
+    return StepResult(
+        step=step,
+        loss=float(flat.extra[LOSS_SUM]) / cfg.global_batch,
+        grad_norm=norm,
+        switch=bool(flat.extra[SWITCH] > 0),
+        samples=samples,
+    )

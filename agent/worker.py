@@ -1,0 +1,286 @@
+"""The worker process: trains under the newest plan and survives its peers' loss.
+
+Lifecycle: read the job config from the agent, build the model and data, say
+`ready`, wait for a plan that names this worker, then loop:
+
+- join(plan): rendezvous for the plan's generation (a fresh gloo group under the
+  prefix job/g<generation>/ of the rendezvous store the plan names), agree on the
+  last committed step (the lowest step among ranks that hold valid state; a rank
+  one step ahead rolls back), and copy parameters and optimizer state from live
+  replicas to ranks that have none (newcomers).
+- train: steps until the last, reporting each to the agent. A plan that drops a
+  member of this generation (abort_in_flight) supersedes the step in flight at
+  once; any other newer plan (a join, a controller takeover) is adopted at the
+  next step boundary, agreed in-band through the gradient reduction.
+- on a failed or superseded collective: wait for a newer plan and join it. The
+  process, its tensors and its data are kept: only the communicator is rebuilt.
+
+Run by the agent as `python -m elastiq.agent.worker --read-fd R --write-fd W`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import torch
+from google.protobuf import json_format
+
+from elastiq import logs
+from elastiq.agent.channel import Channel
+from elastiq.agent.comm import CollectiveFailed, Group, RendezvousClient, Superseded
+from elastiq.agent.data import SampleOrder, load_corpus
+from elastiq.agent.trainer import TrainState, run_step
+from elastiq.config import JobConfig
+from elastiq.partition import assign_donors
+from elastiq.proto import elastiq_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+ALIVE_INTERVAL_S = 0.25
+EXIT_OK, EXIT_CONFIG, EXIT_STATE_LOST, EXIT_NO_PLAN = 0, 2, 3, 4
+
+
+class StateLost(Exception):
+    """No rank of the generation holds valid state (and no other source was given)."""
+
+
+class PlanBox:
+    """The newest plan the agent has relayed; thread-safe."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._plan: pb.Plan | None = None
+        self._abort_above = 0
+        self.shutdown = False
+
+    def offer(self, plan: pb.Plan) -> None:
+        with self._cond:
+            if self._plan is None or plan.generation > self._plan.generation:
+                self._plan = plan
+                if plan.abort_in_flight:
+                    self._abort_above = max(self._abort_above, plan.generation)
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self.shutdown = True
+            self._cond.notify_all()
+
+    def newest_generation(self) -> int:
+        with self._cond:
+            return self._plan.generation if self._plan is not None else 0
+
+    def aborts(self, generation: int) -> bool:
+        """True when a plan newer than `generation` drops one of its members."""
+        return self._abort_above > generation
+
+    def wait_newer(self, generation: int, timeout_s: float) -> pb.Plan | None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not self.shutdown:
+                if self._plan is not None and self._plan.generation > generation:
+                    return self._plan
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(min(left, 0.5))
+        return None
+
+
+class Worker:
+    def __init__(self, channel: Channel, cfg: JobConfig, worker_id: str, node_id: str) -> None:
+        self.channel = channel
+        self.cfg = cfg
+        self.worker_id = worker_id
+        self.node_id = node_id
+        self.plans = PlanBox()
+        self.rendezvous = RendezvousClient()
+        self.state = TrainState(cfg)
+        self.order = SampleOrder(load_corpus(cfg.data, cfg.data_max_bytes), cfg.seq_len, cfg.seed)
+        self.valid = False  # holds the job's state (init at generation 1, or received)
+        self.group: Group | None = None
+        self.generation = 0
+        self.rank = -1
+        self.last_step_time = time.time()
+        logs.context.job = cfg.job
+
+    # agent link -------------------------------------------------------------------
+    def _listen(self) -> None:
+        while True:
+            message = self.channel.recv()
+            if message is None or message.get("type") == "shutdown":
+                self.plans.stop()
+                return
+            if message.get("type") == "plan":
+                plan = json_format.ParseDict(message["plan"], pb.Plan())
+                self.plans.offer(plan)
+
+    def _alive(self) -> None:
+        while not self.plans.shutdown:
+            if not self.channel.send({"type": "alive", "t": time.time()}):
+                return
+            time.sleep(ALIVE_INTERVAL_S)
+
+    def event(self, kind: str, detail: str = "", **extra: Any) -> None:
+        self.channel.send(
+            {"type": "event", "kind": kind, "detail": detail, "generation": self.generation,
+             "rank": self.rank, "step": self.state.step, "wall": time.time(), **extra}
+        )
+
+    # protocol ---------------------------------------------------------------------
+    def my_assignment(self, plan: pb.Plan) -> pb.Assignment | None:
+        for a in plan.assignments:
+            if a.worker_id == self.worker_id:
+                return a
+        return None
+
+    def join(self, plan: pb.Plan) -> dict[str, float]:
+        """Enter `plan`'s generation: new communicator, agreed step, state to newcomers."""
+        mine = self.my_assignment(plan)
+        if mine is None:
+            raise ValueError(f"plan {plan.generation} does not name worker {self.worker_id}")
+        t0 = time.time()
+        self.generation, self.rank = plan.generation, mine.rank
+        logs.context.generation, logs.context.rank = plan.generation, mine.rank
+        if plan.state_source == "init" and not self.valid and self.state.step == 0:
+            self.valid = True
+        self.group = None
+        store = self.rendezvous.store(plan.rendezvous, self.cfg.rendezvous_timeout_s)
+        group = Group.build(
+            store, f"{plan.job}/g{plan.generation}/", mine.rank, plan.world_size,
+            plan.generation, self.cfg.collective_timeout_s, self.cfg.rendezvous_timeout_s,
+            lambda: self.plans.aborts(plan.generation),
+        )
+        t_comm = time.time()
+        info = torch.tensor([self.state.step if self.valid else -1, int(self.valid)], dtype=torch.int64)
+        table = group.allgather(info)
+        valid = [bool(t[1]) for t in table]
+        if not any(valid):
+            raise StateLost(
+                f"generation {plan.generation}: no member holds the job's state "
+                f"(every holder of the previous generation is gone)"
+            )
+        committed = min(int(t[0]) for t in table if t[1])
+        rolled_back = self.valid and self.state.step > committed
+        if self.valid:
+            self.state.rollback_to(committed)
+        moved = 0
+        for src, dst in assign_donors(valid):
+            if src == mine.rank:
+                group.send(self.state.header(), dst)
+                for tensor in self.state.state_tensors():
+                    group.send(tensor, dst)
+                    moved += tensor.numel() * tensor.element_size()
+            elif dst == mine.rank:
+                header = torch.empty(2, dtype=torch.int64)
+                group.recv(header, src)
+                for tensor in self.state.state_tensors():
+                    group.recv(tensor, src)
+                    moved += tensor.numel() * tensor.element_size()
+                self.state.load_header(header)
+                self.valid = True
+        self.group = group
+        logs.context.step = self.state.step
+        t_end = time.time()
+        timings = {"comm_rebuild_s": t_comm - t0, "migrate_s": t_end - t_comm, "join_start": t0}
+        log.info(
+            "joined generation %d as rank %d/%d at committed step %d%s; comm %.3fs, migrate %.3fs "
+            "(%d bytes)", plan.generation, mine.rank, plan.world_size, committed,
+            " (rolled back one step)" if rolled_back else "", t_comm - t0, t_end - t_comm, moved,
+        )
+        self.event("joined", f"rank {mine.rank}/{plan.world_size}", timings=timings,
+                   committed=committed, moved_bytes=moved, rolled_back=rolled_back)
+        return timings
+
+    def train(self) -> pb.Plan | None:
+        """Run steps; return a newer plan to switch to, or None when the last step is done."""
+        assert self.group is not None  # noqa: S101 -- set by join(), internal invariant
+        group = self.group
+        first_in_generation = True
+        while self.state.step < self.cfg.steps:
+            step = self.state.step + 1
+            t0 = time.perf_counter()
+            want_switch = self.plans.newest_generation() > self.generation
+            result = run_step(self.state, group, self.order, step, want_switch)
+            if self.cfg.step_delay_s:
+                time.sleep(self.cfg.step_delay_s)
+            elapsed = time.perf_counter() - t0
+            logs.context.step = step
+            self.channel.send(
+                {"type": "step", "step": step, "loss": result.loss, "gen": self.generation,
+                 "rank": self.rank, "wall": time.time(), "step_time": elapsed,
+                 "tokens_per_s": self.cfg.global_batch * self.cfg.seq_len / elapsed,
+                 "first_in_generation": first_in_generation}
+            )
+            first_in_generation = False
+            if result.switch:
+                plan = self.plans.wait_newer(self.generation, self.cfg.rendezvous_timeout_s)
+                if plan is None:
+                    raise CollectiveFailed("a peer announced a new generation that never arrived")
+                return plan
+        return None
+
+    def run(self) -> int:
+        threading.Thread(target=self._listen, name="agent-listener", daemon=True).start()
+        threading.Thread(target=self._alive, name="alive", daemon=True).start()
+        self.channel.send({"type": "ready", "pid": os.getpid()})
+        plan = self.plans.wait_newer(0, float("inf"))
+        while plan is not None:
+            if self.my_assignment(plan) is None:
+                log.info("generation %d does not include this worker; leaving", plan.generation)
+                return EXIT_OK
+            try:
+                self.join(plan)
+                plan = self.train()
+                if plan is None:
+                    self.channel.send({"type": "finished", "step": self.state.step,
+                                       "gen": self.generation, "wall": time.time()})
+                    # stay: a peer that failed in the last step may still need this state
+                    plan = self.plans.wait_newer(self.generation, float("inf"))
+            except (Superseded, CollectiveFailed) as exc:
+                self.group = None
+                log.warning("generation %d interrupted: %s", self.generation, exc)
+                self.event("interrupted", str(exc))
+                plan = self.plans.wait_newer(self.generation, 120.0)
+                if plan is None and not self.plans.shutdown:
+                    log.error("no newer plan within 120 s after a failure; exiting")
+                    return EXIT_NO_PLAN
+            except StateLost as exc:
+                log.error("%s", exc)
+                self.event("state_lost", str(exc))
+                return EXIT_STATE_LOST
+        return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="elastiq worker (started by the agent)")
+    parser.add_argument("--read-fd", type=int, required=True)
+    parser.add_argument("--write-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    channel = Channel(args.read_fd, args.write_fd)
+    hello = channel.recv()
+    if hello is None or hello.get("type") != "config":
+        print("worker: the agent did not send a config first", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.setup(hello.get("log_level", "INFO"), role=f"worker[{hello['worker_id']}]")
+    torch.set_num_threads(1)
+    try:
+        cfg = JobConfig.from_json(hello["config"])
+    except ValueError as exc:
+        log.error("invalid job config: %s", exc)
+        return EXIT_CONFIG
+    worker = Worker(channel, cfg, hello["worker_id"], hello["node_id"])
+    try:
+        return worker.run()
+    finally:
+        channel.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
