@@ -200,8 +200,9 @@ class Worker:
 
     def train(self) -> pb.Plan | None:
         """Run steps; return a newer plan to switch to, or None when the last step is done."""
-        assert self.group is not None  # noqa: S101 -- set by join(), internal invariant
         group = self.group
+        if group is None:
+            raise RuntimeError("train() called before join() built this generation's group")
         first_in_generation = True
         while self.state.step < self.cfg.steps:
             step = self.state.step + 1
@@ -258,7 +259,23 @@ class Worker:
         return EXIT_OK
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its agent dies, as losing a node would."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os._exit(EXIT_NO_PLAN)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
     parser = argparse.ArgumentParser(description="elastiq worker (started by the agent)")
     parser.add_argument("--read-fd", type=int, required=True)
     parser.add_argument("--write-fd", type=int, required=True)

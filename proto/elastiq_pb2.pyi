@@ -208,7 +208,7 @@ class Directive(_message.Message):
     def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ChaosCommand, _Mapping]] = ..., shutdown: _Optional[str] = ...) -> None: ...
 
 class EventReport(_message.Message):
-    __slots__ = ("token", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall_time", "detail", "timings")
+    __slots__ = ("token", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall_time", "detail", "timings", "slot", "pid", "loss")
     class TimingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +226,9 @@ class EventReport(_message.Message):
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
     token: str
     node_id: str
     generation: int
@@ -236,7 +239,10 @@ class EventReport(_message.Message):
     wall_time: float
     detail: str
     timings: _containers.ScalarMap[str, float]
-    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., detail: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    slot: int
+    pid: int
+    loss: float
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., detail: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class EventAck(_message.Message):
     __slots__ = ("accepted", "reason")

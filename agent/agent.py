@@ -1,0 +1,344 @@
+"""The node agent: one per node, owns that node's workers.
+
+It registers with the controller (trying each address it was given, so it
+follows a takeover), heartbeats on its lease, relays plans from its stream to the
+workers they name (telling a dropped worker to leave), and watches its workers:
+an exit is reported at once; a worker silent for `liveness_timeout_s` (SIGSTOP,
+a wedged interpreter) or without a step for `progress_timeout_s` is killed,
+turning a hang into a crash the job recovers from. Chaos commands arrive on the
+same stream and are executed here, at the step they name.
+
+If the controller goes away the workers keep training; the agent re-registers
+with the workers it still has and the new leader takes them in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from elastiq import rpc
+from elastiq.agent.workers import WorkerProcess, spawn_worker, stop_workers
+from elastiq.proto import elastiq_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class AgentConfig:
+    """How an agent finds its controller and watches its workers."""
+
+    controllers: list[str] = field(default_factory=list)
+    """Controller addresses (host:port), tried in turn."""
+    token: str = ""
+    """The job's token."""
+    node_id: str = ""
+    """This node's id; default hostname-pid."""
+    slots: int = 1
+    """Workers to run on this node."""
+    liveness_timeout_s: float = 5.0
+    """Kill a worker that has sent nothing (not even `alive`) for this long."""
+    progress_timeout_s: float = 300.0
+    """Kill a planned worker that has committed no step for this long."""
+    log_level: str = "INFO"
+    """Log level for the agent and its workers."""
+
+    def __post_init__(self) -> None:
+        if not self.controllers:
+            raise ValueError("at least one controller address is needed (--controller host:port)")
+        for address in self.controllers:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"controller address {address!r} is not host:port")
+        if not 1 <= self.slots <= 1024:
+            raise ValueError(f"slots={self.slots} must be in 1..1024")
+        if self.liveness_timeout_s <= 0 or self.progress_timeout_s <= 0:
+            raise ValueError("watchdog timeouts must be positive")
+        if not self.node_id:
+            self.node_id = f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.workers: dict[str, WorkerProcess] = {}
+        self.plan: pb.Plan | None = None
+        self.config_json = ""
+        self.lease = 0
+        self.heartbeat_s = 0.5
+        self.client: rpc.ControllerClient | None = None
+        self.outbox: asyncio.Queue[pb.EventReport] = asyncio.Queue()
+        self.chaos: list[pb.ChaosCommand] = []
+        self.shutdown: str | None = None
+        self.done = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # controller session --------------------------------------------------------------
+    async def _register(self) -> None:
+        attempt = 0
+        while self.shutdown is None:
+            address = self.config.controllers[attempt % len(self.config.controllers)]
+            client = rpc.ControllerClient(address)
+            request = pb.RegisterRequest(
+                token=self.config.token, node_id=self.config.node_id, slots=self.config.slots,
+                address=socket.gethostname(),
+            )
+            for w in self.workers.values():
+                if w.state != "gone":
+                    request.workers.add(worker_id=w.worker_id, slot=w.slot, pid=w.pid,
+                                        state=w.state, generation=w.generation, step=w.step)
+            try:
+                reply = await client.call("Register", request)
+            except rpc.RpcRetryable as exc:
+                await client.close()
+                attempt += 1
+                log.info("controller %s unavailable (%s); retrying", address, exc)
+                await asyncio.sleep(min(1.0, 0.1 * attempt))
+                continue
+            except rpc.RpcRejected:
+                await client.close()
+                raise
+            if self.client is not None:
+                await self.client.close()
+            self.client = client
+            self.lease = reply.lease_id
+            self.heartbeat_s = reply.heartbeat_interval_s
+            self.config_json = reply.config_json
+            log.info("registered with %s as %s (lease %d)", address, self.config.node_id, self.lease)
+            return
+
+    async def _session(self) -> None:
+        """Stream and heartbeat until either breaks; the caller re-registers."""
+        if self.client is None:
+            return
+        stream = asyncio.ensure_future(self._stream(self.client))
+        beat = asyncio.ensure_future(self._heartbeat(self.client))
+        done, pending = await asyncio.wait({stream, beat}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, rpc.RpcRetryable | rpc.RpcRejected):
+                raise exc
+
+    async def _stream(self, client: rpc.ControllerClient) -> None:
+        request = pb.WatchPlanRequest(token=self.config.token, node_id=self.config.node_id)
+        async for directive in client.stream("WatchPlan", request):
+            kind = directive.WhichOneof("kind")
+            if kind == "plan":
+                self._relay_plan(directive.plan)
+            elif kind == "chaos":
+                self.chaos.append(directive.chaos)
+            elif kind == "shutdown":
+                self.shutdown = directive.shutdown
+                log.info("controller says the job is over: %s", directive.shutdown)
+                return
+
+    async def _heartbeat(self, client: rpc.ControllerClient) -> None:
+        while self.shutdown is None:
+            request = pb.HeartbeatRequest(
+                token=self.config.token, node_id=self.config.node_id, lease_id=self.lease
+            )
+            for w in self.workers.values():
+                if w.state in ("running", "finished"):
+                    request.progress.add(
+                        worker_id=w.worker_id, rank=w.rank, generation=w.generation, step=w.step,
+                        loss=w.loss, tokens_per_s=w.tokens_per_s, step_time_s=w.step_time_s,
+                        wall_time=w.step_wall, state=w.state,
+                    )
+            reply = await client.call("Heartbeat", request)
+            if not reply.known:
+                log.warning("the controller does not know this node any more; re-registering")
+                return
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _sender(self) -> None:
+        while True:
+            report = await self.outbox.get()
+            if self.client is None:
+                continue
+            report.token, report.node_id = self.config.token, self.config.node_id
+            try:
+                ack = await self.client.call("ReportEvent", report)
+                if not ack.accepted:
+                    log.info("controller ignored %s: %s", pb.EventKind.Name(report.kind), ack.reason)
+            except (rpc.RpcRetryable, rpc.RpcRejected) as exc:
+                log.warning("could not report %s: %s", pb.EventKind.Name(report.kind), exc)
+
+    def report(self, kind: int, worker: WorkerProcess | None, detail: str = "", **fields: Any) -> None:
+        timings = fields.pop("timings", None)
+        fields.setdefault("wall_time", time.time())
+        fields.setdefault("generation", self.plan.generation if self.plan else 0)
+        report = pb.EventReport(kind=kind, detail=detail, **fields)
+        if worker is not None:
+            report.worker_id, report.rank, report.slot, report.pid = (
+                worker.worker_id, worker.rank, worker.slot, worker.pid,
+            )
+        if timings:
+            report.timings.update(timings)
+        self.outbox.put_nowait(report)
+
+    # workers -----------------------------------------------------------------------------
+    def _relay_plan(self, plan: pb.Plan) -> None:
+        if self.plan is not None and plan.generation <= self.plan.generation:
+            return
+        self.plan = plan
+        named = {a.worker_id: a for a in plan.assignments}
+        for w in self.workers.values():
+            if w.state == "gone":
+                continue
+            if w.worker_id in named:
+                w.rank = named[w.worker_id].rank
+                self._relay_plan_to(w, plan)
+            elif w.planned:
+                log.info("generation %d drops %s; telling it to leave", plan.generation, w.worker_id)
+                w.send({"type": "shutdown"})
+
+    def _on_worker_message(self, worker: WorkerProcess, message: dict[str, Any] | None) -> None:
+        if message is None:
+            return
+        kind = message.get("type")
+        now = time.monotonic()
+        worker.last_alive = now
+        if kind == "ready":
+            worker.state = "ready"
+            worker.last_progress = now
+            self.report(pb.WORKER_READY, worker, "ready")
+            if self.plan is not None and any(a.worker_id == worker.worker_id for a in self.plan.assignments):
+                self._relay_plan_to(worker, self.plan)
+        elif kind == "step":
+            worker.state = "running"
+            worker.last_progress = now
+            worker.step, worker.loss = int(message["step"]), float(message["loss"])
+            worker.tokens_per_s = float(message["tokens_per_s"])
+            worker.step_time_s = float(message["step_time"])
+            worker.step_wall, worker.generation = float(message["wall"]), int(message["gen"])
+            if message.get("first_in_generation"):
+                self.report(pb.RECOVERED, worker, "first_step", step=worker.step,
+                            generation=worker.generation,
+                            timings={"first_step_end": worker.step_wall})
+        elif kind == "event":
+            worker.last_progress = now
+            if message["kind"] == "joined":
+                worker.generation = int(message["generation"])
+                self.report(pb.RECOVERED, worker, "joined", step=int(message["committed"]),
+                            generation=worker.generation, timings=message.get("timings", {}))
+            elif message["kind"] == "interrupted":
+                self.report(pb.COLLECTIVE_ERROR, worker, message.get("detail", "")[:500],
+                            generation=int(message["generation"]))
+            elif message["kind"] == "state_lost":
+                self.report(pb.WORKER_FAILED, worker, message.get("detail", "")[:500])
+        elif kind == "finished":
+            worker.state = "finished"
+            worker.step = int(message["step"])
+            self.report(pb.FINISHED, worker, "finished", step=worker.step, loss=worker.loss,
+                        generation=int(message["gen"]))
+
+    def _relay_plan_to(self, worker: WorkerProcess, plan: pb.Plan) -> None:
+        worker.planned = True
+        worker.send({"type": "plan", "plan": json_format.MessageToDict(plan, preserving_proto_field_name=True)})
+
+    async def _supervise(self) -> None:
+        while not self.done.is_set():
+            now = time.monotonic()
+            for w in list(self.workers.values()):
+                if w.state == "gone":
+                    continue
+                code = w.proc.poll()
+                if code is not None:
+                    w.state = "gone"
+                    if self.shutdown is None and not w.exit_reported:
+                        w.exit_reported = True
+                        self.report(pb.WORKER_EXITED, w, f"exited with code {code}")
+                    continue
+                if w.state == "starting":
+                    continue
+                silent = now - w.last_alive
+                if silent > self.config.liveness_timeout_s:
+                    self._kill_hung(w, f"sent nothing for {silent:.1f}s (hung or stopped)")
+                elif (w.planned and w.state == "running"
+                      and now - w.last_progress > self.config.progress_timeout_s):
+                    self._kill_hung(w, f"no step for {now - w.last_progress:.1f}s")
+            self._run_due_chaos()
+            await asyncio.sleep(0.02)
+
+    def _kill_hung(self, w: WorkerProcess, why: str) -> None:
+        log.warning("watchdog: worker %s %s; killing it", w.worker_id, why)
+        w.signal(signal.SIGKILL)
+        w.exit_reported = True
+        self.report(pb.WORKER_HUNG, w, f"killed by the watchdog: {why}")
+
+    def _run_due_chaos(self) -> None:
+        for command in list(self.chaos):
+            if command.action == pb.KILL_NODE:
+                due = all(w.step >= command.at_step for w in self.workers.values() if w.planned)
+            else:
+                target = self.workers.get(command.worker_id)
+                if target is None or target.state == "gone":
+                    self.chaos.remove(command)
+                    continue
+                due = target.step >= command.at_step
+            if not due:
+                continue
+            self.chaos.remove(command)
+            self._inject(command)
+
+    def _inject(self, command: pb.ChaosCommand) -> None:
+        now = time.time()
+        if command.action == pb.KILL_NODE:
+            log.warning("chaos: killing node %s (agent and its workers)", self.config.node_id)
+            for w in self.workers.values():
+                w.signal(signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
+            return
+        target = self.workers[command.worker_id]
+        if command.action == pb.KILL_WORKER:
+            target.signal(signal.SIGKILL)
+            what = "kill-worker"
+        else:
+            target.signal(signal.SIGSTOP)
+            target.stopped = True
+            what = "hang (SIGSTOP)"
+        log.warning("chaos: %s on %s at step %d", what, target.worker_id, target.step)
+        self.report(pb.CHAOS_INJECTED, target, what, wall_time=now, step=target.step)
+
+    # main ------------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until the controller ends the job; returns 0 if it succeeded."""
+        self._loop = asyncio.get_running_loop()
+        sender = asyncio.ensure_future(self._sender())
+        supervisor: asyncio.Future[None] | None = None
+        try:
+            await self._register()
+            for slot in range(self.config.slots):
+                worker_id = f"{self.config.node_id}.w{slot}"
+                self.workers[worker_id] = spawn_worker(
+                    worker_id, self.config.node_id, slot, self.config_json,
+                    self.config.log_level, self._loop, self._on_worker_message,
+                )
+            supervisor = asyncio.ensure_future(self._supervise())
+            while self.shutdown is None:
+                await self._session()
+                if self.shutdown is None:
+                    await asyncio.sleep(0.1)
+                    await self._register()
+        finally:
+            self.done.set()
+            if supervisor is not None:
+                supervisor.cancel()
+            await asyncio.get_running_loop().run_in_executor(
+                None, stop_workers, list(self.workers.values()), 10.0
+            )
+            await asyncio.sleep(0.1)
+            sender.cancel()
+            if self.client is not None:
+                await self.client.close()
+        return 0 if self.shutdown == "Succeeded" else 1

@@ -1,0 +1,115 @@
+"""Worker processes as the agent sees them: spawn, message pump, signals.
+
+Each worker is a child process `python -m elastiq.agent.worker` with two
+inherited pipes (see channel.py). A reader thread per worker hands its
+messages to the agent's event loop. The worker arranges to die with its agent
+(PR_SET_PDEATHSIG), so losing the agent loses its workers, as losing a node would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from elastiq.agent.channel import Channel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class WorkerProcess:
+    worker_id: str
+    slot: int
+    proc: subprocess.Popen[bytes]
+    channel: Channel
+    state: str = "starting"  # starting | ready | running | finished | gone
+    started: float = field(default_factory=time.monotonic)
+    last_alive: float = field(default_factory=time.monotonic)
+    last_progress: float = field(default_factory=time.monotonic)
+    step: int = 0
+    loss: float = 0.0
+    tokens_per_s: float = 0.0
+    step_time_s: float = 0.0
+    step_wall: float = 0.0
+    generation: int = 0
+    rank: int = -1
+    planned: bool = False
+    stopped: bool = False  # SIGSTOPped by chaos
+    exit_reported: bool = False
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def send(self, message: dict[str, Any]) -> bool:
+        return self.channel.send(message)
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.kill(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def spawn_worker(
+    worker_id: str,
+    node_id: str,
+    slot: int,
+    config_json: str,
+    log_level: str,
+    loop: asyncio.AbstractEventLoop,
+    on_message: Callable[[WorkerProcess, dict[str, Any] | None], None],
+) -> WorkerProcess:
+    """Start one worker and its reader thread; the config is its first message."""
+    to_worker_r, to_worker_w = os.pipe()
+    to_agent_r, to_agent_w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "elastiq.agent.worker",
+         "--read-fd", str(to_worker_r), "--write-fd", str(to_agent_w)],
+        pass_fds=(to_worker_r, to_agent_w),
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(to_worker_r)
+    os.close(to_agent_w)
+    worker = WorkerProcess(worker_id, slot, proc, Channel(to_agent_r, to_worker_w))
+    worker.send({"type": "config", "config": config_json, "worker_id": worker_id,
+                 "node_id": node_id, "log_level": log_level})
+
+    def pump() -> None:
+        while True:
+            message = worker.channel.recv()
+            loop.call_soon_threadsafe(on_message, worker, message)
+            if message is None:
+                return
+
+    threading.Thread(target=pump, name=f"pump-{worker_id}", daemon=True).start()
+    log.info("started worker %s (pid %d)", worker_id, proc.pid)
+    return worker
+
+
+def stop_workers(workers: list[WorkerProcess], grace_s: float) -> None:
+    """Ask workers to leave, then kill whatever is still running after `grace_s`."""
+    for w in workers:
+        if w.proc.poll() is None:
+            if w.stopped:
+                w.signal(signal.SIGCONT)
+            w.send({"type": "shutdown"})
+    deadline = time.monotonic() + grace_s
+    for w in workers:
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            w.proc.wait(left)
+        except subprocess.TimeoutExpired:
+            log.warning("worker %s did not exit in %.1fs; killing it", w.worker_id, grace_s)
+            w.signal(signal.SIGKILL)
+            w.proc.wait(5)
+        w.channel.close()

@@ -1,0 +1,555 @@
+"""The controller's model of one job: members, generations, plans, recoveries.
+
+Sits between the gRPC service (which validates input and calls in here) and the
+store (the only place state is written, by this controller alone while it leads).
+Every membership change goes through `_replan`, which coalesces changes that
+arrive within a few tens of milliseconds (two failures in one step become one
+generation), asks the pure planner for a layout, writes it with compare-and-set
+and pushes it to every agent's stream.
+
+Failure sources handled here: a worker's exit or watchdog kill (reported by its
+agent), an agent's stream closing (process gone), an agent's lease expiring
+(node cut off). Joins are workers reported ready; they are planned at once and
+adopted by the running workers at their next step boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+
+from elastiq.config import JobConfig
+from elastiq.controller.metrics import ControllerMetrics
+from elastiq.controller.planner import Layout, PlanError, WorkerRef, make_plan
+from elastiq.controller.store import Store
+from elastiq.controller.wire import layout_to_plan, plan_to_layout
+from elastiq.proto import elastiq_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class ControllerConfig:
+    """Control-plane timing and admission; the training itself is in JobConfig."""
+
+    token: str = ""
+    """Shared secret every agent and admin call must carry (empty: no check)."""
+    lease_ttl_s: float = 3.0
+    """An agent that misses heartbeats for this long is declared lost."""
+    heartbeat_interval_s: float = 0.5
+    """How often agents heartbeat (must be well under lease_ttl_s)."""
+    min_workers: int = 1
+    """Ready workers needed before the first generation is planned."""
+    settle_s: float = 1.0
+    """After min_workers are ready, wait this long for more before planning."""
+    coalesce_s: float = 0.05
+    """Membership changes within this window become one generation."""
+    takeover_grace_s: float = 5.0
+    """After a takeover, how long to wait for the old plan's agents to come back."""
+    events_kept: int = 200
+    """Events kept for `elastiq status`."""
+
+    def __post_init__(self) -> None:
+        if self.lease_ttl_s <= 0 or self.heartbeat_interval_s <= 0:
+            raise ValueError("lease_ttl_s and heartbeat_interval_s must be positive")
+        if self.heartbeat_interval_s * 2 > self.lease_ttl_s:
+            raise ValueError(
+                f"heartbeat_interval_s={self.heartbeat_interval_s} must be at most half of "
+                f"lease_ttl_s={self.lease_ttl_s}, or one late heartbeat loses the node"
+            )
+        if self.min_workers < 1:
+            raise ValueError(f"min_workers={self.min_workers} must be at least 1")
+        if self.settle_s < 0 or self.coalesce_s < 0 or self.takeover_grace_s < 0:
+            raise ValueError("settle_s, coalesce_s and takeover_grace_s must be >= 0")
+
+
+@dataclass(slots=True)
+class WorkerState:
+    ref: WorkerRef
+    pid: int = 0
+    state: str = "ready"  # ready | running | finished
+    progress: pb.WorkerProgress | None = None
+    first_step_wall: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class NodeState:
+    node_id: str
+    slots: int
+    address: str
+    lease: int
+    workers: dict[str, WorkerState] = field(default_factory=dict)
+    queue: asyncio.Queue[pb.Directive] = field(default_factory=asyncio.Queue)
+    streams: int = 0
+
+
+@dataclass(slots=True)
+class PendingRecovery:
+    cause: str
+    failure_time: float
+    detect_time: float
+    last_committed_before: int
+    plan_time: float = 0.0
+    generation: int = 0
+    joins: dict[str, dict[str, float]] = field(default_factory=dict)
+    committed_after: int = -1
+
+
+class JobController:
+    """Membership and plans of one job. All methods run on one asyncio loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        job: JobConfig,
+        config: ControllerConfig,
+        rendezvous: str,
+        metrics: ControllerMetrics | None = None,
+        identity: str = "controller",
+    ) -> None:
+        self.store = store
+        self.job = job
+        self.config = config
+        self.rendezvous = rendezvous
+        self.metrics = metrics or ControllerMetrics()
+        self.identity = identity
+        self.prefix = f"/elastiq/{job.job}/"
+        self.nodes: dict[str, NodeState] = {}
+        self.layout: Layout | None = None
+        self.plan: pb.Plan | None = None
+        self._plan_revision = 0
+        self.phase = "Pending"
+        self.events: collections.deque[pb.Event] = collections.deque(maxlen=config.events_kept)
+        self.recoveries: list[pb.Recovery] = []
+        self._pending: PendingRecovery | None = None
+        self._replan_task: asyncio.Task[None] | None = None
+        self._replan_reasons: list[str] = []
+        self._start_task: asyncio.Task[None] | None = None
+        self._chaos_times: dict[str, float] = {}
+        self._lease_watch: asyncio.Task[None] | None = None
+        self.failure_message = ""
+        self.failures = 0
+        self.takeover = False
+        self.done = asyncio.Event()
+
+    # lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load a previous leader's plan (takeover) and start watching node leases."""
+        await self.store.put(self.prefix + "config", self.job.to_json().encode())
+        kv = await self.store.get(self.prefix + "plan")
+        if kv is not None:
+            plan = pb.Plan.FromString(kv.value)
+            self.layout = plan_to_layout(plan)
+            self.plan = plan
+            self._plan_revision = kv.mod_revision
+            self.phase = "Recovering"
+            self.takeover = True
+            self._event("takeover", f"took over at generation {plan.generation}")
+            asyncio.get_running_loop().call_later(
+                self.config.takeover_grace_s, lambda: self._request_replan("controller takeover")
+            )
+        self._lease_watch = asyncio.get_running_loop().create_task(self._watch_node_leases())
+
+    async def stop(self) -> None:
+        for task in (self._lease_watch, self._replan_task, self._start_task):
+            if task is not None:
+                task.cancel()
+
+    @property
+    def generation(self) -> int:
+        return self.plan.generation if self.plan is not None else 0
+
+    def _event(self, kind: str, message: str) -> None:
+        self.events.append(
+            pb.Event(wall_time=time.time(), generation=self.generation, kind=kind, message=message)
+        )
+        log.info("event %s: %s", kind, message)
+
+    # agents ---------------------------------------------------------------------------
+    async def register(self, req: pb.RegisterRequest) -> pb.RegisterResponse:
+        existing = self.nodes.get(req.node_id)
+        if existing is not None:
+            # a re-registration (stream broke, agent restarted): its old workers are gone
+            await self._lose_node(req.node_id, "re-registered")
+        lease = await self.store.grant_lease(self.config.lease_ttl_s)
+        node = NodeState(req.node_id, req.slots, req.address, lease)
+        for w in req.workers:
+            node.workers[w.worker_id] = WorkerState(
+                WorkerRef(req.node_id, w.slot, w.worker_id), pid=w.pid, state=w.state or "ready"
+            )
+        self.nodes[req.node_id] = node
+        await self.store.put(
+            f"{self.prefix}nodes/{req.node_id}",
+            f'{{"address": "{req.address}", "slots": {req.slots}}}'.encode(),
+            lease=lease,
+        )
+        self.metrics.nodes.set(len(self.nodes))
+        self._event("node_registered", f"{req.node_id} with {req.slots} slot(s)")
+        if node.workers:
+            self._on_membership_grew(f"{req.node_id} rejoined")
+        return pb.RegisterResponse(
+            lease_id=lease,
+            lease_ttl_s=self.config.lease_ttl_s,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            config_json=self.job.to_json(),
+            generation=self.generation,
+            job=self.job.job,
+        )
+
+    async def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        node = self.nodes.get(req.node_id)
+        if node is None or node.lease != req.lease_id:
+            return pb.HeartbeatResponse(generation=self.generation, known=False)
+        if not await self.store.refresh_lease(node.lease):
+            await self._lose_node(req.node_id, "lease expired")
+            return pb.HeartbeatResponse(generation=self.generation, known=False)
+        for p in req.progress:
+            worker = node.workers.get(p.worker_id)
+            if worker is not None:
+                worker.progress = p
+        self._update_progress_metrics()
+        return pb.HeartbeatResponse(generation=self.generation, known=True)
+
+    def open_stream(self, node_id: str) -> asyncio.Queue[pb.Directive]:
+        node = self.nodes[node_id]
+        node.streams += 1
+        if self.plan is not None:
+            node.queue.put_nowait(pb.Directive(plan=self.plan))
+        if self.phase in ("Succeeded", "Failed"):
+            node.queue.put_nowait(pb.Directive(shutdown=self.phase))
+        return node.queue
+
+    async def close_stream(self, node_id: str, queue: asyncio.Queue[pb.Directive]) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or node.queue is not queue:
+            return
+        node.streams -= 1
+        if node.streams <= 0 and self.phase not in ("Succeeded", "Failed"):
+            await self._lose_node(node_id, "agent stream closed")
+
+    async def _watch_node_leases(self) -> None:
+        nodes_prefix = f"{self.prefix}nodes/"
+        try:
+            async for event in self.store.watch_prefix(nodes_prefix):
+                if event.kind == "delete":
+                    node_id = event.key[len(nodes_prefix) :]
+                    if node_id in self.nodes:
+                        await self._lose_node(node_id, "lease expired")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("node lease watch ended")
+
+    async def _lose_node(self, node_id: str, cause: str) -> None:
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return
+        await self.store.revoke_lease(node.lease)
+        self.metrics.nodes.set(len(self.nodes))
+        lost = [w for w in node.workers.values() if self._in_plan(w.ref.worker_id)]
+        self._event("node_lost", f"{node_id}: {cause}")
+        if lost:
+            self._on_failure(
+                [w.ref.worker_id for w in lost], f"node {node_id} lost ({cause})",
+                self._failure_time(node.workers.values()),
+            )
+
+    # events -----------------------------------------------------------------------------
+    def _in_plan(self, worker_id: str) -> bool:
+        return self.layout is not None and worker_id in self.layout.worker_ids()
+
+    def _failure_time(self, workers: object) -> float:
+        times = [self._chaos_times[w.ref.worker_id] for w in workers  # type: ignore[attr-defined]
+                 if w.ref.worker_id in self._chaos_times]
+        return min(times) if times else time.time()
+
+    async def report(self, node_id: str, req: pb.EventReport) -> pb.EventAck:
+        node = self.nodes[node_id]
+        kind = pb.EventKind.Name(req.kind)
+        worker = node.workers.get(req.worker_id)
+        if req.kind == pb.WORKER_READY:
+            node.workers[req.worker_id] = WorkerState(
+                WorkerRef(node_id, req.slot, req.worker_id), pid=req.pid
+            )
+            self._event("worker_ready", f"{req.worker_id} (pid {req.pid})")
+            self._on_membership_grew(f"{req.worker_id} joined")
+            return pb.EventAck(accepted=True)
+        if req.kind == pb.CHAOS_INJECTED:
+            self._chaos_times[req.worker_id] = req.wall_time
+            self._event("chaos", f"{req.detail} on {req.worker_id or node_id}")
+            return pb.EventAck(accepted=True)
+        if req.kind in (pb.WORKER_EXITED, pb.WORKER_HUNG, pb.WORKER_FAILED):
+            # membership facts are never stale: a gone worker is gone in any generation
+            known = node.workers.pop(req.worker_id, None) is not None
+            self._event(kind.lower(), f"{req.worker_id}: {req.detail}")
+            if known and self._in_plan(req.worker_id) and self.phase not in ("Succeeded", "Failed"):
+                when = self._chaos_times.get(req.worker_id, req.wall_time or time.time())
+                self._on_failure([req.worker_id], f"{req.worker_id} {req.detail}", when)
+            return pb.EventAck(accepted=True)
+        if req.generation < self.generation:
+            self.metrics.rejected.labels("stale_generation").inc()
+            log.info(
+                "ignoring %s from %s: generation %d is older than the current %d",
+                kind, req.worker_id, req.generation, self.generation,
+            )
+            return pb.EventAck(
+                accepted=False,
+                reason=f"stale generation {req.generation} < current {self.generation}",
+            )
+        if worker is None:
+            return pb.EventAck(accepted=False, reason=f"unknown worker {req.worker_id}")
+        if req.kind == pb.RECOVERED:
+            self._on_joined(worker, req)
+        elif req.kind == pb.FINISHED:
+            worker.state = "finished"
+            if worker.progress is None:
+                worker.progress = pb.WorkerProgress(worker_id=req.worker_id)
+            worker.progress.step, worker.progress.loss = req.step, req.loss
+            worker.progress.wall_time = req.wall_time
+            self._check_finished()
+        elif req.kind == pb.COLLECTIVE_ERROR:
+            self._event("collective_error", f"{req.worker_id}: {req.detail}")
+        return pb.EventAck(accepted=True)
+
+    def _on_joined(self, worker: WorkerState, req: pb.EventReport) -> None:
+        """A worker joined the generation (timings) or finished its first step in it."""
+        worker.state = "running"
+        pending = self._pending
+        if pending is None or req.generation != pending.generation:
+            return
+        entry = pending.joins.setdefault(worker.ref.worker_id, {})
+        entry.update(req.timings)
+        if req.detail == "joined":
+            pending.committed_after = int(req.step)
+        if self.layout is None:
+            return
+        members = self.layout.worker_ids()
+        if all("first_step_end" in pending.joins.get(w, {}) for w in members):
+            self._finish_recovery(pending)
+
+    def _finish_recovery(self, pending: PendingRecovery) -> None:
+        joins = list(pending.joins.values())
+        resumed = max(j["first_step_end"] for j in joins)
+        join_start = min(j.get("join_start", pending.plan_time) for j in joins)
+        comm = max(j.get("comm_rebuild_s", 0.0) for j in joins)
+        migrate = max(j.get("migrate_s", 0.0) for j in joins)
+        phases = {
+            "detect": max(0.0, pending.detect_time - pending.failure_time),
+            "plan": max(0.0, pending.plan_time - pending.detect_time),
+            "deliver": max(0.0, join_start - pending.plan_time),
+            "comm_rebuild": comm,
+            "migrate": migrate,
+        }
+        phases["resume"] = max(0.0, resumed - pending.failure_time - sum(phases.values()))
+        lost = max(0, pending.last_committed_before - pending.committed_after)
+        record = pb.Recovery(
+            generation=pending.generation, cause=pending.cause,
+            failure_time=pending.failure_time, resumed_time=resumed, lost_steps=lost,
+        )
+        record.phases.update(phases)
+        self.recoveries.append(record)
+        for name, value in phases.items():
+            self.metrics.recovery_seconds.labels(name).observe(value)
+        self.metrics.recovery_seconds.labels("total").observe(resumed - pending.failure_time)
+        self._pending = None
+        if self.phase == "Recovering":
+            self.phase = "Running"
+        self._event(
+            "recovered",
+            f"generation {pending.generation} resumed {resumed - pending.failure_time:.3f}s after "
+            f"the failure ({pending.cause}); lost steps {lost}",
+        )
+
+    def _check_finished(self) -> None:
+        if self.layout is None:
+            return
+        members = [self._worker(w) for w in self.layout.worker_ids()]
+        if all(m is not None and m.state == "finished" for m in members):
+            self.phase = "Succeeded"
+            self._event("finished", f"all {len(members)} workers reached step {self.job.steps}")
+            self._broadcast(pb.Directive(shutdown="Succeeded"))
+            self.done.set()
+
+    def _worker(self, worker_id: str) -> WorkerState | None:
+        for node in self.nodes.values():
+            if worker_id in node.workers:
+                return node.workers[worker_id]
+        return None
+
+    def _last_committed(self) -> int:
+        if self.layout is None:
+            return 0
+        steps = [
+            w.progress.step for w in (self._worker(i) for i in self.layout.worker_ids())
+            if w is not None and w.progress is not None
+        ]
+        return min(steps) if steps else 0
+
+    def _on_failure(self, worker_ids: list[str], cause: str, failure_time: float) -> None:
+        self.failures += len(worker_ids)
+        self.metrics.failures.labels("node" if cause.startswith("node") else "worker").inc(
+            len(worker_ids)
+        )
+        if self.phase in ("Running", "Recovering"):
+            if self._pending is None:
+                self._pending = PendingRecovery(
+                    cause=cause, failure_time=failure_time, detect_time=time.time(),
+                    last_committed_before=self._last_committed(),
+                )
+            self.phase = "Recovering"
+        self._request_replan(cause)
+
+    def _on_membership_grew(self, reason: str) -> None:
+        if self.takeover:
+            # wait for every member of the old plan (or the grace period) before replanning
+            present = {w.worker_id for w in self.live_members()}
+            if self.layout is not None and set(self.layout.worker_ids()) <= present:
+                self._request_replan("controller takeover")
+            return
+        if self.layout is None:
+            ready = sum(len(n.workers) for n in self.nodes.values())
+            if ready >= self.config.min_workers and self._start_task is None:
+                self._start_task = asyncio.get_running_loop().create_task(self._start_after_settle())
+            return
+        if self.phase in ("Running", "Recovering"):
+            self._request_replan(reason)
+
+    async def _start_after_settle(self) -> None:
+        await asyncio.sleep(self.config.settle_s)
+        self._request_replan("start")
+
+    # planning ---------------------------------------------------------------------------
+    def _request_replan(self, reason: str) -> None:
+        self._replan_reasons.append(reason)
+        if self._replan_task is None or self._replan_task.done():
+            self._replan_task = asyncio.get_running_loop().create_task(self._replan_soon())
+
+    async def _replan_soon(self) -> None:
+        await asyncio.sleep(self.config.coalesce_s)
+        reasons, self._replan_reasons = self._replan_reasons, []
+        try:
+            await self._replan("; ".join(dict.fromkeys(reasons)))
+        except Exception:
+            log.exception("replanning failed")
+            raise
+
+    def live_members(self) -> list[WorkerRef]:
+        return sorted(w.ref for n in self.nodes.values() for w in n.workers.values())
+
+    async def _replan(self, reason: str) -> None:
+        if self.phase in ("Succeeded", "Failed"):
+            return
+        members = self.live_members()
+        generation = self.generation + 1
+        try:
+            layout = make_plan(members, self.layout, generation, reason)
+        except PlanError as exc:
+            self._fail(f"cannot plan generation {generation}: {exc}")
+            return
+        if layout.state_source == "lost":
+            lost = ", ".join(self.layout.worker_ids() if self.layout else [])
+            self._fail(
+                f"generation {generation}: every worker that held the model and optimizer state "
+                f"is gone ({lost}) and no checkpoint is configured; the state is lost"
+            )
+            return
+        if self.layout is not None and layout.worker_ids() == self.layout.worker_ids() and (
+            not self.takeover
+        ):
+            return  # nothing changed (e.g. a duplicate report)
+        plan = layout_to_plan(layout, self.job.job, self.rendezvous, time.time())
+        ok = await self.store.compare_and_set(
+            self.prefix + "plan", plan.SerializeToString(), self._plan_revision
+        )
+        if not ok:
+            self._fail("another controller wrote the plan: this one is no longer the leader")
+            return
+        kv = await self.store.get(self.prefix + "plan")
+        self._plan_revision = kv.mod_revision if kv is not None else 0
+        self.layout, self.plan = layout, plan
+        self.takeover = False
+        if self.phase == "Pending":
+            self.phase = "Running"
+        if self._pending is not None and self._pending.generation == 0:
+            self._pending.generation = generation
+            self._pending.plan_time = time.time()
+        elif self._pending is None and reason != "start":
+            # a join or takeover: measured like a recovery, nobody failed
+            self._pending = PendingRecovery(
+                cause=reason, failure_time=time.time(), detect_time=time.time(),
+                last_committed_before=self._last_committed(), plan_time=time.time(),
+                generation=generation,
+            )
+        self.metrics.generation.set(generation)
+        self.metrics.members.set(layout.world_size)
+        self._event(
+            "plan",
+            f"generation {generation}: {layout.world_size} workers ({reason})"
+            + (f"; dropped {', '.join(layout.dropped)}" if layout.dropped else ""),
+        )
+        self._broadcast(pb.Directive(plan=plan))
+
+    def _fail(self, message: str) -> None:
+        self.phase = "Failed"
+        self.failure_message = message
+        self._event("failed", message)
+        log.error("%s", message)
+        self._broadcast(pb.Directive(shutdown="Failed"))
+        self.done.set()
+
+    def _broadcast(self, directive: pb.Directive) -> None:
+        for node in self.nodes.values():
+            node.queue.put_nowait(directive)
+
+    # admin and status -------------------------------------------------------------------
+    def resolve_rank(self, rank: int) -> WorkerRef | None:
+        if self.layout is None or not 0 <= rank < self.layout.world_size:
+            return None
+        return self.layout.ranks[rank].worker
+
+    def send_chaos(self, node_id: str, command: pb.ChaosCommand) -> None:
+        self.nodes[node_id].queue.put_nowait(pb.Directive(chaos=command))
+        self._event("chaos_requested", f"{pb.ChaosAction.Name(command.action)} on {node_id}")
+
+    def _update_progress_metrics(self) -> None:
+        progress = [
+            w.progress for n in self.nodes.values() for w in n.workers.values() if w.progress
+        ]
+        if not progress:
+            return
+        newest = max(progress, key=lambda p: (p.step, p.wall_time))
+        self.metrics.step.set(newest.step)
+        self.metrics.loss.set(newest.loss)
+        self.metrics.tokens_per_second.set(newest.tokens_per_s)
+        self.metrics.step_seconds.set(newest.step_time_s)
+
+    def status(self) -> pb.StatusResponse:
+        resp = pb.StatusResponse(
+            job=self.job.job, phase=self.phase, generation=self.generation,
+            failures=self.failures,
+            leader=self.identity, total_steps=self.job.steps,
+        )
+        if self.plan is not None:
+            resp.plan.CopyFrom(self.plan)
+        ranks = {a.worker.worker_id: a.rank for a in self.layout.ranks} if self.layout else {}
+        best: pb.WorkerProgress | None = None
+        for node in sorted(self.nodes.values(), key=lambda n: n.node_id):
+            for w in sorted(node.workers.values(), key=lambda w: w.ref):
+                p = w.progress
+                resp.members.add(
+                    worker_id=w.ref.worker_id, node_id=node.node_id,
+                    rank=ranks.get(w.ref.worker_id, -1), step=p.step if p else 0,
+                    loss=p.loss if p else 0.0, state=w.state, pid=w.pid,
+                )
+                if p is not None and (best is None or (p.step, p.wall_time) > (best.step, best.wall_time)):
+                    best = p
+        if best is not None:
+            resp.step, resp.loss, resp.tokens_per_s = best.step, best.loss, best.tokens_per_s
+        resp.events.extend(self.events)
+        resp.recoveries.extend(self.recoveries)
+        if self.failure_message:
+            resp.events.append(pb.Event(wall_time=time.time(), kind="failed", message=self.failure_message))
+        return resp

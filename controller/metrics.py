@@ -1,0 +1,44 @@
+"""Prometheus metrics of the controller (prefix `elastiq_`, seconds and bytes).
+
+Each controller owns its own registry, so several can live in one process (tests)
+and a scrape sees exactly one job's numbers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+RECOVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.generation = Gauge("elastiq_generation", "Current plan generation", registry=r)
+        self.members = Gauge("elastiq_members", "Workers in the current plan", registry=r)
+        self.nodes = Gauge("elastiq_nodes", "Registered agents", registry=r)
+        self.step = Gauge("elastiq_step", "Highest committed step reported", registry=r)
+        self.loss = Gauge("elastiq_loss", "Training loss of the last reported step", registry=r)
+        self.tokens_per_second = Gauge(
+            "elastiq_tokens_per_second", "Training throughput (tokens/s)", registry=r
+        )
+        self.step_seconds = Gauge("elastiq_step_seconds", "Last reported step time", registry=r)
+        self.failures = Counter(
+            "elastiq_failures", "Membership losses handled", ["cause"], registry=r
+        )
+        self.recovery_seconds = Histogram(
+            "elastiq_recovery_seconds", "Recovery time by phase", ["phase"],
+            buckets=RECOVERY_BUCKETS, registry=r,
+        )
+        self.rejected = Counter(
+            "elastiq_rejected_requests", "Requests refused (bad token, stale, malformed)",
+            ["reason"], registry=r,
+        )
+        self.goodput = Gauge(
+            "elastiq_goodput_ratio", "Fraction of wall time spent in committed steps", registry=r
+        )
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_address[1])

@@ -1,0 +1,142 @@
+"""The controller's gRPC service: authenticate, validate, then delegate to JobController.
+
+Every request is checked before anything changes: a wrong token is
+PERMISSION_DENIED; an unknown node id, a malformed id, an out-of-range rank or
+slot count is INVALID_ARGUMENT with a message that says what was wrong; a report
+from an older generation is accepted=False and logged. A standby controller (not
+the leader) answers UNAVAILABLE so agents try the next address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from elastiq import rpc
+from elastiq.controller.job import JobController
+from elastiq.proto import elastiq_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+MAX_SLOTS = 1024
+
+
+class ControllerService(rpc.ControllerServicerBase):  # type: ignore[misc]
+    def __init__(self, job: JobController | None = None) -> None:
+        self.job = job
+        self.leader_address = ""
+
+    async def _leader(self, context: Any) -> JobController:
+        if self.job is None:
+            await rpc.unavailable(
+                context, f"this controller is a standby; the leader is {self.leader_address or '?'}"
+            )
+        return self.job
+
+    async def _auth(self, job: JobController, token: str, context: Any) -> None:
+        expected = job.config.token
+        if expected and not hmac.compare_digest(token.encode(), expected.encode()):
+            job.metrics.rejected.labels("token").inc()
+            log.warning("rejected a request with a wrong job token")
+            await rpc.permission_denied(context, "wrong job token: use the token the job was started with")
+
+    async def _node(self, job: JobController, node_id: str, context: Any) -> None:
+        if node_id not in job.nodes:
+            job.metrics.rejected.labels("unknown_node").inc()
+            await rpc.invalid_argument(
+                context, f"unknown node id {node_id!r}: register first (known: {sorted(job.nodes)})"
+            )
+
+    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+        job = await self._leader(context)
+        await self._auth(job, request.token, context)
+        if not _ID.match(request.node_id):
+            await rpc.invalid_argument(
+                context, f"node id {request.node_id!r} must be 1-128 characters of [A-Za-z0-9._:/-]"
+            )
+        if not 1 <= request.slots <= MAX_SLOTS:
+            await rpc.invalid_argument(context, f"slots={request.slots} must be in 1..{MAX_SLOTS}")
+        for w in request.workers:
+            if not _ID.match(w.worker_id) or not 0 <= w.slot < request.slots:
+                await rpc.invalid_argument(
+                    context, f"worker {w.worker_id!r} slot {w.slot} is not valid for "
+                    f"{request.slots} slot(s)"
+                )
+        return await job.register(request)
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+        job = await self._leader(context)
+        await self._auth(job, request.token, context)
+        return await job.heartbeat(request)
+
+    async def WatchPlan(
+        self, request: pb.WatchPlanRequest, context: Any
+    ) -> AsyncIterator[pb.Directive]:
+        job = await self._leader(context)
+        await self._auth(job, request.token, context)
+        await self._node(job, request.node_id, context)
+        queue = job.open_stream(request.node_id)
+        try:
+            while True:
+                directive = await queue.get()
+                yield directive
+                if directive.WhichOneof("kind") == "shutdown":
+                    # let the agent read it before the stream ends
+                    await asyncio.sleep(0.5)
+                    return
+        finally:
+            await job.close_stream(request.node_id, queue)
+
+    async def ReportEvent(self, request: pb.EventReport, context: Any) -> pb.EventAck:
+        job = await self._leader(context)
+        await self._auth(job, request.token, context)
+        await self._node(job, request.node_id, context)
+        if request.kind == pb.EVENT_UNSPECIFIED:
+            await rpc.invalid_argument(context, "event kind is missing")
+        if request.kind != pb.CHAOS_INJECTED and not _ID.match(request.worker_id):
+            await rpc.invalid_argument(context, f"worker id {request.worker_id!r} is malformed")
+        if request.generation < 0:
+            await rpc.invalid_argument(context, f"generation {request.generation} is negative")
+        return await job.report(request.node_id, request)
+
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
+        job = await self._leader(context)
+        await self._auth(job, request.token, context)
+        return job.status()
+
+    async def Admin(self, request: pb.AdminRequest, context: Any) -> pb.AdminResponse:
+        job = await self._leader(context)
+        await self._auth(job, request.token, context)
+        if request.action == pb.CHAOS_UNSPECIFIED:
+            await rpc.invalid_argument(context, "admin action is missing")
+        if request.at_step < 0:
+            await rpc.invalid_argument(context, f"at_step={request.at_step} must be >= 0")
+        command = pb.ChaosCommand(
+            action=request.action, at_step=request.at_step, id=f"chaos-{time.time_ns()}"
+        )
+        if request.action == pb.KILL_NODE:
+            if request.node_id not in job.nodes:
+                await rpc.invalid_argument(
+                    context, f"unknown node id {request.node_id!r}; known: {sorted(job.nodes)}"
+                )
+            job.send_chaos(request.node_id, command)
+            return pb.AdminResponse(accepted=True, detail=f"killing node {request.node_id}")
+        target = job.resolve_rank(request.rank)
+        if target is None:
+            world = job.layout.world_size if job.layout else 0
+            await rpc.invalid_argument(
+                context, f"rank {request.rank} is out of range: the current plan has {world} "
+                "rank(s)" + ("" if world else " (no plan yet)")
+            )
+        command.worker_id, command.rank = target.worker_id, request.rank
+        job.send_chaos(target.node_id, command)
+        action = pb.ChaosAction.Name(request.action).lower().replace("_", " ")
+        return pb.AdminResponse(
+            accepted=True, detail=f"{action}: rank {request.rank} ({target.worker_id})"
+        )
