@@ -88,13 +88,21 @@ class Agent:
             address = self.config.controllers[attempt % len(self.config.controllers)]
             client = rpc.ControllerClient(address)
             request = pb.RegisterRequest(
-                token=self.config.token, node_id=self.config.node_id, slots=self.config.slots,
+                token=self.config.token,
+                node_id=self.config.node_id,
+                slots=self.config.slots,
                 address=socket.gethostname(),
             )
             for w in self.workers.values():
                 if w.state != "gone":
-                    request.workers.add(worker_id=w.worker_id, slot=w.slot, pid=w.pid,
-                                        state=w.state, generation=w.generation, step=w.step)
+                    request.workers.add(
+                        worker_id=w.worker_id,
+                        slot=w.slot,
+                        pid=w.pid,
+                        state=w.state,
+                        generation=w.generation,
+                        step=w.step,
+                    )
             try:
                 reply = await client.call("Register", request)
             except rpc.RpcRetryable as exc:
@@ -112,7 +120,9 @@ class Agent:
             self.lease = reply.lease_id
             self.heartbeat_s = reply.heartbeat_interval_s
             self.config_json = reply.config_json
-            log.info("registered with %s as %s (lease %d)", address, self.config.node_id, self.lease)
+            log.info(
+                "registered with %s as %s (lease %d)", address, self.config.node_id, self.lease
+            )
             return
 
     async def _session(self) -> None:
@@ -150,9 +160,15 @@ class Agent:
             for w in self.workers.values():
                 if w.state in ("running", "finished"):
                     request.progress.add(
-                        worker_id=w.worker_id, rank=w.rank, generation=w.generation, step=w.step,
-                        loss=w.loss, tokens_per_s=w.tokens_per_s, step_time_s=w.step_time_s,
-                        wall_time=w.step_wall, state=w.state,
+                        worker_id=w.worker_id,
+                        rank=w.rank,
+                        generation=w.generation,
+                        step=w.step,
+                        loss=w.loss,
+                        tokens_per_s=w.tokens_per_s,
+                        step_time_s=w.step_time_s,
+                        wall_time=w.step_wall,
+                        state=w.state,
                     )
             reply = await client.call("Heartbeat", request)
             if not reply.known:
@@ -169,18 +185,29 @@ class Agent:
             try:
                 ack = await self.client.call("ReportEvent", report)
                 if not ack.accepted:
-                    log.info("controller ignored %s: %s", pb.EventKind.Name(report.kind), ack.reason)
+                    log.info(
+                        "controller ignored %s: %s", pb.EventKind.Name(report.kind), ack.reason
+                    )
             except (rpc.RpcRetryable, rpc.RpcRejected) as exc:
                 log.warning("could not report %s: %s", pb.EventKind.Name(report.kind), exc)
 
-    def report(self, kind: int, worker: WorkerProcess | None, detail: str = "", **fields: Any) -> None:
+    def report(
+        self,
+        kind: pb.EventKind,
+        worker: WorkerProcess | None,
+        detail: str = "",
+        **fields: Any,
+    ) -> None:
         timings = fields.pop("timings", None)
         fields.setdefault("wall_time", time.time())
         fields.setdefault("generation", self.plan.generation if self.plan else 0)
         report = pb.EventReport(kind=kind, detail=detail, **fields)
         if worker is not None:
             report.worker_id, report.rank, report.slot, report.pid = (
-                worker.worker_id, worker.rank, worker.slot, worker.pid,
+                worker.worker_id,
+                worker.rank,
+                worker.slot,
+                worker.pid,
             )
         if timings:
             report.timings.update(timings)
@@ -199,7 +226,9 @@ class Agent:
                 w.rank = named[w.worker_id].rank
                 self._relay_plan_to(w, plan)
             elif w.planned:
-                log.info("generation %d drops %s; telling it to leave", plan.generation, w.worker_id)
+                log.info(
+                    "generation %d drops %s; telling it to leave", plan.generation, w.worker_id
+                )
                 w.send({"type": "shutdown"})
 
     def _on_worker_message(self, worker: WorkerProcess, message: dict[str, Any] | None) -> None:
@@ -212,7 +241,9 @@ class Agent:
             worker.state = "ready"
             worker.last_progress = now
             self.report(pb.WORKER_READY, worker, "ready")
-            if self.plan is not None and any(a.worker_id == worker.worker_id for a in self.plan.assignments):
+            if self.plan is not None and any(
+                a.worker_id == worker.worker_id for a in self.plan.assignments
+            ):
                 self._relay_plan_to(worker, self.plan)
         elif kind == "step":
             worker.state = "running"
@@ -222,29 +253,55 @@ class Agent:
             worker.step_time_s = float(message["step_time"])
             worker.step_wall, worker.generation = float(message["wall"]), int(message["gen"])
             if message.get("first_in_generation"):
-                self.report(pb.RECOVERED, worker, "first_step", step=worker.step,
-                            generation=worker.generation,
-                            timings={"first_step_end": worker.step_wall})
+                self.report(
+                    pb.RECOVERED,
+                    worker,
+                    "first_step",
+                    step=worker.step,
+                    generation=worker.generation,
+                    timings={"first_step_end": worker.step_wall},
+                )
         elif kind == "event":
             worker.last_progress = now
             if message["kind"] == "joined":
                 worker.generation = int(message["generation"])
-                self.report(pb.RECOVERED, worker, "joined", step=int(message["committed"]),
-                            generation=worker.generation, timings=message.get("timings", {}))
+                self.report(
+                    pb.RECOVERED,
+                    worker,
+                    "joined",
+                    step=int(message["committed"]),
+                    generation=worker.generation,
+                    timings=message.get("timings", {}),
+                )
             elif message["kind"] == "interrupted":
-                self.report(pb.COLLECTIVE_ERROR, worker, message.get("detail", "")[:500],
-                            generation=int(message["generation"]))
+                self.report(
+                    pb.COLLECTIVE_ERROR,
+                    worker,
+                    message.get("detail", "")[:500],
+                    generation=int(message["generation"]),
+                )
             elif message["kind"] == "state_lost":
                 self.report(pb.WORKER_FAILED, worker, message.get("detail", "")[:500])
         elif kind == "finished":
             worker.state = "finished"
             worker.step = int(message["step"])
-            self.report(pb.FINISHED, worker, "finished", step=worker.step, loss=worker.loss,
-                        generation=int(message["gen"]))
+            self.report(
+                pb.FINISHED,
+                worker,
+                "finished",
+                step=worker.step,
+                loss=worker.loss,
+                generation=int(message["gen"]),
+            )
 
     def _relay_plan_to(self, worker: WorkerProcess, plan: pb.Plan) -> None:
         worker.planned = True
-        worker.send({"type": "plan", "plan": json_format.MessageToDict(plan, preserving_proto_field_name=True)})
+        worker.send(
+            {
+                "type": "plan",
+                "plan": json_format.MessageToDict(plan, preserving_proto_field_name=True),
+            }
+        )
 
     async def _supervise(self) -> None:
         while not self.done.is_set():
@@ -264,8 +321,11 @@ class Agent:
                 silent = now - w.last_alive
                 if silent > self.config.liveness_timeout_s:
                     self._kill_hung(w, f"sent nothing for {silent:.1f}s (hung or stopped)")
-                elif (w.planned and w.state == "running"
-                      and now - w.last_progress > self.config.progress_timeout_s):
+                elif (
+                    w.planned
+                    and w.state == "running"
+                    and now - w.last_progress > self.config.progress_timeout_s
+                ):
                     self._kill_hung(w, f"no step for {now - w.last_progress:.1f}s")
             self._run_due_chaos()
             await asyncio.sleep(0.02)
@@ -321,8 +381,13 @@ class Agent:
             for slot in range(self.config.slots):
                 worker_id = f"{self.config.node_id}.w{slot}"
                 self.workers[worker_id] = spawn_worker(
-                    worker_id, self.config.node_id, slot, self.config_json,
-                    self.config.log_level, self._loop, self._on_worker_message,
+                    worker_id,
+                    self.config.node_id,
+                    slot,
+                    self.config_json,
+                    self.config.log_level,
+                    self._loop,
+                    self._on_worker_message,
                 )
             supervisor = asyncio.ensure_future(self._supervise())
             while self.shutdown is None:

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,7 +33,9 @@ class CollectiveFailed(Exception):
     """A collective or transfer failed (peer gone) or timed out."""
 
 
-def _poll(done: Callable[[], bool], superseded: Callable[[], bool], deadline: float, what: str) -> None:
+def _poll(
+    done: Callable[[], bool], superseded: Callable[[], bool], deadline: float, what: str
+) -> None:
     pause = 0.0
     while not done():
         if superseded():
@@ -56,8 +59,11 @@ class RendezvousClient:
             if not host or not port.isdigit():
                 raise ValueError(f"rendezvous address {address!r} is not host:port")
             self._store = dist.TCPStore(
-                host, int(port), is_master=False,
-                timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False,
+                host,
+                int(port),
+                is_master=False,
+                timeout=datetime.timedelta(seconds=timeout_s),
+                wait_for_workers=False,
             )
             self._address = address
         return self._store
@@ -68,7 +74,7 @@ class Group:
 
     def __init__(
         self,
-        pg: dist.ProcessGroup,
+        pg: Any,  # a gloo Backend; torch types its collectives only on ProcessGroup
         rank: int,
         world: int,
         generation: int,
@@ -95,14 +101,16 @@ class Group:
         superseded: Callable[[], bool],
     ) -> Group:
         """Rendezvous under `prefix`; abandoned (left to time out in a thread) if superseded."""
-        result: list[dist.ProcessGroup] = []
+        result: list[dist.ProcessGroupGloo] = []
         errors: list[BaseException] = []
 
         def connect() -> None:
             try:
                 result.append(
                     dist.ProcessGroupGloo(
-                        dist.PrefixStore(prefix, store), rank, world,
+                        dist.PrefixStore(prefix, store),
+                        rank,
+                        world,
                         datetime.timedelta(seconds=timeout_s),
                     )
                 )
@@ -112,14 +120,17 @@ class Group:
         thread = threading.Thread(target=connect, name=f"rendezvous-g{generation}", daemon=True)
         thread.start()
         _poll(
-            lambda: not thread.is_alive(), superseded,
-            time.monotonic() + rendezvous_timeout_s, f"rendezvous of generation {generation}",
+            lambda: not thread.is_alive(),
+            superseded,
+            time.monotonic() + rendezvous_timeout_s,
+            f"rendezvous of generation {generation}",
         )
         if errors:
             raise CollectiveFailed(f"rendezvous of generation {generation}: {errors[0]}")
         return cls(result[0], rank, world, generation, timeout_s, superseded)
 
     def _wait(self, work: dist.Work, what: str) -> None:
+        """Wait for a collective; gloo marks those complete from its own threads."""
         try:
             _poll(work.is_completed, self.superseded, time.monotonic() + self.timeout_s, what)
             work.wait()
@@ -127,6 +138,26 @@ class Group:
             raise
         except RuntimeError as exc:
             raise CollectiveFailed(f"{what}: {str(exc).splitlines()[0][:200]}") from exc
+
+    def _wait_p2p(self, work: dist.Work, what: str) -> None:
+        """Wait for a send/recv. Gloo completes those only inside wait(), and a wait
+        with a short timeout that expires breaks the pair (measured), so the blocking
+        wait runs in a helper thread that is abandoned if the generation is superseded."""
+        errors: list[BaseException] = []
+
+        def block() -> None:
+            try:
+                work.wait()
+            except BaseException as exc:  # handed to the caller below
+                errors.append(exc)
+
+        thread = threading.Thread(target=block, name=what, daemon=True)
+        thread.start()
+        _poll(
+            lambda: not thread.is_alive(), self.superseded, time.monotonic() + self.timeout_s, what
+        )
+        if errors:
+            raise CollectiveFailed(f"{what}: {str(errors[0]).splitlines()[0][:200]}")
 
     def allreduce_sum_(self, tensor: torch.Tensor) -> None:
         self._wait(self.pg.allreduce([tensor]), "allreduce")
@@ -137,7 +168,7 @@ class Group:
         return out
 
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
-        self._wait(self.pg.send([tensor], dst, tag), f"send to {dst}")
+        self._wait_p2p(self.pg.send([tensor], dst, tag), f"send to {dst}")
 
     def recv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> None:
-        self._wait(self.pg.recv([tensor], src, tag), f"recv from {src}")
+        self._wait_p2p(self.pg.recv([tensor], src, tag), f"recv from {src}")

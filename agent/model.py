@@ -38,7 +38,7 @@ class Embedding(nn.Module):
         nn.init.normal_(self.tok.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.tok(tokens)  # type: ignore[no-any-return]
+        return self.tok(tokens)
 
 
 def _rotary(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +56,9 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 
 
 class Block(nn.Module):
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig, max_seq: int) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
@@ -77,7 +80,9 @@ class Block(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def forward(self, x: torch.Tensor, dropout_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, dropout_masks: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.wqkv(self.attn_norm(x)).split(d, dim=-1)
         q, k, v = (y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for y in (q, k, v))
@@ -102,7 +107,7 @@ class Head(nn.Module):
         nn.init.normal_(self.out.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(x))  # type: ignore[no-any-return]
+        return self.out(self.norm(x))
 
 
 def build_unit(cfg: ModelConfig, unit: int, seq_len: int, seed: int) -> nn.Module:

@@ -94,7 +94,9 @@ class TrainState:
         self._snap_step = -1
 
     # computation ------------------------------------------------------------------
-    def _dropout_masks(self, step: int, first_sample: int, count: int) -> dict[int, list[torch.Tensor]]:
+    def _dropout_masks(
+        self, step: int, first_sample: int, count: int
+    ) -> dict[int, list[torch.Tensor]]:
         """Masks keyed by (seed, step, sample, layer): identical under any layout."""
         p = self.cfg.model.dropout
         shape = (self.cfg.seq_len, self.cfg.model.dim)

@@ -129,8 +129,16 @@ class Worker:
 
     def event(self, kind: str, detail: str = "", **extra: Any) -> None:
         self.channel.send(
-            {"type": "event", "kind": kind, "detail": detail, "generation": self.generation,
-             "rank": self.rank, "step": self.state.step, "wall": time.time(), **extra}
+            {
+                "type": "event",
+                "kind": kind,
+                "detail": detail,
+                "generation": self.generation,
+                "rank": self.rank,
+                "step": self.state.step,
+                "wall": time.time(),
+                **extra,
+            }
         )
 
     # protocol ---------------------------------------------------------------------
@@ -153,12 +161,19 @@ class Worker:
         self.group = None
         store = self.rendezvous.store(plan.rendezvous, self.cfg.rendezvous_timeout_s)
         group = Group.build(
-            store, f"{plan.job}/g{plan.generation}/", mine.rank, plan.world_size,
-            plan.generation, self.cfg.collective_timeout_s, self.cfg.rendezvous_timeout_s,
+            store,
+            f"{plan.job}/g{plan.generation}/",
+            mine.rank,
+            plan.world_size,
+            plan.generation,
+            self.cfg.collective_timeout_s,
+            self.cfg.rendezvous_timeout_s,
             lambda: self.plans.aborts(plan.generation),
         )
         t_comm = time.time()
-        info = torch.tensor([self.state.step if self.valid else -1, int(self.valid)], dtype=torch.int64)
+        info = torch.tensor(
+            [self.state.step if self.valid else -1, int(self.valid)], dtype=torch.int64
+        )
         table = group.allgather(info)
         valid = [bool(t[1]) for t in table]
         if not any(valid):
@@ -191,11 +206,24 @@ class Worker:
         timings = {"comm_rebuild_s": t_comm - t0, "migrate_s": t_end - t_comm, "join_start": t0}
         log.info(
             "joined generation %d as rank %d/%d at committed step %d%s; comm %.3fs, migrate %.3fs "
-            "(%d bytes)", plan.generation, mine.rank, plan.world_size, committed,
-            " (rolled back one step)" if rolled_back else "", t_comm - t0, t_end - t_comm, moved,
+            "(%d bytes)",
+            plan.generation,
+            mine.rank,
+            plan.world_size,
+            committed,
+            " (rolled back one step)" if rolled_back else "",
+            t_comm - t0,
+            t_end - t_comm,
+            moved,
         )
-        self.event("joined", f"rank {mine.rank}/{plan.world_size}", timings=timings,
-                   committed=committed, moved_bytes=moved, rolled_back=rolled_back)
+        self.event(
+            "joined",
+            f"rank {mine.rank}/{plan.world_size}",
+            timings=timings,
+            committed=committed,
+            moved_bytes=moved,
+            rolled_back=rolled_back,
+        )
         return timings
 
     def train(self) -> pb.Plan | None:
@@ -214,10 +242,17 @@ class Worker:
             elapsed = time.perf_counter() - t0
             logs.context.step = step
             self.channel.send(
-                {"type": "step", "step": step, "loss": result.loss, "gen": self.generation,
-                 "rank": self.rank, "wall": time.time(), "step_time": elapsed,
-                 "tokens_per_s": self.cfg.global_batch * self.cfg.seq_len / elapsed,
-                 "first_in_generation": first_in_generation}
+                {
+                    "type": "step",
+                    "step": step,
+                    "loss": result.loss,
+                    "gen": self.generation,
+                    "rank": self.rank,
+                    "wall": time.time(),
+                    "step_time": elapsed,
+                    "tokens_per_s": self.cfg.global_batch * self.cfg.seq_len / elapsed,
+                    "first_in_generation": first_in_generation,
+                }
             )
             first_in_generation = False
             if result.switch:
@@ -240,8 +275,14 @@ class Worker:
                 self.join(plan)
                 plan = self.train()
                 if plan is None:
-                    self.channel.send({"type": "finished", "step": self.state.step,
-                                       "gen": self.generation, "wall": time.time()})
+                    self.channel.send(
+                        {
+                            "type": "finished",
+                            "step": self.state.step,
+                            "gen": self.generation,
+                            "wall": time.time(),
+                        }
+                    )
                     # stay: a peer that failed in the last step may still need this state
                     plan = self.plans.wait_newer(self.generation, float("inf"))
             except (Superseded, CollectiveFailed) as exc:

@@ -73,16 +73,30 @@ def spawn_worker(
     to_worker_r, to_worker_w = os.pipe()
     to_agent_r, to_agent_w = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "elastiq.agent.worker",
-         "--read-fd", str(to_worker_r), "--write-fd", str(to_agent_w)],
+        [
+            sys.executable,
+            "-m",
+            "elastiq.agent.worker",
+            "--read-fd",
+            str(to_worker_r),
+            "--write-fd",
+            str(to_agent_w),
+        ],
         pass_fds=(to_worker_r, to_agent_w),
         stdin=subprocess.DEVNULL,
     )
     os.close(to_worker_r)
     os.close(to_agent_w)
     worker = WorkerProcess(worker_id, slot, proc, Channel(to_agent_r, to_worker_w))
-    worker.send({"type": "config", "config": config_json, "worker_id": worker_id,
-                 "node_id": node_id, "log_level": log_level})
+    worker.send(
+        {
+            "type": "config",
+            "config": config_json,
+            "worker_id": worker_id,
+            "node_id": node_id,
+            "log_level": log_level,
+        }
+    )
 
     def pump() -> None:
         while True:

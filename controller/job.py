@@ -253,7 +253,8 @@ class JobController:
         self._event("node_lost", f"{node_id}: {cause}")
         if lost:
             self._on_failure(
-                [w.ref.worker_id for w in lost], f"node {node_id} lost ({cause})",
+                [w.ref.worker_id for w in lost],
+                f"node {node_id} lost ({cause})",
                 self._failure_time(node.workers.values()),
             )
 
@@ -262,8 +263,11 @@ class JobController:
         return self.layout is not None and worker_id in self.layout.worker_ids()
 
     def _failure_time(self, workers: object) -> float:
-        times = [self._chaos_times[w.ref.worker_id] for w in workers  # type: ignore[attr-defined]
-                 if w.ref.worker_id in self._chaos_times]
+        times = [
+            self._chaos_times[w.ref.worker_id]
+            for w in workers  # type: ignore[attr-defined]
+            if w.ref.worker_id in self._chaos_times
+        ]
         return min(times) if times else time.time()
 
     async def report(self, node_id: str, req: pb.EventReport) -> pb.EventAck:
@@ -293,7 +297,10 @@ class JobController:
             self.metrics.rejected.labels("stale_generation").inc()
             log.info(
                 "ignoring %s from %s: generation %d is older than the current %d",
-                kind, req.worker_id, req.generation, self.generation,
+                kind,
+                req.worker_id,
+                req.generation,
+                self.generation,
             )
             return pb.EventAck(
                 accepted=False,
@@ -346,8 +353,11 @@ class JobController:
         phases["resume"] = max(0.0, resumed - pending.failure_time - sum(phases.values()))
         lost = max(0, pending.last_committed_before - pending.committed_after)
         record = pb.Recovery(
-            generation=pending.generation, cause=pending.cause,
-            failure_time=pending.failure_time, resumed_time=resumed, lost_steps=lost,
+            generation=pending.generation,
+            cause=pending.cause,
+            failure_time=pending.failure_time,
+            resumed_time=resumed,
+            lost_steps=lost,
         )
         record.phases.update(phases)
         self.recoveries.append(record)
@@ -383,7 +393,8 @@ class JobController:
         if self.layout is None:
             return 0
         steps = [
-            w.progress.step for w in (self._worker(i) for i in self.layout.worker_ids())
+            w.progress.step
+            for w in (self._worker(i) for i in self.layout.worker_ids())
             if w is not None and w.progress is not None
         ]
         return min(steps) if steps else 0
@@ -396,7 +407,9 @@ class JobController:
         if self.phase in ("Running", "Recovering"):
             if self._pending is None:
                 self._pending = PendingRecovery(
-                    cause=cause, failure_time=failure_time, detect_time=time.time(),
+                    cause=cause,
+                    failure_time=failure_time,
+                    detect_time=time.time(),
                     last_committed_before=self._last_committed(),
                 )
             self.phase = "Recovering"
@@ -412,7 +425,9 @@ class JobController:
         if self.layout is None:
             ready = sum(len(n.workers) for n in self.nodes.values())
             if ready >= self.config.min_workers and self._start_task is None:
-                self._start_task = asyncio.get_running_loop().create_task(self._start_after_settle())
+                self._start_task = asyncio.get_running_loop().create_task(
+                    self._start_after_settle()
+                )
             return
         if self.phase in ("Running", "Recovering"):
             self._request_replan(reason)
@@ -456,8 +471,10 @@ class JobController:
                 f"is gone ({lost}) and no checkpoint is configured; the state is lost"
             )
             return
-        if self.layout is not None and layout.worker_ids() == self.layout.worker_ids() and (
-            not self.takeover
+        if (
+            self.layout is not None
+            and layout.worker_ids() == self.layout.worker_ids()
+            and (not self.takeover)
         ):
             return  # nothing changed (e.g. a duplicate report)
         plan = layout_to_plan(layout, self.job.job, self.rendezvous, time.time())
@@ -479,8 +496,11 @@ class JobController:
         elif self._pending is None and reason != "start":
             # a join or takeover: measured like a recovery, nobody failed
             self._pending = PendingRecovery(
-                cause=reason, failure_time=time.time(), detect_time=time.time(),
-                last_committed_before=self._last_committed(), plan_time=time.time(),
+                cause=reason,
+                failure_time=time.time(),
+                detect_time=time.time(),
+                last_committed_before=self._last_committed(),
+                plan_time=time.time(),
                 generation=generation,
             )
         self.metrics.generation.set(generation)
@@ -528,9 +548,12 @@ class JobController:
 
     def status(self) -> pb.StatusResponse:
         resp = pb.StatusResponse(
-            job=self.job.job, phase=self.phase, generation=self.generation,
+            job=self.job.job,
+            phase=self.phase,
+            generation=self.generation,
             failures=self.failures,
-            leader=self.identity, total_steps=self.job.steps,
+            leader=self.identity,
+            total_steps=self.job.steps,
         )
         if self.plan is not None:
             resp.plan.CopyFrom(self.plan)
@@ -540,16 +563,24 @@ class JobController:
             for w in sorted(node.workers.values(), key=lambda w: w.ref):
                 p = w.progress
                 resp.members.add(
-                    worker_id=w.ref.worker_id, node_id=node.node_id,
-                    rank=ranks.get(w.ref.worker_id, -1), step=p.step if p else 0,
-                    loss=p.loss if p else 0.0, state=w.state, pid=w.pid,
+                    worker_id=w.ref.worker_id,
+                    node_id=node.node_id,
+                    rank=ranks.get(w.ref.worker_id, -1),
+                    step=p.step if p else 0,
+                    loss=p.loss if p else 0.0,
+                    state=w.state,
+                    pid=w.pid,
                 )
-                if p is not None and (best is None or (p.step, p.wall_time) > (best.step, best.wall_time)):
+                if p is not None and (
+                    best is None or (p.step, p.wall_time) > (best.step, best.wall_time)
+                ):
                     best = p
         if best is not None:
             resp.step, resp.loss, resp.tokens_per_s = best.step, best.loss, best.tokens_per_s
         resp.events.extend(self.events)
         resp.recoveries.extend(self.recoveries)
         if self.failure_message:
-            resp.events.append(pb.Event(wall_time=time.time(), kind="failed", message=self.failure_message))
+            resp.events.append(
+                pb.Event(wall_time=time.time(), kind="failed", message=self.failure_message)
+            )
         return resp

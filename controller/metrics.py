@@ -28,12 +28,17 @@ class ControllerMetrics:
             "elastiq_failures", "Membership losses handled", ["cause"], registry=r
         )
         self.recovery_seconds = Histogram(
-            "elastiq_recovery_seconds", "Recovery time by phase", ["phase"],
-            buckets=RECOVERY_BUCKETS, registry=r,
+            "elastiq_recovery_seconds",
+            "Recovery time by phase",
+            ["phase"],
+            buckets=RECOVERY_BUCKETS,
+            registry=r,
         )
         self.rejected = Counter(
-            "elastiq_rejected_requests", "Requests refused (bad token, stale, malformed)",
-            ["reason"], registry=r,
+            "elastiq_rejected_requests",
+            "Requests refused (bad token, stale, malformed)",
+            ["reason"],
+            registry=r,
         )
         self.goodput = Gauge(
             "elastiq_goodput_ratio", "Fraction of wall time spent in committed steps", registry=r

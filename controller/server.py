@@ -42,7 +42,9 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
-            raise ValueError(f"ports out of range: port={self.port} metrics_port={self.metrics_port}")
+            raise ValueError(
+                f"ports out of range: port={self.port} metrics_port={self.metrics_port}"
+            )
 
 
 def _rendezvous_store(host: str) -> tuple[object, int]:
@@ -51,7 +53,10 @@ def _rendezvous_store(host: str) -> tuple[object, int]:
     import torch.distributed as dist
 
     store = dist.TCPStore(
-        host, 0, is_master=True, wait_for_workers=False,
+        host,
+        0,
+        is_master=True,
+        wait_for_workers=False,
         timeout=datetime.timedelta(seconds=60),
     )
     return store, int(store.port)
@@ -78,12 +83,18 @@ class Controller:
 
     async def start(self, wait_for_leadership: bool = True) -> None:
         self.store = open_store(self.server_config.store)
-        server, self.port = rpc.new_server(self.service, self.server_config.host, self.server_config.port)
+        server, self.port = rpc.new_server(
+            self.service, self.server_config.host, self.server_config.port
+        )
         self._server = server
         await server.start()
         if self.server_config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.server_config.metrics_port, self.server_config.host)
-        log.info("controller %s listening on %s:%d", self.identity, self.server_config.host, self.port)
+            self.metrics_port = self.metrics.serve(
+                self.server_config.metrics_port, self.server_config.host
+            )
+        log.info(
+            "controller %s listening on %s:%d", self.identity, self.server_config.host, self.port
+        )
         if wait_for_leadership:
             await self._become_leader()
         else:
@@ -105,8 +116,12 @@ class Controller:
             await asyncio.sleep(self.control.lease_ttl_s / 3)
         self._rdzv, rdzv_port = _rendezvous_store(self.server_config.host)
         job = JobController(
-            self.store, self.job_config, self.control,
-            f"{self.server_config.advertise_host}:{rdzv_port}", self.metrics, self.identity,
+            self.store,
+            self.job_config,
+            self.control,
+            f"{self.server_config.advertise_host}:{rdzv_port}",
+            self.metrics,
+            self.identity,
         )
         await job.start()
         self.job = job

@@ -27,7 +27,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 MAX_SLOTS = 1024
 
 
-class ControllerService(rpc.ControllerServicerBase):  # type: ignore[misc]
+class ControllerService(rpc.ControllerServicerBase):
     def __init__(self, job: JobController | None = None) -> None:
         self.job = job
         self.leader_address = ""
@@ -44,7 +44,9 @@ class ControllerService(rpc.ControllerServicerBase):  # type: ignore[misc]
         if expected and not hmac.compare_digest(token.encode(), expected.encode()):
             job.metrics.rejected.labels("token").inc()
             log.warning("rejected a request with a wrong job token")
-            await rpc.permission_denied(context, "wrong job token: use the token the job was started with")
+            await rpc.permission_denied(
+                context, "wrong job token: use the token the job was started with"
+            )
 
     async def _node(self, job: JobController, node_id: str, context: Any) -> None:
         if node_id not in job.nodes:
@@ -65,8 +67,9 @@ class ControllerService(rpc.ControllerServicerBase):  # type: ignore[misc]
         for w in request.workers:
             if not _ID.match(w.worker_id) or not 0 <= w.slot < request.slots:
                 await rpc.invalid_argument(
-                    context, f"worker {w.worker_id!r} slot {w.slot} is not valid for "
-                    f"{request.slots} slot(s)"
+                    context,
+                    f"worker {w.worker_id!r} slot {w.slot} is not valid for "
+                    f"{request.slots} slot(s)",
                 )
         return await job.register(request)
 
@@ -131,8 +134,9 @@ class ControllerService(rpc.ControllerServicerBase):  # type: ignore[misc]
         if target is None:
             world = job.layout.world_size if job.layout else 0
             await rpc.invalid_argument(
-                context, f"rank {request.rank} is out of range: the current plan has {world} "
-                "rank(s)" + ("" if world else " (no plan yet)")
+                context,
+                f"rank {request.rank} is out of range: the current plan has {world} "
+                "rank(s)" + ("" if world else " (no plan yet)"),
             )
         command.worker_id, command.rank = target.worker_id, request.rank
         job.send_chaos(target.node_id, command)

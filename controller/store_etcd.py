@@ -30,7 +30,7 @@ class EtcdStore(Store):
     def __init__(self, host: str, port: int, timeout_s: float = 5.0) -> None:
         self._address = f"{host}:{port}"
         self._timeout_s = timeout_s
-        self._client = aetcd.Client(host=host, port=port, timeout=int(math.ceil(timeout_s)))
+        self._client = aetcd.Client(host=host, port=port, timeout=math.ceil(timeout_s))
 
     async def _call(self, what: str, coro: Any) -> Any:
         try:
@@ -53,7 +53,9 @@ class EtcdStore(Store):
         return sorted((self._kv(kv) for kv in result), key=lambda kv: kv.key)
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        result = await self._call(f"put {key}", self._client.put(key.encode(), value, lease or None))
+        result = await self._call(
+            f"put {key}", self._client.put(key.encode(), value, lease or None)
+        )
         return int(result.header.revision)
 
     async def compare_and_set(
@@ -77,7 +79,7 @@ class EtcdStore(Store):
     async def grant_lease(self, ttl_s: float) -> int:
         if ttl_s <= 0:
             raise StoreError(f"lease TTL must be positive, got {ttl_s}")
-        lease = await self._call("grant_lease", self._client.lease(int(math.ceil(ttl_s))))
+        lease = await self._call("grant_lease", self._client.lease(math.ceil(ttl_s)))
         return int(lease.id)
 
     async def refresh_lease(self, lease: int) -> bool:
@@ -91,7 +93,7 @@ class EtcdStore(Store):
             if "not found" not in str(exc):
                 raise
 
-    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:  # type: ignore[override]
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
         watch = await self._call(f"watch {prefix}", self._client.watch_prefix(prefix.encode()))
         try:
             async for event in watch:

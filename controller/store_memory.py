@@ -167,7 +167,7 @@ class MemoryStore(Store):
     async def revoke_lease(self, lease: int) -> None:
         self._drop_lease(lease)
 
-    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:  # type: ignore[override]
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
         self._ensure_reaper()
         queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
         entry = (prefix, queue)

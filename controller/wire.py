@@ -19,8 +19,11 @@ def layout_to_plan(layout: Layout, job: str, rendezvous: str, created_unix: floa
     )
     for a in layout.ranks:
         plan.assignments.add(
-            rank=a.rank, worker_id=a.worker.worker_id, node_id=a.worker.node_id,
-            slot=a.worker.slot, holder=a.holder,
+            rank=a.rank,
+            worker_id=a.worker.worker_id,
+            node_id=a.worker.node_id,
+            slot=a.worker.slot,
+            holder=a.holder,
         )
     for src, dst in layout.transfers:
         plan.transfers.add(src_rank=src, dst_rank=dst, what="full_state")

@@ -24,7 +24,9 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training job")
     g.add_argument("--job", default="elastiq", help="job name")
     g.add_argument("--steps", type=int, default=200, help="optimizer steps")
-    g.add_argument("--global-batch", type=int, default=32, help="samples per step (kept through failures)")
+    g.add_argument(
+        "--global-batch", type=int, default=32, help="samples per step (kept through failures)"
+    )
     g.add_argument("--micro-batch", type=int, default=4, help="samples per micro-batch")
     g.add_argument("--seq-len", type=int, default=64, help="tokens (bytes) per sample")
     g.add_argument("--dim", type=int, default=64, help="model width")
@@ -32,15 +34,23 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heads", type=int, default=4, help="attention heads")
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     g.add_argument("--seed", type=int, default=0, help="seed for init, data order, dropout")
-    g.add_argument("--data", default="", help="fsspec path/dir/glob of text; default: Python's stdlib")
+    g.add_argument(
+        "--data", default="", help="fsspec path/dir/glob of text; default: Python's stdlib"
+    )
     g.add_argument("--step-delay", type=float, default=0.0, help="extra seconds per step (demos)")
 
 
 def _job_config(args: argparse.Namespace) -> JobConfig:
     return JobConfig(
-        job=args.job, steps=args.steps, global_batch=args.global_batch,
-        micro_batch=args.micro_batch, seq_len=args.seq_len, lr=args.lr, seed=args.seed,
-        data=args.data, step_delay_s=args.step_delay,
+        job=args.job,
+        steps=args.steps,
+        global_batch=args.global_batch,
+        micro_batch=args.micro_batch,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        seed=args.seed,
+        data=args.data,
+        step_delay_s=args.step_delay,
         model=ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads),
     )
 
@@ -70,11 +80,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from elastiq.local import ChaosSpec, LocalRunConfig, run_local
 
     local = LocalRunConfig(
-        workers=args.workers, workers_per_node=args.workers_per_node,
+        workers=args.workers,
+        workers_per_node=args.workers_per_node,
         store=envvars.resolve(args.store, envvars.STORE, "embedded", str),
         chaos=[ChaosSpec.parse(c) for c in args.chaos],
-        liveness_timeout_s=args.liveness_timeout, summary_json=args.summary_json,
-        log_level=args.log_level, metrics_port=args.metrics_port,
+        liveness_timeout_s=args.liveness_timeout,
+        summary_json=args.summary_json,
+        log_level=args.log_level,
+        metrics_port=args.metrics_port,
     )
     summary = run_local(_job_config(args), local)
     return 0 if summary["phase"] == "Succeeded" else 1
@@ -86,12 +99,16 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
     control = ControllerConfig(
         token=envvars.resolve(args.token, envvars.TOKEN, "", str),
-        lease_ttl_s=args.lease_ttl, heartbeat_interval_s=args.heartbeat_interval,
-        min_workers=args.min_workers, settle_s=args.settle,
+        lease_ttl_s=args.lease_ttl,
+        heartbeat_interval_s=args.heartbeat_interval,
+        min_workers=args.min_workers,
+        settle_s=args.settle,
         takeover_grace_s=args.takeover_grace,
     )
     server = ServerConfig(
-        host=args.host, port=args.port, advertise_host=args.advertise_host or args.host,
+        host=args.host,
+        port=args.port,
+        advertise_host=args.advertise_host or args.host,
         metrics_port=args.metrics_port,
         store=envvars.resolve(args.store, envvars.STORE, "embedded", str),
     )
@@ -127,8 +144,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         controllers=[c for c in controllers.split(",") if c],
         token=envvars.resolve(args.token, envvars.TOKEN, "", str),
         node_id=envvars.resolve(args.node_id, envvars.NODE_ID, "", str),
-        slots=args.slots, liveness_timeout_s=args.liveness_timeout,
-        progress_timeout_s=args.progress_timeout, log_level=args.log_level,
+        slots=args.slots,
+        liveness_timeout_s=args.liveness_timeout,
+        progress_timeout_s=args.progress_timeout,
+        log_level=args.log_level,
     )
     return asyncio.run(Agent(config).run())
 
@@ -153,17 +172,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json_format.MessageToJson(status, preserving_proto_field_name=True))
         return 0
-    print(f"job {status.job}  phase {status.phase}  generation {status.generation}  "
-          f"step {status.step}/{status.total_steps}  loss {status.loss:.4f}  "
-          f"failures {status.failures}  leader {status.leader}")
-    print(f"plan g{status.plan.generation}: {status.plan.world_size} ranks, rendezvous "
-          f"{status.plan.rendezvous}, state from {status.plan.state_source or '-'}"
-          f"{'  (' + status.plan.reason + ')' if status.plan.reason else ''}")
-    print(f"{'rank':>4}  {'worker':<20} {'node':<12} {'state':<9} {'step':>6} {'loss':>8} {'pid':>7}")
+    print(
+        f"job {status.job}  phase {status.phase}  generation {status.generation}  "
+        f"step {status.step}/{status.total_steps}  loss {status.loss:.4f}  "
+        f"failures {status.failures}  leader {status.leader}"
+    )
+    print(
+        f"plan g{status.plan.generation}: {status.plan.world_size} ranks, rendezvous "
+        f"{status.plan.rendezvous}, state from {status.plan.state_source or '-'}"
+        f"{'  (' + status.plan.reason + ')' if status.plan.reason else ''}"
+    )
+    print(
+        f"{'rank':>4}  {'worker':<20} {'node':<12} {'state':<9} {'step':>6} {'loss':>8} {'pid':>7}"
+    )
     for m in sorted(status.members, key=lambda m: (m.rank < 0, m.rank, m.worker_id)):
         rank = str(m.rank) if m.rank >= 0 else "-"
-        print(f"{rank:>4}  {m.worker_id:<20} {m.node_id:<12} {m.state:<9} {m.step:>6} "
-              f"{m.loss:>8.4f} {m.pid:>7}")
+        print(
+            f"{rank:>4}  {m.worker_id:<20} {m.node_id:<12} {m.state:<9} {m.step:>6} "
+            f"{m.loss:>8.4f} {m.pid:>7}"
+        )
     print("last events:")
     for ev in list(status.events)[-args.events :]:
         stamp = time.strftime("%H:%M:%S", time.localtime(ev.wall_time))
@@ -177,8 +204,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
     actions = {"kill-worker": pb.KILL_WORKER, "kill-node": pb.KILL_NODE, "hang": pb.HANG_WORKER}
     client, token = _client(args)
-    request = pb.AdminRequest(token=token, action=actions[args.action],
-                              at_step=args.at_step)
+    request = pb.AdminRequest(token=token, action=actions[args.action], at_step=args.at_step)
     if args.action == "kill-node":
         request.node_id = args.node
     else:
@@ -196,7 +222,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elastiq", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=None, help="elastiq log level (default WARNING for run)")
+    parser.add_argument(
+        "--log-level", default=None, help="elastiq log level (default WARNING for run)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a job on this machine (controller + agents)")
@@ -204,9 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=4)
     run.add_argument("--workers-per-node", type=int, default=1)
     run.add_argument("--store", default=None, help="embedded (default) or etcd://host:port")
-    run.add_argument("--chaos", action="append", default=[],
-                     help="fault by (rank, step): kill-worker:rank=2,step=50 | hang:rank=1,step=30 | "
-                     "kill-node:node=node1,step=40 (repeatable)")
+    run.add_argument(
+        "--chaos",
+        action="append",
+        default=[],
+        help="fault by (rank, step): kill-worker:rank=2,step=50 | hang:rank=1,step=30 | "
+        "kill-node:node=node1,step=40 (repeatable)",
+    )
     run.add_argument("--liveness-timeout", type=float, default=3.0)
     run.add_argument("--summary-json", default="")
     run.add_argument("--metrics-port", type=int, default=-1)

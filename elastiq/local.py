@@ -54,8 +54,12 @@ class ChaosSpec:
                 raise ValueError(f"chaos {text!r}: expected rank=R, node=N or step=S, got {part!r}")
             fields[key] = value
         try:
-            spec = cls(action, int(fields.get("rank", -1)), fields.get("node", ""),
-                       int(fields.get("step", 0)))
+            spec = cls(
+                action,
+                int(fields.get("rank", -1)),
+                fields.get("node", ""),
+                int(fields.get("step", 0)),
+            )
         except ValueError as exc:
             raise ValueError(f"chaos {text!r}: rank and step must be integers") from exc
         if action == "kill-node" and not spec.node:
@@ -97,7 +101,8 @@ class LocalRunConfig:
             raise ValueError("workers and workers_per_node must be at least 1")
         if self.workers % self.workers_per_node:
             raise ValueError(
-                f"workers={self.workers} must be a multiple of workers_per_node={self.workers_per_node}"
+                f"workers={self.workers} must be a multiple of "
+                f"workers_per_node={self.workers_per_node}"
             )
         if self.workers > 64:
             raise ValueError(f"workers={self.workers}: a local run is limited to 64 processes")
@@ -123,8 +128,18 @@ class ProgressView:
         new = list(status.events)[self.seen_events :]
         self.seen_events = len(status.events)
         for ev in new:
-            if ev.kind in ("plan", "worker_exited", "worker_hung", "node_lost", "recovered",
-                           "chaos", "failed", "finished", "takeover", "worker_failed"):
+            if ev.kind in (
+                "plan",
+                "worker_exited",
+                "worker_hung",
+                "node_lost",
+                "recovered",
+                "chaos",
+                "failed",
+                "finished",
+                "takeover",
+                "worker_failed",
+            ):
                 self._clear_bar()
                 stamp = time.strftime("%H:%M:%S", time.localtime(ev.wall_time))
                 print(f"[{stamp}] gen {ev.generation}: {ev.kind}: {ev.message}", file=self.out)
@@ -188,7 +203,9 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     print(f"\njob {summary['job']}: {summary['phase']}", file=out)
     print(f"  steps            {summary['steps']}/{summary['total_steps']}", file=out)
     print(f"  final loss       {summary['final_loss']:.4f}", file=out)
-    print(f"  failures survived {summary['failures_survived']} (of {summary['failures']})", file=out)
+    print(
+        f"  failures survived {summary['failures_survived']} (of {summary['failures']})", file=out
+    )
     print(f"  wall time        {summary['wall_s']:.1f}s", file=out)
     for r in summary["recoveries"]:
         phases = ", ".join(f"{k} {v:.3f}s" for k, v in r["phases_s"].items())
@@ -201,15 +218,21 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         print(f"  error: {summary['error']}", file=out)
 
 
-async def run_local_async(job: JobConfig, local: LocalRunConfig, out: TextIO = sys.stdout) -> dict[str, Any]:
+async def run_local_async(
+    job: JobConfig, local: LocalRunConfig, out: TextIO = sys.stdout
+) -> dict[str, Any]:
     run_dir = local.run_dir or os.path.join("runs", job.job)
     os.makedirs(run_dir, exist_ok=True)
     token = secrets.token_hex(16)
     controller = Controller(
         job,
-        ControllerConfig(token=token, min_workers=local.workers, settle_s=0.0,
-                         lease_ttl_s=local.lease_ttl_s,
-                         heartbeat_interval_s=min(0.5, local.lease_ttl_s / 3)),
+        ControllerConfig(
+            token=token,
+            min_workers=local.workers,
+            settle_s=0.0,
+            lease_ttl_s=local.lease_ttl_s,
+            heartbeat_interval_s=min(0.5, local.lease_ttl_s / 3),
+        ),
         ServerConfig(store=local.store, metrics_port=local.metrics_port),
     )
     await controller.start()
@@ -233,13 +256,29 @@ async def run_local_async(job: JobConfig, local: LocalRunConfig, out: TextIO = s
             logs.append(log_file)
             agents.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "elastiq.cli", "--log-level", local.log_level,
-                     "agent", "--controller", address,
-                     "--token", token, "--node-id", f"node{i}",
-                     "--slots", str(local.workers_per_node),
-                     "--liveness-timeout", str(local.liveness_timeout_s),
-                     "--progress-timeout", str(local.progress_timeout_s)],
-                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    [
+                        sys.executable,
+                        "-m",
+                        "elastiq.cli",
+                        "--log-level",
+                        local.log_level,
+                        "agent",
+                        "--controller",
+                        address,
+                        "--token",
+                        token,
+                        "--node-id",
+                        f"node{i}",
+                        "--slots",
+                        str(local.workers_per_node),
+                        "--liveness-timeout",
+                        str(local.liveness_timeout_s),
+                        "--progress-timeout",
+                        str(local.progress_timeout_s),
+                    ],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                 )
             )
         job_ctl = controller.job
@@ -287,8 +326,9 @@ async def run_local_async(job: JobConfig, local: LocalRunConfig, out: TextIO = s
 
 
 def _schedule_chaos(job_ctl: Any, spec: ChaosSpec) -> bool:
-    command = pb.ChaosCommand(action=CHAOS_ACTIONS[spec.action], at_step=spec.step,
-                              id=f"chaos-{time.time_ns()}")
+    command = pb.ChaosCommand(
+        action=CHAOS_ACTIONS[spec.action], at_step=spec.step, id=f"chaos-{time.time_ns()}"
+    )
     if spec.action == "kill-node":
         if spec.node not in job_ctl.nodes:
             return False

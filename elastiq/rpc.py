@@ -43,8 +43,8 @@ _RETRYABLE = {
 
 def translate(exc: BaseException) -> Exception:
     if isinstance(exc, grpc.aio.AioRpcError | grpc.RpcError):
-        code = exc.code()  # type: ignore[union-attr]
-        details = exc.details() or ""  # type: ignore[union-attr]
+        code = exc.code()
+        details = exc.details() or ""
         if code in _RETRYABLE:
             return RpcRetryable(f"{code.name}: {details}")
         return RpcRejected(code.name, details)
@@ -58,7 +58,8 @@ class ControllerClient:
         self.address = address
         self.timeout_s = timeout_s
         self._channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.enable_retries", 0), ("grpc.max_receive_message_length", 64 << 20)]
+            address,
+            options=[("grpc.enable_retries", 0), ("grpc.max_receive_message_length", 64 << 20)],
         )
         self._stub = pb_grpc.ControllerStub(self._channel)
 

@@ -32,23 +32,35 @@ class EtcdServer:
     def start(self) -> None:
         binary = shutil.which("etcd")
         if binary is None:
-            raise RuntimeError("etcd is not installed: run `bash dev.sh setup` (Debian etcd-server)")
+            raise RuntimeError(
+                "etcd is not installed: run `bash dev.sh setup` (Debian etcd-server)"
+            )
         client = f"http://127.0.0.1:{self.port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         self.proc = subprocess.Popen(
             [
                 binary,
-                "--name", "test",
-                "--data-dir", self.data_dir,
-                "--listen-client-urls", client,
-                "--advertise-client-urls", client,
-                "--listen-peer-urls", peer,
-                "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"test={peer}",
+                "--name",
+                "test",
+                "--data-dir",
+                self.data_dir,
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"test={peer}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")},
+            env={
+                **os.environ,
+                "ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", ""),
+            },
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

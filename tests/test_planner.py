@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -64,7 +65,7 @@ def test_even_split_covers_everything_once() -> None:
         for parts in range(1, 7):
             pieces = [even_split(n, parts, i) for i in range(parts)]
             assert pieces[0][0] == 0 and pieces[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:], strict=False))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
             sizes = [hi - lo for lo, hi in pieces]
             assert max(sizes) - min(sizes) <= 1
     assert overlap((0, 5), (3, 9)) == (3, 5) and overlap((0, 3), (3, 9)) is None

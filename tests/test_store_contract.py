@@ -12,7 +12,7 @@ from elastiq.controller.store import Store, StoreError, WatchEvent, open_store
 
 
 def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))  # type: ignore[arg-type]
+    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 @pytest.fixture(params=["embedded", "etcd"])

@@ -1,0 +1,1 @@
+"""Checkpoints (lazy async multi-level, universal format): see issue 4."""

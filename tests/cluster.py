@@ -1,0 +1,183 @@
+"""A real cluster on loopback for end-to-end tests: `elastiq controller` and
+`elastiq agent` subprocesses, status over gRPC, and cleanup of every process.
+
+Nothing is mocked: the controller is the CLI process on a real store, agents are
+real processes that start real worker processes; faults are real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from elastiq import rpc
+from elastiq.proto import elastiq_pb2 as pb
+
+TOKEN = "test-token"
+
+
+class Cluster:
+    def __init__(
+        self, workdir: str, store: str = "embedded", job: dict[str, Any] | None = None
+    ) -> None:
+        self.workdir = workdir
+        self.store = store
+        self.job = {
+            "steps": 80,
+            "global-batch": 16,
+            "micro-batch": 2,
+            "seq-len": 32,
+            "dim": 32,
+            "layers": 2,
+            "heads": 2,
+            **(job or {}),
+        }
+        self.controller: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[Any] = []
+
+    def _log(self, name: str) -> Any:
+        fh = open(os.path.join(self.workdir, f"{name}.log"), "ab")  # noqa: SIM115
+        self._logs.append(fh)
+        return fh
+
+    def start_controller(
+        self,
+        min_workers: int,
+        port: int = 0,
+        settle: float = 0.0,
+        lease_ttl: float = 3.0,
+        takeover_grace: float = 5.0,
+    ) -> None:
+        port_file = os.path.join(self.workdir, "controller.port")
+        if os.path.exists(port_file):
+            os.remove(port_file)
+        args = [
+            sys.executable,
+            "-m",
+            "elastiq.cli",
+            "--log-level",
+            "INFO",
+            "controller",
+            "--store",
+            self.store,
+            "--token",
+            TOKEN,
+            "--port",
+            str(port),
+            "--port-file",
+            port_file,
+            "--min-workers",
+            str(min_workers),
+            "--settle",
+            str(settle),
+            "--lease-ttl",
+            str(lease_ttl),
+            "--takeover-grace",
+            str(takeover_grace),
+        ]
+        for key, value in self.job.items():
+            args += [f"--{key}", str(value)]
+        self.controller = subprocess.Popen(
+            args, stdout=self._log("controller"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(port_file):
+            if self.controller.poll() is not None:
+                raise RuntimeError(f"controller exited with {self.controller.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("controller did not start")
+            time.sleep(0.05)
+        with open(port_file, encoding="utf-8") as fh:
+            self.port = int(fh.read())
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_agent(
+        self, node_id: str, slots: int = 1, liveness_timeout: float = 3.0, token: str = TOKEN
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "elastiq.cli",
+                "--log-level",
+                "INFO",
+                "agent",
+                "--controller",
+                self.address,
+                "--token",
+                token,
+                "--node-id",
+                node_id,
+                "--slots",
+                str(slots),
+                "--liveness-timeout",
+                str(liveness_timeout),
+            ],
+            stdout=self._log(node_id),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.agents[node_id] = proc
+        return proc
+
+    def call(self, method: str, request: Any) -> Any:
+        client = rpc.SyncControllerClient(self.address, timeout_s=5)
+        try:
+            return client.call(method, request)
+        finally:
+            client.close()
+
+    def status(self) -> pb.StatusResponse:
+        return self.call("Status", pb.StatusRequest(token=TOKEN))
+
+    def wait_for(
+        self, what: str, predicate: Callable[[pb.StatusResponse], bool], timeout: float = 120.0
+    ) -> pb.StatusResponse:
+        deadline = time.monotonic() + timeout
+        last: pb.StatusResponse | None = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.status()
+                if predicate(last):
+                    return last
+            except (rpc.RpcRetryable, rpc.RpcRejected):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"timed out waiting for {what}; last status:\n{last}")
+
+    def kill_controller(self) -> None:
+        if self.controller is not None and self.controller.poll() is None:
+            self.controller.send_signal(signal.SIGKILL)
+            self.controller.wait(10)
+
+    def close(self) -> None:
+        for proc in [*self.agents.values(), self.controller]:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in [*self.agents.values(), self.controller]:
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for fh in self._logs:
+            fh.close()
+
+
+def planned(status: pb.StatusResponse) -> dict[str, int]:
+    """worker id -> pid of the members of the current plan."""
+    ranks = {a.worker_id for a in status.plan.assignments}
+    return {m.worker_id: m.pid for m in status.members if m.worker_id in ranks}

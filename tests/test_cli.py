@@ -1,0 +1,72 @@
+"""The CLI as a user runs it: `elastiq run`, then `status` and `chaos` against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def elastiq(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "elastiq.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def test_run_status_and_chaos_on_a_local_job(tmp_path: pathlib.Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path)}  # the run file lives under $HOME/.elastiq
+    summary = tmp_path / "summary.json"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "elastiq.cli", "run", "--job", "clitest", "--workers", "4",
+         "--steps", "250", "--global-batch", "16", "--micro-batch", "2", "--seq-len", "32",
+         "--dim", "32", "--layers", "2", "--heads", "2", "--step-delay", "0.03",
+         "--summary-json", str(summary)],
+        env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        status = None
+        while time.monotonic() < deadline:
+            status = elastiq("status", "--job", "clitest", "--json", env=env)
+            if status.returncode == 0 and int(json.loads(status.stdout).get("step", 0)) >= 10:
+                break
+            time.sleep(0.3)
+        assert status is not None and status.returncode == 0, status
+        table = elastiq("status", "--job", "clitest", env=env)
+        assert table.returncode == 0
+        assert "phase Running" in table.stdout and "generation 1" in table.stdout
+        assert table.stdout.count("node") >= 4 and "last events:" in table.stdout
+
+        refused = elastiq("chaos", "--job", "clitest", "kill-worker", "--rank", "9", env=env)
+        assert refused.returncode == 2 and "rank 9 is out of range" in refused.stderr
+
+        killed = elastiq("chaos", "--job", "clitest", "kill-worker", "--rank", "1", env=env)
+        assert killed.returncode == 0 and "rank 1" in killed.stdout
+        out, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+    assert run.returncode == 0, out
+    assert "worker_exited" in out and "recovered" in out and "failures survived 1" in out
+    result = json.loads(summary.read_text())
+    assert result["phase"] == "Succeeded" and result["steps"] == 250
+    assert result["workers"] == 3 and len(result["recoveries"]) == 1
+    assert result["recoveries"][0]["lost_steps"] == 0
+    assert not (tmp_path / ".elastiq" / "local" / "clitest.json").exists(), "run file not removed"
+
+
+def test_bad_chaos_spec_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path)}
+    bad = elastiq("run", "--chaos", "explode:rank=1", env=env)
+    assert bad.returncode == 2 and "action must be one of" in bad.stderr
+    bad = elastiq("run", "--global-batch", "10", "--micro-batch", "4", env=env)
+    assert bad.returncode == 2 and "must be a multiple of micro_batch=4" in bad.stderr
+    none = elastiq("status", "--job", "nothing-here", env={**env, "ELASTIQ_CONTROLLER": ""})
+    assert none.returncode != 0 and "no controller" in none.stderr

@@ -1,0 +1,90 @@
+"""Contracts that keep the code base honest: generated stubs are fresh, layers
+import only downward, each external client is imported by one adapter module."""
+
+from __future__ import annotations
+
+import ast
+import filecmp
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PARTS = {"elastiq": "elastiq", "controller": "elastiq.controller", "agent": "elastiq.agent",
+         "proto": "elastiq.proto", "checkpoint": "elastiq.checkpoint"}
+
+
+def test_generated_stubs_match_the_proto(tmp_path: pathlib.Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), str(tmp_path)], check=True)
+    for name in ("elastiq_pb2.py", "elastiq_pb2.pyi", "elastiq_pb2_grpc.py"):
+        assert filecmp.cmp(tmp_path / name, ROOT / "proto" / name, shallow=False), (
+            f"proto/{name} is stale: run `python proto/generate.py` and commit the result"
+        )
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _sources(part: str) -> list[pathlib.Path]:
+    return [p for p in (ROOT / part).glob("*.py") if not p.name.startswith("elastiq_pb2")]
+
+
+def test_controller_and_agent_do_not_import_each_other_or_the_cli() -> None:
+    for part, forbidden in (("controller", ("elastiq.agent", "elastiq.cli", "elastiq.local")),
+                            ("agent", ("elastiq.controller", "elastiq.cli", "elastiq.local")),
+                            ("proto", ("elastiq.controller", "elastiq.agent"))):
+        for path in _sources(part):
+            bad = [m for m in _imports(path) if m.startswith(forbidden)]
+            assert not bad, f"{part}/{path.name} imports {bad}: layers only import downward"
+
+
+def test_each_external_client_is_imported_by_one_adapter_module() -> None:
+    adapters = {"aetcd": {"controller/store_etcd.py"}, "grpc": {"elastiq/rpc.py"},
+                "fsspec": {"elastiq/fs.py"}}
+    for client, allowed in adapters.items():
+        users = set()
+        for part in PARTS:
+            for path in _sources(part):
+                if any(m == client or m.startswith(client + ".") for m in _imports(path)):
+                    users.add(f"{part}/{path.name}")
+        users.discard("proto/generate.py")  # the stub generator uses grpc_tools
+        assert users <= allowed, f"{client} is imported outside its adapter: {sorted(users - allowed)}"
+
+
+def test_environment_variables_are_read_in_one_module() -> None:
+    for part in PARTS:
+        for path in _sources(part):
+            if path.name in ("envvars.py",):
+                continue
+            text = path.read_text(encoding="utf-8")
+            assert "os.environ.get(" not in text and "os.getenv(" not in text, (
+                f"{part}/{path.name} reads the environment; go through elastiq.envvars"
+            )
+
+
+def test_library_code_does_not_assert_or_log_through_the_root_logger() -> None:
+    for part in PARTS:
+        for path in _sources(part):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            asserts = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Assert)]
+            assert not asserts, f"{part}/{path.name}:{asserts}: raise a real error instead of assert"
+            for n in ast.walk(tree):
+                if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                        and isinstance(n.func.value, ast.Name) and n.func.value.id == "logging"
+                        and n.func.attr in ("info", "warning", "error", "debug", "exception")):
+                    raise AssertionError(f"{part}/{path.name}:{n.lineno} logs via the root logger")
+
+
+def test_modules_stay_well_under_800_lines() -> None:
+    for part in PARTS:
+        for path in _sources(part):
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            assert lines < 800, f"{part}/{path.name} has {lines} lines"

@@ -1,0 +1,136 @@
+"""Bad input against a real controller (gRPC on port 0, embedded store): every
+refusal says what was wrong, and nothing in the store changes."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from elastiq import rpc
+from elastiq.config import JobConfig
+from elastiq.controller.job import ControllerConfig
+from elastiq.controller.server import Controller, ServerConfig
+from elastiq.proto import elastiq_pb2 as pb
+
+TOKEN = "s3cret"
+
+
+def with_controller(body: Callable[[Controller, rpc.ControllerClient], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        controller = Controller(
+            JobConfig(job="input-test", steps=5),
+            ControllerConfig(token=TOKEN, min_workers=1, settle_s=0.0, coalesce_s=0.0),
+            ServerConfig(metrics_port=0),
+        )
+        await controller.start()
+        client = rpc.ControllerClient(f"127.0.0.1:{controller.port}")
+        try:
+            return await body(controller, client)
+        finally:
+            await client.close()
+            await controller.stop()
+
+    return asyncio.run(asyncio.wait_for(main(), 60))
+
+
+async def snapshot(controller: Controller) -> list[tuple[str, bytes]]:
+    assert controller.store is not None
+    return [(kv.key, kv.value) for kv in await controller.store.get_prefix("/elastiq/")]
+
+
+async def register(client: rpc.ControllerClient, node: str = "node-a", token: str = TOKEN) -> Any:
+    return await client.call("Register", pb.RegisterRequest(token=token, node_id=node, slots=1))
+
+
+async def ready_worker(client: rpc.ControllerClient, node: str = "node-a") -> None:
+    await client.call("ReportEvent", pb.EventReport(
+        token=TOKEN, node_id=node, kind=pb.WORKER_READY, worker_id=f"{node}.w0", slot=0, pid=1))
+
+
+def test_wrong_token_is_permission_denied_and_the_agent_is_not_added() -> None:
+    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
+        before = await snapshot(controller)
+        with pytest.raises(rpc.RpcRejected) as err:
+            await register(client, token="wrong")
+        assert err.value.code == "PERMISSION_DENIED" and "token" in err.value.details
+        assert controller.job is not None and "node-a" not in controller.job.nodes
+        assert await snapshot(controller) == before
+
+    with_controller(body)
+
+
+def test_unknown_node_and_malformed_ids_are_invalid_argument() -> None:
+    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
+        before = await snapshot(controller)
+        with pytest.raises(rpc.RpcRejected) as err:
+            await client.call("ReportEvent", pb.EventReport(
+                token=TOKEN, node_id="ghost", kind=pb.WORKER_EXITED, worker_id="ghost.w0"))
+        assert err.value.code == "INVALID_ARGUMENT" and "unknown node id 'ghost'" in err.value.details
+        with pytest.raises(rpc.RpcRejected) as err:
+            await client.call("Register", pb.RegisterRequest(token=TOKEN, node_id="bad id!", slots=1))
+        assert err.value.code == "INVALID_ARGUMENT" and "node id" in err.value.details
+        with pytest.raises(rpc.RpcRejected) as err:
+            await client.call("Register", pb.RegisterRequest(token=TOKEN, node_id="n", slots=0))
+        assert err.value.code == "INVALID_ARGUMENT" and "slots=0" in err.value.details
+        assert await snapshot(controller) == before
+
+    with_controller(body)
+
+
+def test_out_of_range_rank_is_invalid_argument_and_changes_nothing() -> None:
+    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
+        await register(client)
+        await ready_worker(client)
+        for _ in range(50):
+            if controller.job is not None and controller.job.generation == 1:
+                break
+            await asyncio.sleep(0.05)
+        before = await snapshot(controller)
+        with pytest.raises(rpc.RpcRejected) as err:
+            await client.call("Admin", pb.AdminRequest(token=TOKEN, action=pb.KILL_WORKER, rank=7))
+        assert err.value.code == "INVALID_ARGUMENT"
+        assert "rank 7 is out of range: the current plan has 1 rank(s)" in err.value.details
+        assert await snapshot(controller) == before
+
+    with_controller(body)
+
+
+def test_a_report_from_an_older_generation_is_ignored() -> None:
+    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
+        await register(client)
+        await ready_worker(client)
+        for _ in range(50):
+            if controller.job is not None and controller.job.generation == 1:
+                break
+            await asyncio.sleep(0.05)
+        job = controller.job
+        assert job is not None and job.generation == 1
+        before = await snapshot(controller)
+        ack = await client.call("ReportEvent", pb.EventReport(
+            token=TOKEN, node_id="node-a", kind=pb.FINISHED, worker_id="node-a.w0", generation=0,
+            step=5))
+        assert not ack.accepted and "stale generation 0 < current 1" in ack.reason
+        assert job.phase == "Running", "a stale FINISHED must not end the job"
+        assert await snapshot(controller) == before
+
+    with_controller(body)
+
+
+def test_metrics_are_served_with_the_elastiq_prefix() -> None:
+    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
+        await register(client)
+        await ready_worker(client)
+        await asyncio.sleep(0.3)
+        with pytest.raises(rpc.RpcRejected):
+            await register(client, token="nope")
+        url = f"http://127.0.0.1:{controller.metrics_port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+        assert "elastiq_generation 1.0" in text
+        assert "elastiq_members 1.0" in text
+        assert 'elastiq_rejected_requests_total{reason="token"} 1.0' in text
+
+    with_controller(body)
