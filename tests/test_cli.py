@@ -14,20 +14,55 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def elastiq(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "elastiq.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=timeout)
+def elastiq(
+    *args: str, env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "elastiq.cli", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 def test_run_status_and_chaos_on_a_local_job(tmp_path: pathlib.Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path)}  # the run file lives under $HOME/.elastiq
     summary = tmp_path / "summary.json"
     run = subprocess.Popen(
-        [sys.executable, "-m", "elastiq.cli", "run", "--job", "clitest", "--workers", "4",
-         "--steps", "250", "--global-batch", "16", "--micro-batch", "2", "--seq-len", "32",
-         "--dim", "32", "--layers", "2", "--heads", "2", "--step-delay", "0.03",
-         "--summary-json", str(summary)],
-        env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "elastiq.cli",
+            "run",
+            "--job",
+            "clitest",
+            "--workers",
+            "4",
+            "--steps",
+            "250",
+            "--global-batch",
+            "16",
+            "--micro-batch",
+            "2",
+            "--seq-len",
+            "32",
+            "--dim",
+            "32",
+            "--layers",
+            "2",
+            "--heads",
+            "2",
+            "--step-delay",
+            "0.03",
+            "--summary-json",
+            str(summary),
+        ],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 90

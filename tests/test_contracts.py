@@ -10,8 +10,13 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PARTS = {"elastiq": "elastiq", "controller": "elastiq.controller", "agent": "elastiq.agent",
-         "proto": "elastiq.proto", "checkpoint": "elastiq.checkpoint"}
+PARTS = {
+    "elastiq": "elastiq",
+    "controller": "elastiq.controller",
+    "agent": "elastiq.agent",
+    "proto": "elastiq.proto",
+    "checkpoint": "elastiq.checkpoint",
+}
 
 
 def test_generated_stubs_match_the_proto(tmp_path: pathlib.Path) -> None:
@@ -38,17 +43,22 @@ def _sources(part: str) -> list[pathlib.Path]:
 
 
 def test_controller_and_agent_do_not_import_each_other_or_the_cli() -> None:
-    for part, forbidden in (("controller", ("elastiq.agent", "elastiq.cli", "elastiq.local")),
-                            ("agent", ("elastiq.controller", "elastiq.cli", "elastiq.local")),
-                            ("proto", ("elastiq.controller", "elastiq.agent"))):
+    for part, forbidden in (
+        ("controller", ("elastiq.agent", "elastiq.cli", "elastiq.local")),
+        ("agent", ("elastiq.controller", "elastiq.cli", "elastiq.local")),
+        ("proto", ("elastiq.controller", "elastiq.agent")),
+    ):
         for path in _sources(part):
             bad = [m for m in _imports(path) if m.startswith(forbidden)]
             assert not bad, f"{part}/{path.name} imports {bad}: layers only import downward"
 
 
 def test_each_external_client_is_imported_by_one_adapter_module() -> None:
-    adapters = {"aetcd": {"controller/store_etcd.py"}, "grpc": {"elastiq/rpc.py"},
-                "fsspec": {"elastiq/fs.py"}}
+    adapters = {
+        "aetcd": {"controller/store_etcd.py"},
+        "grpc": {"elastiq/rpc.py"},
+        "fsspec": {"elastiq/fs.py"},
+    }
     for client, allowed in adapters.items():
         users = set()
         for part in PARTS:
@@ -56,7 +66,9 @@ def test_each_external_client_is_imported_by_one_adapter_module() -> None:
                 if any(m == client or m.startswith(client + ".") for m in _imports(path)):
                     users.add(f"{part}/{path.name}")
         users.discard("proto/generate.py")  # the stub generator uses grpc_tools
-        assert users <= allowed, f"{client} is imported outside its adapter: {sorted(users - allowed)}"
+        assert users <= allowed, (
+            f"{client} is imported outside its adapter: {sorted(users - allowed)}"
+        )
 
 
 def test_environment_variables_are_read_in_one_module() -> None:
@@ -75,11 +87,17 @@ def test_library_code_does_not_assert_or_log_through_the_root_logger() -> None:
         for path in _sources(part):
             tree = ast.parse(path.read_text(encoding="utf-8"))
             asserts = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Assert)]
-            assert not asserts, f"{part}/{path.name}:{asserts}: raise a real error instead of assert"
+            assert not asserts, (
+                f"{part}/{path.name}:{asserts}: raise a real error instead of assert"
+            )
             for n in ast.walk(tree):
-                if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-                        and isinstance(n.func.value, ast.Name) and n.func.value.id == "logging"
-                        and n.func.attr in ("info", "warning", "error", "debug", "exception")):
+                if (
+                    isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Attribute)
+                    and isinstance(n.func.value, ast.Name)
+                    and n.func.value.id == "logging"
+                    and n.func.attr in ("info", "warning", "error", "debug", "exception")
+                ):
                     raise AssertionError(f"{part}/{path.name}:{n.lineno} logs via the root logger")
 
 

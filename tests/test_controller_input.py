@@ -47,8 +47,12 @@ async def register(client: rpc.ControllerClient, node: str = "node-a", token: st
 
 
 async def ready_worker(client: rpc.ControllerClient, node: str = "node-a") -> None:
-    await client.call("ReportEvent", pb.EventReport(
-        token=TOKEN, node_id=node, kind=pb.WORKER_READY, worker_id=f"{node}.w0", slot=0, pid=1))
+    await client.call(
+        "ReportEvent",
+        pb.EventReport(
+            token=TOKEN, node_id=node, kind=pb.WORKER_READY, worker_id=f"{node}.w0", slot=0, pid=1
+        ),
+    )
 
 
 def test_wrong_token_is_permission_denied_and_the_agent_is_not_added() -> None:
@@ -67,11 +71,19 @@ def test_unknown_node_and_malformed_ids_are_invalid_argument() -> None:
     async def body(controller: Controller, client: rpc.ControllerClient) -> None:
         before = await snapshot(controller)
         with pytest.raises(rpc.RpcRejected) as err:
-            await client.call("ReportEvent", pb.EventReport(
-                token=TOKEN, node_id="ghost", kind=pb.WORKER_EXITED, worker_id="ghost.w0"))
-        assert err.value.code == "INVALID_ARGUMENT" and "unknown node id 'ghost'" in err.value.details
+            await client.call(
+                "ReportEvent",
+                pb.EventReport(
+                    token=TOKEN, node_id="ghost", kind=pb.WORKER_EXITED, worker_id="ghost.w0"
+                ),
+            )
+        assert (
+            err.value.code == "INVALID_ARGUMENT" and "unknown node id 'ghost'" in err.value.details
+        )
         with pytest.raises(rpc.RpcRejected) as err:
-            await client.call("Register", pb.RegisterRequest(token=TOKEN, node_id="bad id!", slots=1))
+            await client.call(
+                "Register", pb.RegisterRequest(token=TOKEN, node_id="bad id!", slots=1)
+            )
         assert err.value.code == "INVALID_ARGUMENT" and "node id" in err.value.details
         with pytest.raises(rpc.RpcRejected) as err:
             await client.call("Register", pb.RegisterRequest(token=TOKEN, node_id="n", slots=0))
@@ -110,9 +122,17 @@ def test_a_report_from_an_older_generation_is_ignored() -> None:
         job = controller.job
         assert job is not None and job.generation == 1
         before = await snapshot(controller)
-        ack = await client.call("ReportEvent", pb.EventReport(
-            token=TOKEN, node_id="node-a", kind=pb.FINISHED, worker_id="node-a.w0", generation=0,
-            step=5))
+        ack = await client.call(
+            "ReportEvent",
+            pb.EventReport(
+                token=TOKEN,
+                node_id="node-a",
+                kind=pb.FINISHED,
+                worker_id="node-a.w0",
+                generation=0,
+                step=5,
+            ),
+        )
         assert not ack.accepted and "stale generation 0 < current 1" in ack.reason
         assert job.phase == "Running", "a stale FINISHED must not end the job"
         assert await snapshot(controller) == before
@@ -128,7 +148,9 @@ def test_metrics_are_served_with_the_elastiq_prefix() -> None:
         with pytest.raises(rpc.RpcRejected):
             await register(client, token="nope")
         url = f"http://127.0.0.1:{controller.metrics_port}/metrics"
-        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
         assert "elastiq_generation 1.0" in text
         assert "elastiq_members 1.0" in text
         assert 'elastiq_rejected_requests_total{reason="token"} 1.0' in text
