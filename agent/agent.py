@@ -258,6 +258,7 @@ class Agent:
                     worker,
                     "first_step",
                     step=worker.step,
+                    loss=worker.loss,
                     generation=worker.generation,
                     timings={"first_step_end": worker.step_wall},
                 )

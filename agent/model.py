@@ -32,10 +32,10 @@ class RMSNorm(nn.Module):
 
 
 class Embedding(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator) -> None:
         super().__init__()
         self.tok = nn.Embedding(cfg.vocab, cfg.dim)
-        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.tok.weight, std=0.02, generator=gen)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok(tokens)
@@ -59,7 +59,7 @@ class Block(nn.Module):
     cos: torch.Tensor
     sin: torch.Tensor
 
-    def __init__(self, cfg: ModelConfig, max_seq: int) -> None:
+    def __init__(self, cfg: ModelConfig, max_seq: int, gen: torch.Generator) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.dim // cfg.n_heads
@@ -73,9 +73,9 @@ class Block(nn.Module):
         self.w_down = nn.Linear(hidden, cfg.dim, bias=False)
         self.dropout = cfg.dropout
         for lin in (self.wqkv, self.w_gate, self.w_up):
-            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.normal_(lin.weight, std=0.02, generator=gen)
         for lin in (self.wo, self.w_down):
-            nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
+            nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * cfg.n_layers), generator=gen)
         cos, sin = _rotary(max_seq, self.head_dim)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -100,11 +100,11 @@ class Block(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator) -> None:
         super().__init__()
         self.norm = RMSNorm(cfg.dim)
         self.out = nn.Linear(cfg.dim, cfg.vocab, bias=False)
-        nn.init.normal_(self.out.weight, std=0.02)
+        nn.init.normal_(self.out.weight, std=0.02, generator=gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.norm(x))
@@ -114,13 +114,13 @@ def build_unit(cfg: ModelConfig, unit: int, seq_len: int, seed: int) -> nn.Modul
     """Layer unit `unit` (0 = embedding, n_layers+1 = head), initialised from (seed, unit)."""
     if not 0 <= unit <= cfg.n_layers + 1:
         raise ValueError(f"unit {unit} out of range 0..{cfg.n_layers + 1}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * 100_003 + unit)
-        if unit == 0:
-            return Embedding(cfg)
-        if unit == cfg.n_layers + 1:
-            return Head(cfg)
-        return Block(cfg, seq_len)
+    # a private generator: no global RNG state, so threads and call order cannot interfere
+    gen = torch.Generator().manual_seed(seed * 100_003 + unit)
+    if unit == 0:
+        return Embedding(cfg, gen)
+    if unit == cfg.n_layers + 1:
+        return Head(cfg, gen)
+    return Block(cfg, seq_len, gen)
 
 
 def num_units(cfg: ModelConfig) -> int:

@@ -132,6 +132,7 @@ class JobController:
         self._lease_watch: asyncio.Task[None] | None = None
         self.failure_message = ""
         self.failures = 0
+        self.first_loss = 0.0
         self.takeover = False
         self.done = asyncio.Event()
 
@@ -324,6 +325,8 @@ class JobController:
     def _on_joined(self, worker: WorkerState, req: pb.EventReport) -> None:
         """A worker joined the generation (timings) or finished its first step in it."""
         worker.state = "running"
+        if req.detail == "first_step" and req.step == 1 and not self.first_loss:
+            self.first_loss = req.loss
         pending = self._pending
         if pending is None or req.generation != pending.generation:
             return
@@ -554,6 +557,7 @@ class JobController:
             failures=self.failures,
             leader=self.identity,
             total_steps=self.job.steps,
+            first_loss=self.first_loss,
         )
         if self.plan is not None:
             resp.plan.CopyFrom(self.plan)

@@ -188,6 +188,7 @@ def summarize(status: pb.StatusResponse, wall_s: float) -> dict[str, Any]:
         "phase": status.phase,
         "steps": status.step,
         "total_steps": status.total_steps,
+        "first_loss": round(status.first_loss, 4),
         "final_loss": round(status.loss, 4),
         "generation": status.generation,
         "workers": sum(1 for m in status.members if m.rank >= 0),
@@ -195,6 +196,8 @@ def summarize(status: pb.StatusResponse, wall_s: float) -> dict[str, Any]:
         "failures": status.failures,
         "recoveries": recoveries,
         "wall_s": round(wall_s, 2),
+        # worker processes started over the whole run (a restart would add to it)
+        "workers_started": sum(1 for e in status.events if e.kind == "worker_ready"),
         "error": next((e.message for e in status.events if e.kind == "failed"), ""),
     }
 
@@ -202,7 +205,9 @@ def summarize(status: pb.StatusResponse, wall_s: float) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     print(f"\njob {summary['job']}: {summary['phase']}", file=out)
     print(f"  steps            {summary['steps']}/{summary['total_steps']}", file=out)
-    print(f"  final loss       {summary['final_loss']:.4f}", file=out)
+    print(
+        f"  loss             {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}", file=out
+    )
     print(
         f"  failures survived {summary['failures_survived']} (of {summary['failures']})", file=out
     )

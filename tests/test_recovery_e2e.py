@@ -30,7 +30,7 @@ def start(cluster: Cluster, nodes: int = 4, **kw: object) -> pb.StatusResponse:
 
 
 def first_loss(cluster: Cluster) -> float:
-    return cluster.wait_for("a reported loss", lambda s: s.step >= 2 and s.loss > 0).loss
+    return cluster.wait_for("the first step's loss", lambda s: s.first_loss > 0).first_loss
 
 
 def test_survivors_keep_their_pids_when_a_worker_is_killed(cluster: Cluster) -> None:
@@ -46,7 +46,8 @@ def test_survivors_keep_their_pids_when_a_worker_is_killed(cluster: Cluster) -> 
     end = cluster.wait_for("the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180)
     assert end.phase == "Succeeded", end
     assert end.step == 80
-    assert end.loss < loss_start - 0.5, (loss_start, end.loss)
+    assert loss_start > 5.0, loss_start  # ~ln(256) for an untrained byte model
+    assert end.loss < loss_start - 1.0, (loss_start, end.loss)
     assert end.generation == 2 and end.plan.world_size == 3
     survivors = planned(end)
     assert victim not in survivors
