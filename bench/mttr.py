@@ -70,27 +70,18 @@ def _read_progress(workdir: str, rank: int) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def torchrun_cmd(workdir: str, steps: int, ckpt_every: int, max_restarts: int) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc-per-node", "4", "--max-restarts", str(max_restarts), "--monitor-interval", "0.1",
+        os.path.join(HERE, "torchrun_ddp.py"), "--config", job_config(steps).to_json(),
+        "--workdir", workdir, "--ckpt-every", str(ckpt_every),
+    ]  # fmt: skip
+
+
 def run_torchrun(steps: int, kill_at: int, ckpt_every: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as workdir:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "4",
-            "--max-restarts",
-            "3",
-            "--monitor-interval",
-            "0.1",
-            os.path.join(HERE, "torchrun_ddp.py"),
-            "--config",
-            job_config(steps).to_json(),
-            "--workdir",
-            workdir,
-            "--ckpt-every",
-            str(ckpt_every),
-        ]
+        cmd = torchrun_cmd(workdir, steps, ckpt_every, max_restarts=3)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         log_path = os.path.join(workdir, "torchrun.log")
         with open(log_path, "wb") as log:
@@ -170,23 +161,7 @@ def cold_restart(workdir: str, steps: int, ckpt_every: int) -> float | None:
         path = os.path.join(workdir, f"progress-{r}.jsonl")
         if os.path.exists(path):
             os.remove(path)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "4",
-        "--max-restarts",
-        "0",
-        os.path.join(HERE, "torchrun_ddp.py"),
-        "--config",
-        job_config(steps).to_json(),
-        "--workdir",
-        workdir,
-        "--ckpt-every",
-        str(ckpt_every),
-    ]
+    cmd = torchrun_cmd(workdir, steps, ckpt_every, max_restarts=0)
     start = time.time()
     proc = subprocess.Popen(
         cmd,

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from elastiq.config import JobConfig
@@ -263,10 +264,11 @@ class JobController:
     def _in_plan(self, worker_id: str) -> bool:
         return self.layout is not None and worker_id in self.layout.worker_ids()
 
-    def _failure_time(self, workers: object) -> float:
+    def _failure_time(self, workers: Iterable[WorkerState]) -> float:
+        """When the failure happened: the chaos injection time if chaos caused it."""
         times = [
             self._chaos_times[w.ref.worker_id]
-            for w in workers  # type: ignore[attr-defined]
+            for w in workers
             if w.ref.worker_id in self._chaos_times
         ]
         return min(times) if times else time.time()

@@ -86,7 +86,9 @@ def make_plan(
         survivors = [w for w in previous.worker_ids() if w in by_id]
         newcomers = sorted(m for m in members if m.worker_id not in set(survivors))
         order = [by_id[w] for w in survivors] + newcomers
-        holders = {w for w in survivors if _held(previous, w)}
+        # survivors hold the state, unless the previous generation had nobody to give
+        # it to them (it was itself waiting for a source)
+        holders = set(survivors) if previous.state_source != "lost" else set()
         dropped = tuple(w for w in previous.worker_ids() if w not in by_id)
     ranks = tuple(
         RankAssignment(rank=r, worker=w, holder=w.worker_id in holders) for r, w in enumerate(order)
@@ -107,9 +109,3 @@ def make_plan(
         reason=reason,
         dropped=dropped,
     )
-
-
-def _held(previous: Layout, worker_id: str) -> bool:
-    """A member of the previous generation holds state unless that generation
-    itself had nobody to give it any (then it was waiting for a source)."""
-    return previous.state_source != "lost"

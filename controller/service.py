@@ -34,8 +34,10 @@ class ControllerService(rpc.ControllerServicerBase):
 
     async def _leader(self, context: Any) -> JobController:
         if self.job is None:
-            await rpc.unavailable(
-                context, f"this controller is a standby; the leader is {self.leader_address or '?'}"
+            await rpc.reject(
+                context,
+                "UNAVAILABLE",
+                f"this controller is a standby; the leader is {self.leader_address or '?'}",
             )
         return self.job
 
@@ -44,30 +46,39 @@ class ControllerService(rpc.ControllerServicerBase):
         if expected and not hmac.compare_digest(token.encode(), expected.encode()):
             job.metrics.rejected.labels("token").inc()
             log.warning("rejected a request with a wrong job token")
-            await rpc.permission_denied(
-                context, "wrong job token: use the token the job was started with"
+            await rpc.reject(
+                context,
+                "PERMISSION_DENIED",
+                "wrong job token: use the token the job was started with",
             )
 
     async def _node(self, job: JobController, node_id: str, context: Any) -> None:
         if node_id not in job.nodes:
             job.metrics.rejected.labels("unknown_node").inc()
-            await rpc.invalid_argument(
-                context, f"unknown node id {node_id!r}: register first (known: {sorted(job.nodes)})"
+            await rpc.reject(
+                context,
+                "INVALID_ARGUMENT",
+                f"unknown node id {node_id!r}: register first (known: {sorted(job.nodes)})",
             )
 
     async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
         job = await self._leader(context)
         await self._auth(job, request.token, context)
         if not _ID.match(request.node_id):
-            await rpc.invalid_argument(
-                context, f"node id {request.node_id!r} must be 1-128 characters of [A-Za-z0-9._:/-]"
+            await rpc.reject(
+                context,
+                "INVALID_ARGUMENT",
+                f"node id {request.node_id!r} must be 1-128 characters of [A-Za-z0-9._:/-]",
             )
         if not 1 <= request.slots <= MAX_SLOTS:
-            await rpc.invalid_argument(context, f"slots={request.slots} must be in 1..{MAX_SLOTS}")
+            await rpc.reject(
+                context, "INVALID_ARGUMENT", f"slots={request.slots} must be in 1..{MAX_SLOTS}"
+            )
         for w in request.workers:
             if not _ID.match(w.worker_id) or not 0 <= w.slot < request.slots:
-                await rpc.invalid_argument(
+                await rpc.reject(
                     context,
+                    "INVALID_ARGUMENT",
                     f"worker {w.worker_id!r} slot {w.slot} is not valid for "
                     f"{request.slots} slot(s)",
                 )
@@ -101,11 +112,15 @@ class ControllerService(rpc.ControllerServicerBase):
         await self._auth(job, request.token, context)
         await self._node(job, request.node_id, context)
         if request.kind == pb.EVENT_UNSPECIFIED:
-            await rpc.invalid_argument(context, "event kind is missing")
+            await rpc.reject(context, "INVALID_ARGUMENT", "event kind is missing")
         if request.kind != pb.CHAOS_INJECTED and not _ID.match(request.worker_id):
-            await rpc.invalid_argument(context, f"worker id {request.worker_id!r} is malformed")
+            await rpc.reject(
+                context, "INVALID_ARGUMENT", f"worker id {request.worker_id!r} is malformed"
+            )
         if request.generation < 0:
-            await rpc.invalid_argument(context, f"generation {request.generation} is negative")
+            await rpc.reject(
+                context, "INVALID_ARGUMENT", f"generation {request.generation} is negative"
+            )
         return await job.report(request.node_id, request)
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
@@ -117,24 +132,27 @@ class ControllerService(rpc.ControllerServicerBase):
         job = await self._leader(context)
         await self._auth(job, request.token, context)
         if request.action == pb.CHAOS_UNSPECIFIED:
-            await rpc.invalid_argument(context, "admin action is missing")
+            await rpc.reject(context, "INVALID_ARGUMENT", "admin action is missing")
         if request.at_step < 0:
-            await rpc.invalid_argument(context, f"at_step={request.at_step} must be >= 0")
+            await rpc.reject(context, "INVALID_ARGUMENT", f"at_step={request.at_step} must be >= 0")
         command = pb.ChaosCommand(
             action=request.action, at_step=request.at_step, id=f"chaos-{time.time_ns()}"
         )
         if request.action == pb.KILL_NODE:
             if request.node_id not in job.nodes:
-                await rpc.invalid_argument(
-                    context, f"unknown node id {request.node_id!r}; known: {sorted(job.nodes)}"
+                await rpc.reject(
+                    context,
+                    "INVALID_ARGUMENT",
+                    f"unknown node id {request.node_id!r}; known: {sorted(job.nodes)}",
                 )
             job.send_chaos(request.node_id, command)
             return pb.AdminResponse(accepted=True, detail=f"killing node {request.node_id}")
         target = job.resolve_rank(request.rank)
         if target is None:
             world = job.layout.world_size if job.layout else 0
-            await rpc.invalid_argument(
+            await rpc.reject(
                 context,
+                "INVALID_ARGUMENT",
                 f"rank {request.rank} is out of range: the current plan has {world} "
                 "rank(s)" + ("" if world else " (no plan yet)"),
             )

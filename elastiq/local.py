@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from elastiq.config import JobConfig
-from elastiq.controller.job import ControllerConfig
+from elastiq.controller.job import ControllerConfig, JobController
 from elastiq.controller.server import Controller, ServerConfig
 from elastiq.proto import elastiq_pb2 as pb
 
@@ -104,6 +104,19 @@ class LocalRunConfig:
                 f"workers={self.workers} must be a multiple of "
                 f"workers_per_node={self.workers_per_node}"
             )
+        for spec in self.chaos:
+            if spec.action != "kill-node" and spec.rank >= self.workers:
+                raise ValueError(
+                    f"chaos {spec.action}: rank {spec.rank} does not exist with {self.workers} "
+                    f"workers (ranks 0..{self.workers - 1})"
+                )
+            if spec.action == "kill-node" and spec.node not in {
+                f"node{i}" for i in range(self.workers // self.workers_per_node)
+            }:
+                raise ValueError(
+                    f"chaos kill-node: node {spec.node!r} does not exist; local nodes are "
+                    f"node0..node{self.workers // self.workers_per_node - 1}"
+                )
         if self.workers > 64:
             raise ValueError(f"workers={self.workers}: a local run is limited to 64 processes")
 
@@ -330,7 +343,7 @@ async def run_local_async(
             pass
 
 
-def _schedule_chaos(job_ctl: Any, spec: ChaosSpec) -> bool:
+def _schedule_chaos(job_ctl: JobController, spec: ChaosSpec) -> bool:
     command = pb.ChaosCommand(
         action=CHAOS_ACTIONS[spec.action], at_step=spec.step, id=f"chaos-{time.time_ns()}"
     )
@@ -343,7 +356,7 @@ def _schedule_chaos(job_ctl: Any, spec: ChaosSpec) -> bool:
     if target is None:
         raise ValueError(
             f"chaos {spec.action}: rank {spec.rank} is out of range for "
-            f"{job_ctl.layout.world_size} workers"
+            f"{job_ctl.layout.world_size if job_ctl.layout else 0} workers"
         )
     command.worker_id, command.rank = target.worker_id, spec.rank
     job_ctl.send_chaos(target.node_id, command)

@@ -101,24 +101,11 @@ class SyncControllerClient:
         self._channel.close()
 
 
-async def invalid_argument(context: Any, message: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def permission_denied(context: Any, message: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def not_found(context: Any, message: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.NOT_FOUND, message)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def unavailable(context: Any, message: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.UNAVAILABLE, message)
-    raise AssertionError("unreachable")  # pragma: no cover
+async def reject(context: Any, code: str, message: str) -> NoReturn:
+    """End the RPC with status `code` (a grpc.StatusCode name, e.g. "INVALID_ARGUMENT")
+    and a message that says what was wrong and what to do."""
+    await context.abort(grpc.StatusCode[code], message)
+    raise RuntimeError("grpc context.abort() returned instead of raising")  # pragma: no cover
 
 
 def new_server(servicer: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:

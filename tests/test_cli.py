@@ -101,6 +101,8 @@ def test_bad_chaos_spec_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path)}
     bad = elastiq("run", "--chaos", "explode:rank=1", env=env)
     assert bad.returncode == 2 and "action must be one of" in bad.stderr
+    bad = elastiq("run", "--workers", "2", "--chaos", "kill-worker:rank=5,step=3", env=env)
+    assert bad.returncode == 2 and "rank 5 does not exist with 2 workers" in bad.stderr
     bad = elastiq("run", "--global-batch", "10", "--micro-batch", "4", env=env)
     assert bad.returncode == 2 and "must be a multiple of micro_batch=4" in bad.stderr
     none = elastiq("status", "--job", "nothing-here", env={**env, "ELASTIQ_CONTROLLER": ""})

@@ -55,6 +55,17 @@ async def ready_worker(client: rpc.ControllerClient, node: str = "node-a") -> No
     )
 
 
+async def planned_one_worker(controller: Controller, client: rpc.ControllerClient) -> None:
+    """Register node-a with one ready worker and wait for generation 1."""
+    await register(client)
+    await ready_worker(client)
+    for _ in range(100):
+        if controller.job is not None and controller.job.generation == 1:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("generation 1 was not planned")
+
+
 def test_wrong_token_is_permission_denied_and_the_agent_is_not_added() -> None:
     async def body(controller: Controller, client: rpc.ControllerClient) -> None:
         before = await snapshot(controller)
@@ -95,12 +106,7 @@ def test_unknown_node_and_malformed_ids_are_invalid_argument() -> None:
 
 def test_out_of_range_rank_is_invalid_argument_and_changes_nothing() -> None:
     async def body(controller: Controller, client: rpc.ControllerClient) -> None:
-        await register(client)
-        await ready_worker(client)
-        for _ in range(50):
-            if controller.job is not None and controller.job.generation == 1:
-                break
-            await asyncio.sleep(0.05)
+        await planned_one_worker(controller, client)
         before = await snapshot(controller)
         with pytest.raises(rpc.RpcRejected) as err:
             await client.call("Admin", pb.AdminRequest(token=TOKEN, action=pb.KILL_WORKER, rank=7))
@@ -113,12 +119,7 @@ def test_out_of_range_rank_is_invalid_argument_and_changes_nothing() -> None:
 
 def test_a_report_from_an_older_generation_is_ignored() -> None:
     async def body(controller: Controller, client: rpc.ControllerClient) -> None:
-        await register(client)
-        await ready_worker(client)
-        for _ in range(50):
-            if controller.job is not None and controller.job.generation == 1:
-                break
-            await asyncio.sleep(0.05)
+        await planned_one_worker(controller, client)
         job = controller.job
         assert job is not None and job.generation == 1
         before = await snapshot(controller)
