@@ -18,7 +18,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from elastiq.partition import assign_donors
+from elastiq.controller.reshard import (
+    Holding,
+    Lost,
+    Move,
+    holdings,
+    lost_owner_buddies,
+    plan_moves,
+)
+from elastiq.controller.stages import balance_stages, bottleneck
+from elastiq.partition import assign_donors, even_split, stage_buddies
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -84,7 +93,8 @@ def make_plan(
         dropped: tuple[str, ...] = ()
     else:
         survivors = [w for w in previous.worker_ids() if w in by_id]
-        newcomers = sorted(m for m in members if m.worker_id not in set(survivors))
+        kept = set(survivors)
+        newcomers = sorted(m for m in members if m.worker_id not in kept)
         order = [by_id[w] for w in survivors] + newcomers
         # survivors hold the state, unless the previous generation had nobody to give
         # it to them (it was itself waiting for a source)
@@ -109,3 +119,181 @@ def make_plan(
         reason=reason,
         dropped=dropped,
     )
+
+
+# --- hybrid (pipeline x data) parallel layouts ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Measured facts about the model the planner balances with."""
+
+    unit_costs: tuple[float, ...]
+    """Seconds of forward+backward per micro-batch, per layer unit (measured)."""
+    unit_numel: tuple[int, ...]
+    """Parameters per layer unit."""
+
+    def __post_init__(self) -> None:
+        if len(self.unit_costs) != len(self.unit_numel) or not self.unit_costs:
+            raise ValueError("unit_costs and unit_numel must be non-empty and of equal length")
+        if any(c < 0 for c in self.unit_costs) or any(n < 0 for n in self.unit_numel):
+            raise ValueError("unit costs and sizes must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class StageLayout:
+    units: tuple[int, int]
+    ranks: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HybridLayout:
+    """One generation of a pipeline x data parallel job."""
+
+    generation: int
+    workers: tuple[WorkerRef, ...]
+    stages: tuple[StageLayout, ...]
+    zero: int
+    buddy: tuple[int, ...]
+    moves: tuple[Move, ...]
+    lost: tuple[Lost, ...]
+    abort_in_flight: bool
+    reason: str
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    def stage_of(self, rank: int) -> int:
+        for s, stage in enumerate(self.stages):
+            if rank in stage.ranks:
+                return s
+        raise ValueError(f"rank {rank} is in no stage")
+
+    def holdings(self, profile: Profile) -> list[Holding]:
+        return holdings([(st.units, st.ranks) for st in self.stages], profile.unit_numel, self.zero)
+
+
+def make_hybrid_plan(
+    members: Sequence[WorkerRef],
+    profile: Profile,
+    previous: HybridLayout | None,
+    generation: int,
+    *,
+    stages: int,
+    zero: int,
+    reason: str,
+) -> HybridLayout:
+    """The next pipeline x data parallel layout, moving as little state as possible.
+
+    Survivors keep their stage; a stage left without workers disappears (its state
+    comes from buddies, or is reported lost); joiners go one by one to the stage with
+    the highest load (cost / replicas). Layer units are then rebalanced so that
+    cost(stage) / replicas(stage) is within 2% of the best possible, preferring the
+    partition that moves the fewest parameter bytes.
+    """
+    if zero not in (0, 1, 2):
+        raise PlanError(f"zero={zero} must be 0, 1 or 2")
+    if not members:
+        raise PlanError("no live workers to plan for")
+    ids = [m.worker_id for m in members]
+    if len(set(ids)) != len(ids):
+        raise PlanError(f"duplicate worker ids in members: {sorted(ids)}")
+    units = len(profile.unit_costs)
+    by_id = {m.worker_id: m for m in members}
+    if previous is None:
+        order = sorted(members)
+        count = min(stages, len(order), units)
+        if count < 1:
+            raise PlanError(f"stages={stages} must be at least 1")
+        groups = [list(range(*even_split(len(order), count, s))) for s in range(count)]
+        holder = None
+        dropped: tuple[str, ...] = ()
+    else:
+        if generation <= previous.generation:
+            raise PlanError(
+                f"generation {generation} is not newer than the previous {previous.generation}"
+            )
+        old_ids = [w.worker_id for w in previous.workers]
+        survivors = [w for w in old_ids if w in by_id]
+        kept = set(survivors)
+        newcomers = sorted(m for m in members if m.worker_id not in kept)
+        order = [by_id[w] for w in survivors] + newcomers
+        new_rank = {w: r for r, w in enumerate(survivors)}
+        groups = []
+        kept_stage: list[int] = []
+        for s, stage in enumerate(previous.stages):
+            ranks = [new_rank[old_ids[r]] for r in stage.ranks if old_ids[r] in new_rank]
+            if ranks:
+                groups.append(ranks)
+                kept_stage.append(s)
+        if not groups:
+            groups = [[]]
+            kept_stage = []
+        holder = [-1] * units
+        for new_s, old_s in enumerate(kept_stage):
+            lo, hi = previous.stages[old_s].units
+            for u in range(lo, hi):
+                holder[u] = new_s
+        for offset, _ in enumerate(newcomers):
+            groups[_best_stage_for_joiner(profile, groups)].append(len(survivors) + offset)
+        dropped = tuple(w for w in old_ids if w not in by_id)
+    degrees = [len(g) for g in groups]
+    if any(d == 0 for d in degrees):
+        raise PlanError("a stage has no workers after planning")
+    if len(groups) > units:
+        raise PlanError(f"{len(groups)} stages cannot share {units} layer units")
+    ranges = balance_stages(
+        profile.unit_costs, degrees, unit_bytes=profile.unit_numel, holder=holder
+    )
+    layout_stages = tuple(
+        StageLayout(units=r, ranks=tuple(sorted(g))) for r, g in zip(ranges, groups, strict=True)
+    )
+    buddy = tuple(stage_buddies([w.node_id for w in order], [st.ranks for st in layout_stages]))
+    new_holdings = holdings(
+        [(st.units, st.ranks) for st in layout_stages], profile.unit_numel, zero
+    )
+    if previous is None:
+        moves: list[Move] = []
+        lost: list[Lost] = []
+    else:
+        old_ids = [w.worker_id for w in previous.workers]
+        new_index = {w.worker_id: i for i, w in enumerate(order)}
+        new_rank_of_old = {r: new_index[w] for r, w in enumerate(old_ids) if w in new_index}
+        old_holdings = previous.holdings(profile)
+        alive = [
+            Holding(new_rank_of_old[h.rank], h.params, h.moments)
+            for h in old_holdings
+            if h.rank in new_rank_of_old
+        ]
+        buddy_old = dict(enumerate(previous.buddy))
+        moves, lost = plan_moves(
+            alive, new_holdings, lost_owner_buddies(old_holdings, new_rank_of_old, buddy_old)
+        )
+    return HybridLayout(
+        generation=generation,
+        workers=tuple(order),
+        stages=layout_stages,
+        zero=zero,
+        buddy=buddy,
+        moves=tuple(moves),
+        lost=tuple(lost),
+        abort_in_flight=bool(dropped),
+        reason=reason,
+        dropped=dropped,
+    )
+
+
+def _best_stage_for_joiner(profile: Profile, groups: list[list[int]]) -> int:
+    """The stage whose extra replica lowers the bottleneck most (an empty stage, left
+    by a stage loss, first); ties go to the stage with fewer replicas."""
+    degrees = [len(g) for g in groups]
+    if 0 in degrees:
+        return degrees.index(0)
+
+    def after(s: int) -> tuple[float, int, int]:
+        trial = [d + (1 if i == s else 0) for i, d in enumerate(degrees)]
+        return (bottleneck(profile.unit_costs, trial), degrees[s], s)
+
+    return min(range(len(groups)), key=after)

@@ -35,3 +35,95 @@ def assign_donors(valid: Sequence[bool]) -> list[tuple[int, int]]:
     if not donors:
         return []
     return [(donors[i % len(donors)], r) for i, r in enumerate(receivers)]
+
+
+def zero_intervals(numel: int, degree: int) -> list[tuple[int, int]]:
+    """The contiguous ZeRO intervals of a stage's flat buffer over its `degree` DP ranks."""
+    return [even_split(numel, degree, r) for r in range(degree)]
+
+
+def interval_transfers(
+    old: dict[str, tuple[int, int]], new: dict[str, tuple[int, int]]
+) -> list[tuple[str, str, int, int]]:
+    """(source owner, destination owner, lo, hi) moves that assemble every new interval
+    from the overlapping old ones. Overlaps an owner already holds do not move. An old
+    owner missing from `old` (lost) leaves its part to be sourced elsewhere (a buddy):
+    those pieces are returned with source "" so the caller can name the source."""
+    moves: list[tuple[str, str, int, int]] = []
+    for dst, want in sorted(new.items(), key=lambda kv: kv[1]):
+        covered = 0
+        for src, have in sorted(old.items(), key=lambda kv: kv[1]):
+            piece = overlap(want, have)
+            if piece is None:
+                continue
+            covered += piece[1] - piece[0]
+            if src != dst:
+                moves.append((src, dst, piece[0], piece[1]))
+        if covered < want[1] - want[0]:
+            for gap in _gaps(want, [h for h in old.values() if overlap(want, h)]):
+                moves.append(("", dst, gap[0], gap[1]))
+    return moves
+
+
+def _gaps(want: tuple[int, int], have: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    gaps = []
+    cursor = want[0]
+    for lo, hi in sorted(have):
+        if lo > cursor:
+            gaps.append((cursor, min(lo, want[1])))
+        cursor = max(cursor, hi)
+    if cursor < want[1]:
+        gaps.append((cursor, want[1]))
+    return [g for g in gaps if g[0] < g[1]]
+
+
+def micro_batches_of(total: int, degree: int, replica: int) -> range:
+    """Micro-batches replica `replica` of a stage with `degree` replicas processes:
+    a contiguous block, so each sample passes every stage exactly once."""
+    lo, hi = even_split(total, degree, replica)
+    return range(lo, hi)
+
+
+def replica_of(micro_batch: int, total: int, degree: int) -> int:
+    """Which replica of a stage with `degree` replicas processes `micro_batch`."""
+    if not 0 <= micro_batch < total:
+        raise ValueError(f"micro-batch {micro_batch} out of range 0..{total - 1}")
+    base, extra = divmod(total, degree)
+    big = extra * (base + 1)
+    if micro_batch < big:
+        return micro_batch // (base + 1)
+    return extra + (micro_batch - big) // base
+
+
+def buddies(nodes: Sequence[str]) -> list[int]:
+    """For ranks on `nodes` (node of each rank), the rank that keeps each one's snapshot:
+    the next rank (cyclically) that lives on a different node, so a node's loss never
+    takes a snapshot with it. -1 when every rank is on one node (no safe buddy)."""
+    n = len(nodes)
+    out = []
+    for r in range(n):
+        buddy = -1
+        for step in range(1, n):
+            cand = (r + step) % n
+            if nodes[cand] != nodes[r]:
+                buddy = cand
+                break
+        out.append(buddy)
+    return out
+
+
+def stage_buddies(nodes: Sequence[str], stage_ranks: Sequence[Sequence[int]]) -> list[int]:
+    """Buddies for a pipeline layout: rank i of stage s keeps its snapshot on replica
+    i of stage s+1 (cyclically), on another node, so that losing a whole stage, or a
+    whole node, never takes both an interval and its snapshot. Falls back to any rank
+    on another node (one stage), or -1 when there is none."""
+    fallback = buddies(nodes)
+    out = list(fallback)
+    if len(stage_ranks) < 2:
+        return out
+    for s, ranks in enumerate(stage_ranks):
+        nxt = stage_ranks[(s + 1) % len(stage_ranks)]
+        for i, r in enumerate(ranks):
+            candidates = [nxt[(i + k) % len(nxt)] for k in range(len(nxt))]
+            out[r] = next((c for c in candidates if nodes[c] != nodes[r]), fallback[r])
+    return out

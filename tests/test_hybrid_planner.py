@@ -1,0 +1,107 @@
+"""The pipeline x data parallel planner: pure, on layouts up to 1,024 workers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from elastiq.controller.planner import (
+    HybridLayout,
+    PlanError,
+    Profile,
+    WorkerRef,
+    make_hybrid_plan,
+)
+
+PROFILE = Profile(unit_costs=(0.5, 1.0, 1.0, 1.0, 1.0, 0.5), unit_numel=(100, 50, 50, 50, 50, 100))
+
+
+def refs(n: int, per_node: int = 1, start: int = 0) -> list[WorkerRef]:
+    return [
+        WorkerRef(f"n{(start + i) // per_node:04d}", (start + i) % per_node, f"w{start + i:04d}")
+        for i in range(n)
+    ]
+
+
+def plan(
+    members: list[WorkerRef],
+    previous: HybridLayout | None,
+    gen: int,
+    stages: int = 2,
+    zero: int = 1,
+) -> HybridLayout:
+    return make_hybrid_plan(
+        members, PROFILE, previous, gen, stages=stages, zero=zero, reason="test"
+    )
+
+
+def test_pp2_dp2_starts_balanced_with_buddies_on_other_nodes() -> None:
+    g1 = plan(refs(4), None, 1)
+    assert [st.ranks for st in g1.stages] == [(0, 1), (2, 3)]
+    costs = [sum(PROFILE.unit_costs[lo:hi]) for lo, hi in (st.units for st in g1.stages)]
+    assert costs == [2.5, 2.5]
+    assert all(g1.workers[r].node_id != g1.workers[b].node_id for r, b in enumerate(g1.buddy))
+    assert not g1.moves and not g1.lost
+
+
+def test_losing_a_stage_worker_moves_layers_off_that_stage_without_loss() -> None:
+    members = refs(4)
+    g1 = plan(members, None, 1)
+    g2 = plan([m for m in members if m.worker_id != "w0001"], g1, 2)
+    assert g2.abort_in_flight and g2.dropped == ("w0001",)
+    assert [len(st.ranks) for st in g2.stages] == [1, 2]
+    assert g2.stages[0].units[1] < g1.stages[0].units[1], "stage 0 lost a replica: fewer units"
+    assert not g2.lost
+    assert any(m.via == "buddy" and m.what == "moments" for m in g2.moves)
+    assert all(m.via == "live" for m in g2.moves if m.what == "params")
+
+
+def test_losing_every_worker_of_a_middle_stage_recovers_it_from_buddies() -> None:
+    profile_units = 6
+    members = refs(8)
+    g1 = make_hybrid_plan(members, PROFILE, None, 1, stages=4, zero=1, reason="start")
+    assert len(g1.stages) == 4 and profile_units == len(PROFILE.unit_costs)
+    middle = {g1.workers[r].worker_id for r in g1.stages[1].ranks}
+    g2 = make_hybrid_plan(
+        [m for m in members if m.worker_id not in middle],
+        PROFILE,
+        g1,
+        2,
+        stages=4,
+        zero=1,
+        reason="stage 1 lost",
+    )
+    assert len(g2.stages) == 3
+    assert not g2.lost, "every lost interval had a buddy on another stage"
+    assert any(m.via == "buddy" and m.what == "params" for m in g2.moves)
+
+
+def test_a_joiner_goes_to_the_most_loaded_stage() -> None:
+    members = refs(3)
+    g1 = plan(members, None, 1)  # degrees (2, 1)
+    g2 = plan(members + refs(1, start=3), g1, 2)
+    assert not g2.abort_in_flight
+    assert [len(st.ranks) for st in g2.stages] == [2, 2]
+    assert 3 in g2.stages[1].ranks
+    assert all(m.via == "live" for m in g2.moves) and not g2.lost
+
+
+def test_bad_requests_are_rejected() -> None:
+    with pytest.raises(PlanError, match="zero=3"):
+        plan(refs(2), None, 1, zero=3)
+    with pytest.raises(PlanError, match="no live workers"):
+        plan([], None, 1)
+
+
+def test_planning_1024_workers_in_16_stages_is_fast() -> None:
+    profile = Profile(unit_costs=tuple([1.0] * 66), unit_numel=tuple([1000] * 66))
+    members = refs(1024, per_node=8)
+    start = time.perf_counter()
+    g1 = make_hybrid_plan(members, profile, None, 1, stages=16, zero=1, reason="start")
+    g2 = make_hybrid_plan(
+        members[:300] + members[301:], profile, g1, 2, stages=16, zero=1, reason="one lost"
+    )
+    elapsed = time.perf_counter() - start
+    assert g2.world_size == 1023 and not g2.lost
+    assert elapsed < 0.1, f"planning took {elapsed * 1000:.0f} ms"

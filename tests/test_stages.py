@@ -1,0 +1,120 @@
+"""Pure stage balancing, ZeRO intervals and routing: no processes, microseconds."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from elastiq.controller.stages import (
+    StageBalanceError,
+    balance_stages,
+    bottleneck,
+    moved_units,
+)
+from elastiq.partition import (
+    buddies,
+    interval_transfers,
+    micro_batches_of,
+    replica_of,
+    zero_intervals,
+)
+
+
+def test_equal_layers_and_degrees_split_evenly() -> None:
+    assert balance_stages([1.0] * 8, [2, 2, 2, 2]) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+
+
+def test_losing_a_replica_shifts_layers_away_from_that_stage() -> None:
+    before = [(0, 4), (4, 8)]
+    after = balance_stages([1.0] * 8, [1, 2], current=before)
+    # stage 0 lost one of its two replicas: it should carry fewer layers now
+    assert after[0][1] - after[0][0] < 4
+    assert bottleneck([1.0] * 8, [1, 2]) < 4.0  # better than keeping the old split (4/1)
+
+
+def test_among_balanced_partitions_the_one_moving_fewest_bytes_wins() -> None:
+    costs = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    sizes = [1, 1, 100, 1, 1, 1]  # unit 2 is heavy to move
+    # two equally balanced 2-stage splits for degrees (1, 1): (0,3)(3,6) only; with a
+    # tolerance, (0,2)(2,6) and (0,4)(4,6) are allowed and must not move unit 2
+    after = balance_stages(costs, [1, 1], current=[(0, 3), (3, 6)], unit_bytes=sizes, tolerance=0.5)
+    assert after == [(0, 3), (3, 6)]
+    moved = balance_stages(costs, [1, 1], current=[(0, 2), (2, 6)], unit_bytes=sizes, tolerance=0.5)
+    assert moved == [(0, 2), (2, 6)], "within tolerance, keep the heavy unit where it is"
+
+
+def test_measured_costs_are_balanced_not_unit_counts() -> None:
+    costs = [5.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    ranges = balance_stages(costs, [1, 1])
+    loads = [sum(costs[lo:hi]) for lo, hi in ranges]
+    assert ranges[0] == (0, 1) and max(loads) == 5.0
+
+
+def test_bad_stage_requests_say_what_is_wrong() -> None:
+    with pytest.raises(StageBalanceError, match="cannot split 2 units into 3 stages"):
+        balance_stages([1.0, 1.0], [1, 1, 1])
+    with pytest.raises(StageBalanceError, match="at least one replica"):
+        balance_stages([1.0, 1.0], [1, 0])
+
+
+def test_moved_units_lists_stage_changes() -> None:
+    assert moved_units([(0, 2), (2, 4)], [(0, 1), (1, 4)]) == [(1, 0, 1)]
+
+
+def test_zero_intervals_are_re_split_from_overlapping_old_intervals() -> None:
+    old = dict(zip(["a", "b", "c"], zero_intervals(12, 3), strict=True))  # 0-4, 4-8, 8-12
+    new = dict(zip(["a", "c"], zero_intervals(12, 2), strict=True))  # 0-6, 6-12
+    moves = interval_transfers({k: v for k, v in old.items() if k != "b"}, new)
+    # b is lost: its interval [4, 8) must come from elsewhere (source ""), split by owner
+    assert ("", "a", 4, 6) in moves and ("", "c", 6, 8) in moves
+    assert all(src != dst for src, dst, _, _ in moves)
+    with_b = interval_transfers(old, new)
+    assert ("b", "a", 4, 6) in with_b and ("b", "c", 6, 8) in with_b
+    covered = sorted((lo, hi) for _, _, lo, hi in with_b)
+    assert covered == [(4, 6), (6, 8)], "a keeps 0-4 and c keeps 8-12 where they are"
+
+
+def test_every_micro_batch_has_exactly_one_replica_per_stage() -> None:
+    for total in range(1, 17):
+        for degree in range(1, 6):
+            seen = [mb for r in range(degree) for mb in micro_batches_of(total, degree, r)]
+            assert seen == list(range(total))
+            for r in range(degree):
+                assert all(
+                    replica_of(mb, total, degree) == r for mb in micro_batches_of(total, degree, r)
+                )
+
+
+def test_buddies_live_on_another_node() -> None:
+    nodes = ["n0", "n0", "n1", "n1", "n2"]
+    b = buddies(nodes)
+    assert all(nodes[r] != nodes[b[r]] for r in range(len(nodes)))
+    assert buddies(["n0", "n0"]) == [-1, -1]
+
+
+def test_balancing_a_1024_worker_layout_is_fast() -> None:
+    rng = random.Random(0)
+    costs = [rng.uniform(0.8, 1.2) for _ in range(64)]
+    degrees = [64] * 16  # 16 stages x 64 replicas = 1024 workers
+    start = time.perf_counter()
+    first = balance_stages(costs, degrees)
+    degrees[5] -= 1  # one worker lost
+    again = balance_stages(costs, degrees, current=first, unit_bytes=[1000] * 64)
+    elapsed = time.perf_counter() - start
+    assert len(again) == 16
+    assert elapsed < 0.1, f"balancing took {elapsed * 1000:.1f} ms"
+
+
+def test_stage_buddies_sit_on_the_next_stage_and_another_node() -> None:
+    from elastiq.partition import stage_buddies
+
+    nodes = [f"n{r}" for r in range(8)]
+    stage_ranks = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    b = stage_buddies(nodes, stage_ranks)
+    assert b == [2, 3, 4, 5, 6, 7, 0, 1]
+    stage_of = {r: s for s, ranks in enumerate(stage_ranks) for r in ranks}
+    assert all(stage_of[r] != stage_of[b[r]] for r in range(8))
+    # one stage: any rank on another node
+    assert stage_buddies(["a", "a", "b"], [[0, 1, 2]]) == [2, 2, 0]
