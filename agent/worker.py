@@ -266,7 +266,10 @@ class Worker:
         threading.Thread(target=self._listen, name="agent-listener", daemon=True).start()
         threading.Thread(target=self._alive, name="alive", daemon=True).start()
         self.channel.send({"type": "ready", "pid": os.getpid()})
-        plan = self.plans.wait_newer(0, float("inf"))
+        plan = self.plans.wait_newer(0, self.cfg.idle_timeout_s)
+        if plan is None and not self.plans.shutdown:
+            log.error("no plan named this worker within %.0f s; exiting", self.cfg.idle_timeout_s)
+            return EXIT_NO_PLAN
         while plan is not None:
             if self.my_assignment(plan) is None:
                 log.info("generation %d does not include this worker; leaving", plan.generation)
@@ -284,7 +287,7 @@ class Worker:
                         }
                     )
                     # stay: a peer that failed in the last step may still need this state
-                    plan = self.plans.wait_newer(self.generation, float("inf"))
+                    plan = self.plans.wait_newer(self.generation, self.cfg.idle_timeout_s)
             except (Superseded, CollectiveFailed) as exc:
                 self.group = None
                 log.warning("generation %d interrupted: %s", self.generation, exc)

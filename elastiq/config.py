@@ -78,6 +78,9 @@ class JobConfig:
     """Timeout for building a generation's process group."""
     step_delay_s: float = 0.0
     """Artificial delay per step (demos and chaos timing on fast machines)."""
+    idle_timeout_s: float = 900.0
+    """A worker with no plan to act on (before its first, or after the last step)
+    exits after this long."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model shape."""
 
@@ -107,6 +110,8 @@ class JobConfig:
             raise ValueError("timeouts must be positive")
         if self.step_delay_s < 0:
             raise ValueError("step_delay_s must be >= 0")
+        if self.idle_timeout_s <= 0:
+            raise ValueError(f"idle_timeout_s={self.idle_timeout_s} must be positive")
 
     @property
     def micro_batches(self) -> int:
