@@ -167,6 +167,41 @@ class Group:
         self._wait(self.pg.allgather([out], [tensor]), "allgather")
         return out
 
+    def reduce_scatter_sum(self, output: torch.Tensor, chunks: list[torch.Tensor]) -> None:
+        """output <- sum over ranks of chunks[my rank] (chunks of equal size)."""
+        self._wait(self.pg.reduce_scatter([output], [chunks]), "reduce_scatter")
+
+    def allgather_into(self, outputs: list[torch.Tensor], tensor: torch.Tensor) -> None:
+        self._wait(self.pg.allgather([outputs], [tensor]), "allgather")
+
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int) -> Any:
+        """Start a send; complete it with wait_p2p (the tensor must stay untouched)."""
+        return self.pg.send([tensor], dst, tag)
+
+    def irecv(self, tensor: torch.Tensor, src: int, tag: int) -> Any:
+        return self.pg.recv([tensor], src, tag)
+
+    def wait_p2p(self, works: list[Any], what: str) -> None:
+        """Complete started sends/receives, in one helper thread, abandoned if superseded."""
+        if not works:
+            return
+        errors: list[BaseException] = []
+
+        def block() -> None:
+            try:
+                for work in works:
+                    work.wait()
+            except BaseException as exc:  # handed to the caller below
+                errors.append(exc)
+
+        thread = threading.Thread(target=block, name=what, daemon=True)
+        thread.start()
+        _poll(
+            lambda: not thread.is_alive(), self.superseded, time.monotonic() + self.timeout_s, what
+        )
+        if errors:
+            raise CollectiveFailed(f"{what}: {str(errors[0]).splitlines()[0][:200]}")
+
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
         self._wait_p2p(self.pg.send([tensor], dst, tag), f"send to {dst}")
 

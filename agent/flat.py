@@ -90,12 +90,27 @@ class FlatAdamW:
         self.exp_avg_sq = torch.zeros(hi - lo, dtype=torch.float32)
         self.step_count = 0
 
+    def resize(self, lo: int, hi: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+        """Own [lo, hi) from now on, keeping the moments of the overlap with the old
+        interval; returns the old interval and its moments (for sending to others)."""
+        if not 0 <= lo <= hi:
+            raise ValueError(f"bad interval [{lo}, {hi})")
+        old = (self.lo, self.hi, self.exp_avg, self.exp_avg_sq)
+        self.exp_avg = torch.zeros(hi - lo, dtype=torch.float32)
+        self.exp_avg_sq = torch.zeros(hi - lo, dtype=torch.float32)
+        a, b = max(lo, self.lo), min(hi, self.hi)
+        if a < b:
+            self.exp_avg[a - lo : b - lo].copy_(old[2][a - old[0] : b - old[0]])
+            self.exp_avg_sq[a - lo : b - lo].copy_(old[3][a - old[0] : b - old[0]])
+        self.lo, self.hi = lo, hi
+        return old
+
     def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
         """Update params[lo:hi] in place from grads (the same interval)."""
         c = self.cfg
         self.step_count += 1
         p = params[self.lo : self.hi]
-        g = grads[self.lo : self.hi] if grads.numel() != self.hi - self.lo else grads
+        g = grads[self.lo : self.hi]
         if c.weight_decay:
             p.mul_(1 - lr * c.weight_decay)
         self.exp_avg.lerp_(g, 1 - c.beta1)

@@ -16,6 +16,7 @@ rolled back: the last committed step is the one every survivor holds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,8 @@ from elastiq.config import JobConfig
 from elastiq.partition import even_split
 
 # control slots appended to the gradient buffer
-SWITCH, LOSS_SUM, SAMPLES = 0, 1, 2
-CONTROL_SLOTS = 3
+SWITCH, LOSS_SUM, SAMPLES, NORM_SQ = 0, 1, 2, 3
+CONTROL_SLOTS = 4
 
 
 @dataclass(slots=True)
@@ -53,24 +54,34 @@ class TrainState:
         )
         self.flat = FlatParams([(f"u{i}", m) for i, m in enumerate(self.units)], CONTROL_SLOTS)
         self.opt = FlatAdamW(0, self.flat.numel, AdamWConfig(weight_decay=cfg.weight_decay))
+        # global element offset of this stage's flat buffer (0 while there is one stage)
+        self.base = 0
         self.step = 0
+        self._staging = torch.empty(0)
         self._snap_params = torch.empty_like(self.flat.data)
         self._snap_avg = torch.empty_like(self.opt.exp_avg)
         self._snap_avg_sq = torch.empty_like(self.opt.exp_avg_sq)
         self._snap_step = -1
 
-    # state movement -------------------------------------------------------------
-    def state_tensors(self) -> list[torch.Tensor]:
-        """What a live replica sends a newcomer (after a header of step and opt step)."""
-        return [self.flat.data, self.opt.exp_avg, self.opt.exp_avg_sq]
+    @property
+    def moment_range(self) -> tuple[int, int]:
+        """The global elements whose optimizer moments this rank owns."""
+        return self.base + self.opt.lo, self.base + self.opt.hi
 
-    def header(self) -> torch.Tensor:
-        return torch.tensor([self.step, self.opt.step_count], dtype=torch.int64)
-
-    def load_header(self, header: torch.Tensor) -> None:
-        self.step = int(header[0])
-        self.opt.step_count = int(header[1])
+    def set_moment_range(self, lo: int, hi: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+        """Own the moments of global [lo, hi) from now on (a ZeRO re-split); returns the
+        old global range and moments, which the caller sends to their new owners."""
+        old_lo, old_hi, avg, avg_sq = self.opt.resize(lo - self.base, hi - self.base)
+        self._snap_avg = torch.empty_like(self.opt.exp_avg)
+        self._snap_avg_sq = torch.empty_like(self.opt.exp_avg_sq)
         self._snap_step = -1
+        return self.base + old_lo, self.base + old_hi, avg, avg_sq
+
+    def staging(self, numel: int) -> torch.Tensor:
+        """A reusable scratch buffer for padded collectives."""
+        if self._staging.numel() < numel:
+            self._staging = torch.empty(numel, dtype=torch.float32)
+        return self._staging[:numel]
 
     def snapshot(self) -> None:
         self._snap_params.copy_(self.flat.data)
@@ -137,9 +148,22 @@ def my_micro_batches(cfg: JobConfig, rank: int, world: int) -> range:
 
 
 def run_step(
-    state: TrainState, group: Group, order: SampleOrder, step: int, want_switch: bool
+    state: TrainState,
+    group: Group,
+    order: SampleOrder,
+    step: int,
+    want_switch: bool,
+    intervals: list[tuple[int, int]] | None = None,
+    zero: int = 0,
+    before_reduce: Callable[[], None] | None = None,
 ) -> StepResult:
-    """Forward/backward this rank's micro-batches of `step`, reduce, clip, update."""
+    """Forward/backward this rank's micro-batches of `step`, reduce, clip, update.
+
+    `intervals`: every rank's moments interval in the flat buffer's local
+    coordinates (ZeRO-1/2). ZeRO-1 reduces whole gradients; ZeRO-2 reduce-scatters them
+    so each rank keeps only its interval's. Either way each rank updates its interval
+    and the parameters are all-gathered. `before_reduce` runs after backward, before
+    the reduction (where the previous step's snapshot transfer is completed)."""
     cfg = state.cfg
     flat = state.flat
     flat.zero_grad()
@@ -151,19 +175,30 @@ def run_step(
         flat.extra[LOSS_SUM] += float(losses.detach().sum())
         flat.extra[SAMPLES] += cfg.micro_batch
     flat.extra[SWITCH] = 1.0 if want_switch else 0.0
-    group.allreduce_sum_(flat.grad_and_extra)
+    if before_reduce is not None:
+        before_reduce()
+    mine = intervals[group.rank] if intervals and zero else (0, flat.numel)
+    if zero == 2 and intervals:
+        _reduce_scatter_grads(state, group, intervals)
+        flat.extra[NORM_SQ] = float(flat.grad[mine[0] : mine[1]].pow(2).sum())
+        group.allreduce_sum_(flat.extra)
+        norm = math.sqrt(float(flat.extra[NORM_SQ]))
+    else:
+        group.allreduce_sum_(flat.grad_and_extra)
+        norm = float(flat.grad.norm())
     samples = int(flat.extra[SAMPLES])
     if samples != cfg.global_batch:
         raise RuntimeError(
             f"step {step} covered {samples} samples, expected {cfg.global_batch}: "
             "micro-batch routing disagrees between ranks"
         )
-    norm = float(flat.grad.norm())
     if cfg.grad_clip and norm > cfg.grad_clip and math.isfinite(norm):
-        flat.grad.mul_(cfg.grad_clip / (norm + 1e-6))
+        flat.grad[mine[0] : mine[1]].mul_(cfg.grad_clip / (norm + 1e-6))
     state.snapshot()
     lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps)
     state.opt.step(flat.data, flat.grad, lr)
+    if zero and intervals and group.world > 1:
+        _allgather_params(state, group, intervals)
     state.step = step
     return StepResult(
         step=step,
@@ -172,3 +207,32 @@ def run_step(
         switch=bool(flat.extra[SWITCH] > 0),
         samples=samples,
     )
+
+
+def _reduce_scatter_grads(
+    state: TrainState, group: Group, intervals: list[tuple[int, int]]
+) -> None:
+    """Each rank ends with the summed gradient of its own interval (ZeRO-2)."""
+    pad = max(hi - lo for lo, hi in intervals)
+    buf = state.staging(pad * (group.world + 1))
+    buf.zero_()
+    chunks = [buf[r * pad : (r + 1) * pad] for r in range(group.world)]
+    for (lo, hi), chunk in zip(intervals, chunks, strict=True):
+        chunk[: hi - lo].copy_(state.flat.grad[lo:hi])
+    out = buf[group.world * pad :]
+    group.reduce_scatter_sum(out, chunks)
+    lo, hi = intervals[group.rank]
+    state.flat.grad[lo:hi].copy_(out[: hi - lo])
+
+
+def _allgather_params(state: TrainState, group: Group, intervals: list[tuple[int, int]]) -> None:
+    """Every rank gets every rank's freshly updated interval of the parameters."""
+    pad = max(hi - lo for lo, hi in intervals)
+    buf = state.staging(pad * (group.world + 1))
+    lo, hi = intervals[group.rank]
+    mine = buf[group.world * pad :]
+    mine[: hi - lo].copy_(state.flat.data[lo:hi])
+    outputs = [buf[r * pad : (r + 1) * pad] for r in range(group.world)]
+    group.allgather_into(outputs, mine)
+    for (a, b), out in zip(intervals, outputs, strict=True):
+        state.flat.data[a:b].copy_(out[: b - a])

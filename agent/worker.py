@@ -35,9 +35,11 @@ from elastiq import logs
 from elastiq.agent.channel import Channel
 from elastiq.agent.comm import CollectiveFailed, Group, RendezvousClient, Superseded
 from elastiq.agent.data import SampleOrder, load_corpus
+from elastiq.agent.migrate import apply_moves
+from elastiq.agent.snapshots import SnapshotKeeper
 from elastiq.agent.trainer import TrainState, run_step
 from elastiq.config import JobConfig
-from elastiq.partition import assign_donors
+from elastiq.partition import even_split
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,9 @@ class Worker:
         self.order = SampleOrder(load_corpus(cfg.data, cfg.data_max_bytes), cfg.seq_len, cfg.seed)
         self.valid = False  # holds the job's state (init at generation 1, or received)
         self.group: Group | None = None
+        self.plan: pb.Plan | None = None
+        self.intervals: list[tuple[int, int]] | None = None
+        self.snapshots = SnapshotKeeper()
         self.generation = 0
         self.rank = -1
         self.last_step_time = time.time()
@@ -171,35 +176,8 @@ class Worker:
             lambda: self.plans.aborts(plan.generation),
         )
         t_comm = time.time()
-        info = torch.tensor(
-            [self.state.step if self.valid else -1, int(self.valid)], dtype=torch.int64
-        )
-        table = group.allgather(info)
-        valid = [bool(t[1]) for t in table]
-        if not any(valid):
-            raise StateLost(
-                f"generation {plan.generation}: no member holds the job's state "
-                f"(every holder of the previous generation is gone)"
-            )
-        committed = min(int(t[0]) for t in table if t[1])
-        rolled_back = self.valid and self.state.step > committed
-        if self.valid:
-            self.state.rollback_to(committed)
-        moved = 0
-        for src, dst in assign_donors(valid):
-            if src == mine.rank:
-                group.send(self.state.header(), dst)
-                for tensor in self.state.state_tensors():
-                    group.send(tensor, dst)
-                    moved += tensor.numel() * tensor.element_size()
-            elif dst == mine.rank:
-                header = torch.empty(2, dtype=torch.int64)
-                group.recv(header, src)
-                for tensor in self.state.state_tensors():
-                    group.recv(tensor, src)
-                    moved += tensor.numel() * tensor.element_size()
-                self.state.load_header(header)
-                self.valid = True
+        committed, rolled_back = self._agree(plan, group, mine.rank)
+        moved = self._move_state(plan, group, mine.rank, committed)
         self.group = group
         logs.context.step = self.state.step
         t_end = time.time()
@@ -226,6 +204,118 @@ class Worker:
         )
         return timings
 
+    def _agree(self, plan: pb.Plan, group: Group, me: int) -> tuple[int, bool]:
+        """Agree on the last committed step and roll back to it if one step ahead.
+
+        Each rank reports its applied step, whether its state is valid, and, if the
+        plan has it serve pieces from buddy snapshots, the snapshot steps it holds for
+        them. The committed step is the lowest valid step, and no later than the
+        newest snapshot a buddy can serve."""
+        pieces = [(m.lo, m.hi) for m in plan.moves if m.src_rank == me and m.via == "buddy"]
+        avail = sorted(self.snapshots.steps_covering(pieces))[-2:] if pieces else []
+        avail = [-1] * (2 - len(avail)) + avail
+        info = torch.tensor(
+            [self.state.step if self.valid else -1, int(self.valid), int(bool(pieces)), *avail],
+            dtype=torch.int64,
+        )
+        table = [[int(x) for x in t] for t in group.allgather(info)]
+        if not any(t[1] for t in table):
+            raise StateLost(
+                f"generation {plan.generation}: no member holds the job's state "
+                f"(every holder of the previous generation is gone)"
+            )
+        committed = min(t[0] for t in table if t[1])
+        for t in table:
+            if t[2]:
+                committed = min(committed, max(t[3], t[4]))
+        for rank, t in enumerate(table):
+            if t[2] and committed not in (t[3], t[4]):
+                raise StateLost(
+                    f"generation {plan.generation}: rank {rank} holds snapshots of steps "
+                    f"{t[3:5]} but the committed step is {committed}"
+                )
+        for m in plan.moves:
+            if m.via == "live" and not table[m.src_rank][1]:
+                raise StateLost(
+                    f"generation {plan.generation}: the plan takes {m.what} [{m.lo}, {m.hi}) "
+                    f"from rank {m.src_rank}, which holds no valid state"
+                )
+        rolled_back = self.valid and self.state.step > committed
+        if self.valid:
+            self.state.rollback_to(committed)
+        return committed, rolled_back
+
+    def _move_state(self, plan: pb.Plan, group: Group, me: int, committed: int) -> int:
+        """Re-split the ZeRO intervals and run the plan's moves; returns bytes received."""
+        if len(plan.stages) != 1:
+            raise ValueError(
+                f"plan {plan.generation} has {len(plan.stages)} pipeline stages; this runtime "
+                "runs one stage (data parallelism) so far"
+            )
+        stage = plan.stages[0]
+        total = self.state.flat.numel
+        base = self.state.base
+        index = list(stage.ranks).index(me)
+        degree = len(stage.ranks)
+        self.intervals = (
+            [even_split(total, degree, j) for j in range(degree)] if plan.zero else None
+        )
+        lo, hi = self.intervals[index] if self.intervals else (0, total)
+        old_lo, _old_hi, old_avg, old_avg_sq = self.state.set_moment_range(base + lo, base + hi)
+        state = self.state
+
+        def source(what: str, a: int, b: int, via: str) -> list[torch.Tensor]:
+            if via == "buddy":
+                return self.snapshots.piece(what, a, b, committed)
+            if what == "params":
+                return [state.flat.data[a - base : b - base]]
+            return [old_avg[a - old_lo : b - old_lo], old_avg_sq[a - old_lo : b - old_lo]]
+
+        def target(what: str, a: int, b: int) -> list[torch.Tensor]:
+            if what == "params":
+                return [state.flat.data[a - base : b - base]]
+            m_lo = state.moment_range[0]
+            return [
+                state.opt.exp_avg[a - m_lo : b - m_lo],
+                state.opt.exp_avg_sq[a - m_lo : b - m_lo],
+            ]
+
+        moved = apply_moves(group, plan.moves, me, source, target)
+        if not self.valid:
+            self.state.step = committed
+            self.state.opt.step_count = committed
+            self.valid = True
+        self.plan = plan
+        self.snapshots.clear()
+        if plan.zero:
+            # the new buddies hold nothing yet: give them the committed state now
+            self._start_snapshot(group, committed)
+            self.snapshots.finish(group)
+        return moved
+
+    def _start_snapshot(self, group: Group, step: int) -> None:
+        plan = self.plan
+        if plan is None or not plan.zero or self.intervals is None:
+            return
+        me = group.rank
+        ranks = list(plan.stages[0].ranks)
+        base = self.state.base
+        wards = [
+            (
+                plan.assignments[r].worker_id,
+                r,
+                (
+                    base + self.intervals[ranks.index(r)][0],
+                    base + self.intervals[ranks.index(r)][1],
+                ),
+            )
+            for r in ranks
+            if plan.buddy[r] == me and r != me
+        ]
+        lo, hi = self.intervals[ranks.index(me)]
+        tensors = (self.state.flat.data[lo:hi], self.state.opt.exp_avg, self.state.opt.exp_avg_sq)
+        self.snapshots.start(group, step, plan.buddy[me], (base + lo, base + hi), tensors, wards)
+
     def train(self) -> pb.Plan | None:
         """Run steps; return a newer plan to switch to, or None when the last step is done."""
         group = self.group
@@ -236,7 +326,18 @@ class Worker:
             step = self.state.step + 1
             t0 = time.perf_counter()
             want_switch = self.plans.newest_generation() > self.generation
-            result = run_step(self.state, group, self.order, step, want_switch)
+            zero = self.plan.zero if self.plan is not None else 0
+            result = run_step(
+                self.state,
+                group,
+                self.order,
+                step,
+                want_switch,
+                self.intervals,
+                zero,
+                before_reduce=lambda: self.snapshots.finish(group),
+            )
+            self._start_snapshot(group, step)
             if self.cfg.step_delay_s:
                 time.sleep(self.cfg.step_delay_s)
             elapsed = time.perf_counter() - t0
@@ -260,6 +361,7 @@ class Worker:
                 if plan is None:
                     raise CollectiveFailed("a peer announced a new generation that never arrived")
                 return plan
+        self.snapshots.finish(group)
         return None
 
     def run(self) -> int:
@@ -290,6 +392,7 @@ class Worker:
                     plan = self.plans.wait_newer(self.generation, self.cfg.idle_timeout_s)
             except (Superseded, CollectiveFailed) as exc:
                 self.group = None
+                self.snapshots.abandon()
                 log.warning("generation %d interrupted: %s", self.generation, exc)
                 self.event("interrupted", str(exc))
                 plan = self.plans.wait_newer(self.generation, 120.0)

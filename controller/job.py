@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 
 from elastiq.config import JobConfig
 from elastiq.controller.metrics import ControllerMetrics
-from elastiq.controller.planner import Layout, PlanError, WorkerRef, make_plan
+from elastiq.controller.planner import (
+    HybridLayout,
+    PlanError,
+    Profile,
+    WorkerRef,
+    make_hybrid_plan,
+)
 from elastiq.controller.store import Store
 from elastiq.controller.wire import layout_to_plan, plan_to_layout
 from elastiq.proto import elastiq_pb2 as pb
@@ -119,7 +125,10 @@ class JobController:
         self.identity = identity
         self.prefix = f"/elastiq/{job.job}/"
         self.nodes: dict[str, NodeState] = {}
-        self.layout: Layout | None = None
+        self.layout: HybridLayout | None = None
+        # per-unit costs start as parameter counts (a proxy for FLOPs) until measured
+        numel = tuple(job.unit_numel())
+        self.profile = Profile(unit_costs=tuple(float(n) for n in numel), unit_numel=numel)
         self.plan: pb.Plan | None = None
         self._plan_revision = 0
         self.phase = "Pending"
@@ -456,6 +465,15 @@ class JobController:
             log.exception("replanning failed")
             raise
 
+    def _holders(self) -> set[str]:
+        """Workers whose state is valid: they completed joining a generation."""
+        return {
+            w.ref.worker_id
+            for n in self.nodes.values()
+            for w in n.workers.values()
+            if w.state in ("running", "finished")
+        }
+
     def live_members(self) -> list[WorkerRef]:
         return sorted(w.ref for n in self.nodes.values() for w in n.workers.values())
 
@@ -464,16 +482,29 @@ class JobController:
             return
         members = self.live_members()
         generation = self.generation + 1
+        holders = self._holders()
         try:
-            layout = make_plan(members, self.layout, generation, reason)
+            layout = make_hybrid_plan(
+                members,
+                self.profile,
+                self.layout,
+                generation,
+                stages=self.job.pipeline_stages,
+                zero=self.job.zero,
+                reason=reason,
+                holders=holders,
+            )
         except PlanError as exc:
             self._fail(f"cannot plan generation {generation}: {exc}")
             return
         if layout.state_source == "lost":
-            lost = ", ".join(self.layout.worker_ids() if self.layout else [])
+            pieces = sorted({(g.what, g.lo, g.hi) for g in layout.lost})
+            shown = ", ".join(f"{what} [{lo}, {hi})" for what, lo, hi in pieces[:6])
             self._fail(
-                f"generation {generation}: every worker that held the model and optimizer state "
-                f"is gone ({lost}) and no checkpoint is configured; the state is lost"
+                f"generation {generation}: no live worker or buddy snapshot holds {shown}"
+                f"{' ...' if len(pieces) > 6 else ''} of the model's state (lost with "
+                f"{', '.join(layout.dropped) or 'the previous generation'}); no checkpoint is "
+                "configured, so the state is lost"
             )
             return
         if (
@@ -482,7 +513,7 @@ class JobController:
             and (not self.takeover)
         ):
             return  # nothing changed (e.g. a duplicate report)
-        plan = layout_to_plan(layout, self.job.job, self.rendezvous, time.time())
+        plan = layout_to_plan(layout, self.job.job, self.rendezvous, time.time(), holders)
         ok = await self.store.compare_and_set(
             self.prefix + "plan", plan.SerializeToString(), self._plan_revision
         )
@@ -533,7 +564,7 @@ class JobController:
     def resolve_rank(self, rank: int) -> WorkerRef | None:
         if self.layout is None or not 0 <= rank < self.layout.world_size:
             return None
-        return self.layout.ranks[rank].worker
+        return self.layout.workers[rank]
 
     def send_chaos(self, node_id: str, command: pb.ChaosCommand) -> None:
         self.nodes[node_id].queue.put_nowait(pb.Directive(chaos=command))
@@ -563,7 +594,7 @@ class JobController:
         )
         if self.plan is not None:
             resp.plan.CopyFrom(self.plan)
-        ranks = {a.worker.worker_id: a.rank for a in self.layout.ranks} if self.layout else {}
+        ranks = {w.worker_id: r for r, w in enumerate(self.layout.workers)} if self.layout else {}
         best: pb.WorkerProgress | None = None
         for node in sorted(self.nodes.values(), key=lambda n: n.node_id):
             for w in sorted(node.workers.values(), key=lambda w: w.ref):

@@ -1,22 +1,23 @@
 """The planner: members in, the next generation's layout out. A pure function.
 
-No I/O, no clocks: tested in microseconds. For data parallelism it decides:
-- the rank order: survivors keep their relative order (least movement of state,
-  stable logs), newcomers follow in (node, slot) order;
-- who holds state (`holder`): members of the previous generation that are still
-  here; at the first generation every member starts from the seeded init;
-- where missing state comes from (`transfers`): each newcomer from a live holder,
-  spread round-robin (`partition.assign_donors`, which workers recompute from
-  what they actually hold);
+No I/O, no clocks: tested in microseconds. It decides, for pipeline x data
+parallelism (data parallelism alone is one stage):
+- the rank order: survivors keep their relative order and their stage, newcomers
+  follow in (node, slot) order and join the stage whose extra replica lowers the
+  bottleneck most;
+- which layer units each stage holds (`stages.balance_stages`: balanced by measured
+  cost per replica, then fewest bytes moved);
+- where every piece of state comes from (`reshard.plan_moves`: live holders first,
+  then buddy snapshots; what nobody holds is reported lost);
 - whether collectives in flight must be abandoned (`abort_in_flight`: a member of
-  the previous generation is gone, so a collective may never complete), or the
-  change can wait for the next step boundary (joins, takeovers).
+  the previous generation is gone), or the change can wait for the next step
+  boundary (joins, takeovers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from elastiq.controller.reshard import (
     Holding,
@@ -27,7 +28,7 @@ from elastiq.controller.reshard import (
     plan_moves,
 )
 from elastiq.controller.stages import balance_stages, bottleneck
-from elastiq.partition import assign_donors, even_split, stage_buddies
+from elastiq.partition import even_split, stage_buddies
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -37,88 +38,8 @@ class WorkerRef:
     worker_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class RankAssignment:
-    rank: int
-    worker: WorkerRef
-    holder: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """One generation's plan, before it is put on the wire."""
-
-    generation: int
-    ranks: tuple[RankAssignment, ...]
-    transfers: tuple[tuple[int, int], ...]
-    abort_in_flight: bool
-    state_source: str
-    reason: str
-    dropped: tuple[str, ...] = field(default=())
-
-    @property
-    def world_size(self) -> int:
-        return len(self.ranks)
-
-    def worker_ids(self) -> list[str]:
-        return [a.worker.worker_id for a in self.ranks]
-
-
 class PlanError(ValueError):
     """The members cannot form a valid plan (empty, duplicated ids, bad generation)."""
-
-
-def make_plan(
-    members: Sequence[WorkerRef],
-    previous: Layout | None,
-    generation: int,
-    reason: str,
-) -> Layout:
-    """The layout of `generation` for `members`, moving as little state as possible."""
-    if not members:
-        raise PlanError("no live workers to plan for")
-    ids = [m.worker_id for m in members]
-    if len(set(ids)) != len(ids):
-        raise PlanError(f"duplicate worker ids in members: {sorted(ids)}")
-    if previous is not None and generation <= previous.generation:
-        raise PlanError(
-            f"generation {generation} is not newer than the previous plan's {previous.generation}"
-        )
-    if generation <= 0:
-        raise PlanError(f"generation must be positive, got {generation}")
-    by_id = {m.worker_id: m for m in members}
-    if previous is None:
-        order = sorted(members)
-        holders = set(ids)
-        dropped: tuple[str, ...] = ()
-    else:
-        survivors = [w for w in previous.worker_ids() if w in by_id]
-        kept = set(survivors)
-        newcomers = sorted(m for m in members if m.worker_id not in kept)
-        order = [by_id[w] for w in survivors] + newcomers
-        # survivors hold the state, unless the previous generation had nobody to give
-        # it to them (it was itself waiting for a source)
-        holders = set(survivors) if previous.state_source != "lost" else set()
-        dropped = tuple(w for w in previous.worker_ids() if w not in by_id)
-    ranks = tuple(
-        RankAssignment(rank=r, worker=w, holder=w.worker_id in holders) for r, w in enumerate(order)
-    )
-    transfers = tuple(assign_donors([a.holder for a in ranks]))
-    if previous is None:
-        source = "init"
-    elif any(a.holder for a in ranks):
-        source = "live_replica"
-    else:
-        source = "lost"
-    return Layout(
-        generation=generation,
-        ranks=ranks,
-        transfers=transfers,
-        abort_in_flight=bool(dropped),
-        state_source=source,
-        reason=reason,
-        dropped=dropped,
-    )
 
 
 # --- hybrid (pipeline x data) parallel layouts ------------------------------------------
@@ -160,10 +81,14 @@ class HybridLayout:
     abort_in_flight: bool
     reason: str
     dropped: tuple[str, ...] = ()
+    state_source: str = "init"
 
     @property
     def world_size(self) -> int:
         return len(self.workers)
+
+    def worker_ids(self) -> list[str]:
+        return [w.worker_id for w in self.workers]
 
     def stage_of(self, rank: int) -> int:
         for s, stage in enumerate(self.stages):
@@ -184,6 +109,7 @@ def make_hybrid_plan(
     stages: int,
     zero: int,
     reason: str,
+    holders: set[str] | None = None,
 ) -> HybridLayout:
     """The next pipeline x data parallel layout, moving as little state as possible.
 
@@ -192,6 +118,9 @@ def make_hybrid_plan(
     the highest load (cost / replicas). Layer units are then rebalanced so that
     cost(stage) / replicas(stage) is within 2% of the best possible, preferring the
     partition that moves the fewest parameter bytes.
+
+    `holders`: survivors whose state is valid (they completed joining the previous
+    generation); default all survivors. Others keep their place but are not sources.
     """
     if zero not in (0, 1, 2):
         raise PlanError(f"zero={zero} must be 0, 1 or 2")
@@ -262,15 +191,24 @@ def make_hybrid_plan(
         new_index = {w.worker_id: i for i, w in enumerate(order)}
         new_rank_of_old = {r: new_index[w] for r, w in enumerate(old_ids) if w in new_index}
         old_holdings = previous.holdings(profile)
+        valid = set(old_ids) if holders is None else holders
         alive = [
             Holding(new_rank_of_old[h.rank], h.params, h.moments)
             for h in old_holdings
-            if h.rank in new_rank_of_old
+            if h.rank in new_rank_of_old and old_ids[h.rank] in valid
         ]
         buddy_old = dict(enumerate(previous.buddy))
         moves, lost = plan_moves(
             alive, new_holdings, lost_owner_buddies(old_holdings, new_rank_of_old, buddy_old)
         )
+    if previous is None:
+        source = "init"
+    elif lost:
+        source = "lost"
+    elif any(m.via == "buddy" for m in moves):
+        source = "buddy"
+    else:
+        source = "live_replica"
     return HybridLayout(
         generation=generation,
         workers=tuple(order),
@@ -282,6 +220,7 @@ def make_hybrid_plan(
         abort_in_flight=bool(dropped),
         reason=reason,
         dropped=dropped,
+        state_source=source,
     )
 
 

@@ -1,12 +1,21 @@
-"""Conversions between the planner's pure `Layout` and the wire `Plan` message."""
+"""Conversions between the planner's pure `HybridLayout` and the wire `Plan` message."""
 
 from __future__ import annotations
 
-from elastiq.controller.planner import Layout, RankAssignment, WorkerRef
+from collections.abc import Collection
+
+from elastiq.controller.planner import HybridLayout, StageLayout, WorkerRef
 from elastiq.proto import elastiq_pb2 as pb
 
 
-def layout_to_plan(layout: Layout, job: str, rendezvous: str, created_unix: float) -> pb.Plan:
+def layout_to_plan(
+    layout: HybridLayout,
+    job: str,
+    rendezvous: str,
+    created_unix: float,
+    holders: Collection[str] = (),
+) -> pb.Plan:
+    """`holders`: workers whose state was valid going into this generation."""
     plan = pb.Plan(
         job=job,
         generation=layout.generation,
@@ -16,22 +25,28 @@ def layout_to_plan(layout: Layout, job: str, rendezvous: str, created_unix: floa
         reason=layout.reason,
         created_unix=created_unix,
         state_source=layout.state_source,
+        zero=layout.zero,
     )
-    for a in layout.ranks:
+    plan.buddy.extend(layout.buddy)
+    for rank, w in enumerate(layout.workers):
         plan.assignments.add(
-            rank=a.rank,
-            worker_id=a.worker.worker_id,
-            node_id=a.worker.node_id,
-            slot=a.worker.slot,
-            holder=a.holder,
+            rank=rank,
+            worker_id=w.worker_id,
+            node_id=w.node_id,
+            slot=w.slot,
+            holder=w.worker_id in holders,
         )
-    for src, dst in layout.transfers:
-        plan.transfers.add(src_rank=src, dst_rank=dst, what="full_state")
+    for st in layout.stages:
+        plan.stages.add(unit_lo=st.units[0], unit_hi=st.units[1], ranks=st.ranks)
+    for m in layout.moves:
+        plan.moves.add(
+            what=m.what, src_rank=m.src_rank, dst_rank=m.dst_rank, lo=m.lo, hi=m.hi, via=m.via
+        )
     return plan
 
 
-def plan_to_layout(plan: pb.Plan) -> Layout:
-    """Rebuild a layout from a stored plan; raises ValueError if it is malformed."""
+def plan_to_layout(plan: pb.Plan) -> HybridLayout:
+    """Rebuild a layout (without its moves) from a stored plan; ValueError if malformed."""
     ranks = sorted(plan.assignments, key=lambda a: a.rank)
     if [a.rank for a in ranks] != list(range(len(ranks))) or len(ranks) != plan.world_size:
         raise ValueError(
@@ -40,14 +55,22 @@ def plan_to_layout(plan: pb.Plan) -> Layout:
         )
     if plan.generation <= 0:
         raise ValueError(f"plan generation {plan.generation} must be positive")
-    return Layout(
+    staged = sorted(r for st in plan.stages for r in st.ranks)
+    if staged != list(range(plan.world_size)):
+        raise ValueError(f"plan {plan.generation} is malformed: stages do not cover every rank")
+    if len(plan.buddy) != plan.world_size:
+        raise ValueError(f"plan {plan.generation} is malformed: {len(plan.buddy)} buddies")
+    return HybridLayout(
         generation=plan.generation,
-        ranks=tuple(
-            RankAssignment(a.rank, WorkerRef(a.node_id, a.slot, a.worker_id), a.holder)
-            for a in ranks
+        workers=tuple(WorkerRef(a.node_id, a.slot, a.worker_id) for a in ranks),
+        stages=tuple(
+            StageLayout(units=(st.unit_lo, st.unit_hi), ranks=tuple(st.ranks)) for st in plan.stages
         ),
-        transfers=tuple((t.src_rank, t.dst_rank) for t in plan.transfers),
+        zero=plan.zero,
+        buddy=tuple(plan.buddy),
+        moves=(),
+        lost=(),
         abort_in_flight=plan.abort_in_flight,
-        state_source=plan.state_source,
         reason=plan.reason,
+        state_source=plan.state_source,
     )

@@ -78,6 +78,11 @@ class JobConfig:
     """Timeout for building a generation's process group."""
     step_delay_s: float = 0.0
     """Artificial delay per step (demos and chaos timing on fast machines)."""
+    pipeline_stages: int = 1
+    """Pipeline stages to start with (1: data parallelism only)."""
+    zero: int = 0
+    """ZeRO stage: 0 replicated optimizer state, 1 moments split across a stage's
+    data-parallel ranks, 2 gradients split too."""
     idle_timeout_s: float = 900.0
     """A worker with no plan to act on (before its first, or after the last step)
     exits after this long."""
@@ -110,8 +115,22 @@ class JobConfig:
             raise ValueError("timeouts must be positive")
         if self.step_delay_s < 0:
             raise ValueError("step_delay_s must be >= 0")
+        if self.zero not in (0, 1, 2):
+            raise ValueError(f"zero={self.zero} must be 0, 1 or 2")
+        if not 1 <= self.pipeline_stages <= self.model.n_layers + 2:
+            raise ValueError(
+                f"pipeline_stages={self.pipeline_stages} must be in 1..{self.model.n_layers + 2} "
+                "(one per layer unit at most: embedding, blocks, head)"
+            )
         if self.idle_timeout_s <= 0:
             raise ValueError(f"idle_timeout_s={self.idle_timeout_s} must be positive")
+
+    def unit_numel(self) -> list[int]:
+        """Parameters of each layer unit (embedding, blocks, head), without torch."""
+        m = self.model
+        hidden = int(m.dim * m.mlp_ratio)
+        block = 2 * m.dim + 4 * m.dim * m.dim + 3 * m.dim * hidden
+        return [m.vocab * m.dim] + [block] * m.n_layers + [m.dim + m.dim * m.vocab]
 
     @property
     def micro_batches(self) -> int:

@@ -149,39 +149,61 @@ class Assignment(_message.Message):
     holder: bool
     def __init__(self, rank: _Optional[int] = ..., worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., slot: _Optional[int] = ..., holder: _Optional[bool] = ...) -> None: ...
 
-class Transfer(_message.Message):
-    __slots__ = ("src_rank", "dst_rank", "what")
+class Stage(_message.Message):
+    __slots__ = ("unit_lo", "unit_hi", "ranks")
+    UNIT_LO_FIELD_NUMBER: _ClassVar[int]
+    UNIT_HI_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    unit_lo: int
+    unit_hi: int
+    ranks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, unit_lo: _Optional[int] = ..., unit_hi: _Optional[int] = ..., ranks: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StateMove(_message.Message):
+    __slots__ = ("what", "src_rank", "dst_rank", "lo", "hi", "via")
+    WHAT_FIELD_NUMBER: _ClassVar[int]
     SRC_RANK_FIELD_NUMBER: _ClassVar[int]
     DST_RANK_FIELD_NUMBER: _ClassVar[int]
-    WHAT_FIELD_NUMBER: _ClassVar[int]
+    LO_FIELD_NUMBER: _ClassVar[int]
+    HI_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
+    what: str
     src_rank: int
     dst_rank: int
-    what: str
-    def __init__(self, src_rank: _Optional[int] = ..., dst_rank: _Optional[int] = ..., what: _Optional[str] = ...) -> None: ...
+    lo: int
+    hi: int
+    via: str
+    def __init__(self, what: _Optional[str] = ..., src_rank: _Optional[int] = ..., dst_rank: _Optional[int] = ..., lo: _Optional[int] = ..., hi: _Optional[int] = ..., via: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "transfers", "abort_in_flight", "reason", "created_unix", "state_source")
+    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy")
     JOB_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
-    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
     ABORT_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     STATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    ZERO_FIELD_NUMBER: _ClassVar[int]
+    BUDDY_FIELD_NUMBER: _ClassVar[int]
     job: str
     generation: int
     rendezvous: str
     world_size: int
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
-    transfers: _containers.RepeatedCompositeFieldContainer[Transfer]
+    moves: _containers.RepeatedCompositeFieldContainer[StateMove]
     abort_in_flight: bool
     reason: str
     created_unix: float
     state_source: str
-    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., transfers: _Optional[_Iterable[_Union[Transfer, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ...) -> None: ...
+    stages: _containers.RepeatedCompositeFieldContainer[Stage]
+    zero: int
+    buddy: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ChaosCommand(_message.Message):
     __slots__ = ("action", "worker_id", "rank", "at_step", "id")
