@@ -12,6 +12,7 @@ TCP connection to the rendezvous store.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import logging
 import threading
@@ -23,6 +24,13 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+# Destroying a gloo group waits for the operations queued on it, and an abandoned
+# group may have one stuck until its timeout (measured: the main thread sat in
+# ~ProcessGroupGloo for 60 s when the last reference went away). So the groups of
+# recent generations stay referenced here and are released long after their
+# operations have timed out; workers leave with os._exit, skipping the destructors.
+_RECENT_GROUPS: collections.deque[Any] = collections.deque(maxlen=8)
 
 
 class Superseded(Exception):
@@ -47,26 +55,25 @@ def _poll(
 
 
 class RendezvousClient:
-    """A TCP connection to the rendezvous store the plan names; reused while it does not change."""
+    """Connections to the rendezvous store the plan names: a new one per generation.
 
-    def __init__(self) -> None:
-        self._address = ""
-        self._store: dist.TCPStore | None = None
+    A group abandoned with operations in flight may still be blocked in a call on
+    its store connection (measured: sharing one client made the next generation's
+    rendezvous wait out the old group's 60 s timeout). A connection per generation
+    keeps an abandoned group from holding up the next one.
+    """
 
     def store(self, address: str, timeout_s: float) -> dist.Store:
-        if address != self._address or self._store is None:
-            host, _, port = address.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"rendezvous address {address!r} is not host:port")
-            self._store = dist.TCPStore(
-                host,
-                int(port),
-                is_master=False,
-                timeout=datetime.timedelta(seconds=timeout_s),
-                wait_for_workers=False,
-            )
-            self._address = address
-        return self._store
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"rendezvous address {address!r} is not host:port")
+        return dist.TCPStore(
+            host,
+            int(port),
+            is_master=False,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            wait_for_workers=False,
+        )
 
 
 class Group:
@@ -82,6 +89,7 @@ class Group:
         superseded: Callable[[], bool],
     ) -> None:
         self.pg = pg
+        _RECENT_GROUPS.append(pg)
         self.rank = rank
         self.world = world
         self.generation = generation
@@ -139,50 +147,11 @@ class Group:
         except RuntimeError as exc:
             raise CollectiveFailed(f"{what}: {str(exc).splitlines()[0][:200]}") from exc
 
-    def _wait_p2p(self, work: dist.Work, what: str) -> None:
-        """Wait for a send/recv. Gloo completes those only inside wait(), and a wait
-        with a short timeout that expires breaks the pair (measured), so the blocking
-        wait runs in a helper thread that is abandoned if the generation is superseded."""
-        errors: list[BaseException] = []
-
-        def block() -> None:
-            try:
-                work.wait()
-            except BaseException as exc:  # handed to the caller below
-                errors.append(exc)
-
-        thread = threading.Thread(target=block, name=what, daemon=True)
-        thread.start()
-        _poll(
-            lambda: not thread.is_alive(), self.superseded, time.monotonic() + self.timeout_s, what
-        )
-        if errors:
-            raise CollectiveFailed(f"{what}: {str(errors[0]).splitlines()[0][:200]}")
-
-    def allreduce_sum_(self, tensor: torch.Tensor) -> None:
-        self._wait(self.pg.allreduce([tensor]), "allreduce")
-
-    def allgather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        out = [torch.empty_like(tensor) for _ in range(self.world)]
-        self._wait(self.pg.allgather([out], [tensor]), "allgather")
-        return out
-
-    def reduce_scatter_sum(self, output: torch.Tensor, chunks: list[torch.Tensor]) -> None:
-        """output <- sum over ranks of chunks[my rank] (chunks of equal size)."""
-        self._wait(self.pg.reduce_scatter([output], [chunks]), "reduce_scatter")
-
-    def allgather_into(self, outputs: list[torch.Tensor], tensor: torch.Tensor) -> None:
-        self._wait(self.pg.allgather([outputs], [tensor]), "allgather")
-
-    def isend(self, tensor: torch.Tensor, dst: int, tag: int) -> Any:
-        """Start a send; complete it with wait_p2p (the tensor must stay untouched)."""
-        return self.pg.send([tensor], dst, tag)
-
-    def irecv(self, tensor: torch.Tensor, src: int, tag: int) -> Any:
-        return self.pg.recv([tensor], src, tag)
-
-    def wait_p2p(self, works: list[Any], what: str) -> None:
-        """Complete started sends/receives, in one helper thread, abandoned if superseded."""
+    def _wait_in_thread(self, works: list[Any], what: str) -> None:
+        """Wait for operations gloo completes only inside wait() (send, recv,
+        reduce_scatter: measured, is_completed() stays False). A wait(timeout) that
+        expires breaks the pair (measured), so the blocking waits run in a helper
+        thread that is abandoned if the generation is superseded."""
         if not works:
             return
         errors: list[BaseException] = []
@@ -197,13 +166,42 @@ class Group:
         thread = threading.Thread(target=block, name=what, daemon=True)
         thread.start()
         _poll(
-            lambda: not thread.is_alive(), self.superseded, time.monotonic() + self.timeout_s, what
+            lambda: not thread.is_alive(),
+            self.superseded,
+            time.monotonic() + self.timeout_s,
+            what,
         )
         if errors:
             raise CollectiveFailed(f"{what}: {str(errors[0]).splitlines()[0][:200]}")
 
+    def allreduce_sum_(self, tensor: torch.Tensor) -> None:
+        self._wait(self.pg.allreduce([tensor]), "allreduce")
+
+    def allgather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(tensor) for _ in range(self.world)]
+        self._wait(self.pg.allgather([out], [tensor]), "allgather")
+        return out
+
+    def reduce_scatter_sum(self, output: torch.Tensor, chunks: list[torch.Tensor]) -> None:
+        """output <- sum over ranks of chunks[my rank] (chunks of equal size)."""
+        self._wait_in_thread([self.pg.reduce_scatter([output], [chunks])], "reduce_scatter")
+
+    def allgather_into(self, outputs: list[torch.Tensor], tensor: torch.Tensor) -> None:
+        self._wait(self.pg.allgather([outputs], [tensor]), "allgather")
+
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int) -> Any:
+        """Start a send; complete it with wait_p2p (the tensor must stay untouched)."""
+        return self.pg.send([tensor], dst, tag)
+
+    def irecv(self, tensor: torch.Tensor, src: int, tag: int) -> Any:
+        return self.pg.recv([tensor], src, tag)
+
+    def wait_p2p(self, works: list[Any], what: str) -> None:
+        """Complete started sends/receives (abandoned if superseded)."""
+        self._wait_in_thread(works, what)
+
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
-        self._wait_p2p(self.pg.send([tensor], dst, tag), f"send to {dst}")
+        self._wait_in_thread([self.pg.send([tensor], dst, tag)], f"send to {dst}")
 
     def recv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> None:
-        self._wait_p2p(self.pg.recv([tensor], src, tag), f"recv from {src}")
+        self._wait_in_thread([self.pg.recv([tensor], src, tag)], f"recv from {src}")

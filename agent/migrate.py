@@ -27,6 +27,15 @@ def apply_moves(
     group: Group, moves: Sequence[pb.StateMove], me: int, source: Source, target: Target
 ) -> int:
     """Run the moves that involve rank `me`; returns the bytes it received."""
+    for m in moves:
+        if m.src_rank == me and m.dst_rank == me:
+            # a rank that is the buddy of a lost owner and now owns part of that owner's
+            # interval copies the piece from its own snapshot (live pieces it holds
+            # never appear as moves)
+            for src, dst in zip(
+                source(m.what, m.lo, m.hi, m.via), target(m.what, m.lo, m.hi), strict=True
+            ):
+                dst.copy_(src)
     sends = []
     for i, m in enumerate(moves):
         if m.src_rank == me and m.dst_rank != me:

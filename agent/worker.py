@@ -21,6 +21,7 @@ Run by the agent as `python -m elastiq.agent.worker --read-fd R --write-fd W`.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from google.protobuf import json_format
 
-from elastiq import logs
+from elastiq import fs, logs
 from elastiq.agent.channel import Channel
 from elastiq.agent.comm import CollectiveFailed, Group, RendezvousClient, Superseded
 from elastiq.agent.data import SampleOrder, load_corpus
@@ -42,7 +43,8 @@ from elastiq.config import JobConfig
 from elastiq.partition import even_split
 from elastiq.proto import elastiq_pb2 as pb
 
-log = logging.getLogger(__name__)
+# named explicitly: run as `python -m`, __name__ would be "__main__", outside the tree
+log = logging.getLogger("elastiq.agent.worker")
 
 ALIVE_INTERVAL_S = 0.25
 EXIT_OK, EXIT_CONFIG, EXIT_STATE_LOST, EXIT_NO_PLAN = 0, 2, 3, 4
@@ -316,6 +318,19 @@ class Worker:
         tensors = (self.state.flat.data[lo:hi], self.state.opt.exp_avg, self.state.opt.exp_avg_sq)
         self.snapshots.start(group, step, plan.buddy[me], (base + lo, base + hi), tensors, wards)
 
+    def _write_final_params(self) -> None:
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "step": self.state.step,
+                "params": self.state.flat.data.clone(),
+                "slots": [(p.name, p.offset, p.shape) for p in self.state.flat.slots],
+            },
+            buffer,
+        )
+        fs.write_bytes(self.cfg.final_params, buffer.getvalue())
+        log.info("wrote the final parameters to %s", self.cfg.final_params)
+
     def train(self) -> pb.Plan | None:
         """Run steps; return a newer plan to switch to, or None when the last step is done."""
         group = self.group
@@ -380,6 +395,8 @@ class Worker:
                 self.join(plan)
                 plan = self.train()
                 if plan is None:
+                    if self.rank == 0 and self.cfg.final_params:
+                        self._write_final_params()
                     self.channel.send(
                         {
                             "type": "finished",
@@ -447,4 +464,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip interpreter teardown: destroying a group with a stuck operation would wait
+    # for its timeout (see agent/comm.py)
+    os._exit(exit_code)

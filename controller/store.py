@@ -85,8 +85,10 @@ class Store(abc.ABC):
         """Expire a lease now, deleting its keys."""
 
     @abc.abstractmethod
-    def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
-        """Events for keys under `prefix` from now on; stop by closing the iterator."""
+    def watch_prefix(self, prefix: str, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
+        """Events for keys under `prefix`: from `start_revision` (inclusive) if given,
+        so a caller that read or wrote at revision r misses nothing by watching from
+        r + 1; else from when the watch is registered. Stop by closing the iterator."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -93,8 +93,11 @@ class EtcdStore(Store):
             if "not found" not in str(exc):
                 raise
 
-    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
-        watch = await self._call(f"watch {prefix}", self._client.watch_prefix(prefix.encode()))
+    async def watch_prefix(self, prefix: str, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
+        watch = await self._call(
+            f"watch {prefix}",
+            self._client.watch_prefix(prefix.encode(), start_revision=start_revision or None),
+        )
         try:
             async for event in watch:
                 kind: Any = "put" if event.kind == "PUT" else "delete"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import json
 import os
 import time
@@ -33,6 +34,8 @@ class MemoryStore(Store):
         self._leases: dict[int, _Lease] = {}
         self._next_lease = 1
         self._watchers: list[tuple[str, asyncio.Queue[WatchEvent | None]]] = []
+        # recent events, so a watch can start from a revision (as etcd's can)
+        self._history: collections.deque[WatchEvent] = collections.deque(maxlen=10_000)
         self._path = path
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
@@ -87,6 +90,7 @@ class MemoryStore(Store):
                 self._remove(key)
 
     def _notify(self, event: WatchEvent) -> None:
+        self._history.append(event)
         for prefix, queue in self._watchers:
             if event.key.startswith(prefix):
                 queue.put_nowait(event)
@@ -167,9 +171,18 @@ class MemoryStore(Store):
     async def revoke_lease(self, lease: int) -> None:
         self._drop_lease(lease)
 
-    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+    async def watch_prefix(self, prefix: str, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
         self._ensure_reaper()
         queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
+        if start_revision:
+            if self._history and start_revision < self._history[0].revision:
+                raise StoreError(
+                    f"revision {start_revision} is older than the kept history "
+                    f"(from {self._history[0].revision}); read the current state instead"
+                )
+            for past in self._history:
+                if past.revision >= start_revision and past.key.startswith(prefix):
+                    queue.put_nowait(past)
         entry = (prefix, queue)
         self._watchers.append(entry)
         try:

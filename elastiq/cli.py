@@ -38,6 +38,9 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
         "--data", default="", help="fsspec path/dir/glob of text; default: Python's stdlib"
     )
     g.add_argument("--step-delay", type=float, default=0.0, help="extra seconds per step (demos)")
+    g.add_argument("--zero", type=int, default=0, choices=(0, 1, 2), help="ZeRO stage")
+    g.add_argument("--pipeline-stages", type=int, default=1, help="pipeline stages")
+    g.add_argument("--final-params", default="", help="fsspec URL for the final parameters")
 
 
 def _job_config(args: argparse.Namespace) -> JobConfig:
@@ -51,6 +54,9 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
         seed=args.seed,
         data=args.data,
         step_delay_s=args.step_delay,
+        zero=args.zero,
+        pipeline_stages=args.pipeline_stages,
+        final_params=args.final_params,
         model=ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads),
     )
 

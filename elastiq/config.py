@@ -83,6 +83,9 @@ class JobConfig:
     zero: int = 0
     """ZeRO stage: 0 replicated optimizer state, 1 moments split across a stage's
     data-parallel ranks, 2 gradients split too."""
+    final_params: str = ""
+    """fsspec URL where rank 0 writes the final parameters (torch.save of the flat
+    fp32 buffer and its layout) when the job finishes; empty: not written."""
     idle_timeout_s: float = 900.0
     """A worker with no plan to act on (before its first, or after the last step)
     exits after this long."""

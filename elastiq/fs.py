@@ -38,3 +38,15 @@ def read_bytes(url: str, start: int | None = None, end: int | None = None) -> by
     if start is None and end is None:
         return bytes(fs.cat_file(path))
     return bytes(fs.cat_file(path, start=start, end=end))
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole file: to a temporary name first, then moved into place, so a
+    reader never sees a partial file on stores where a move is atomic."""
+    fs, path = filesystem(url)
+    tmp = f"{path}.tmp"
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)

@@ -94,34 +94,37 @@ def test_put_with_an_unknown_lease_changes_nothing(store_url: str) -> None:
 
 def test_watch_delivers_puts_and_deletes_in_order(store_url: str) -> None:
     async def body(store: Store) -> None:
-        seen: list[WatchEvent] = []
-        ready = asyncio.Event()
-
-        async def watch() -> None:
-            agen = store.watch_prefix("/t/w/")
-            first = asyncio.ensure_future(agen.__anext__())
-            await asyncio.sleep(0.3)  # let the watch register before writing
-            ready.set()
-            seen.append(await first)
-            async for event in agen:
-                seen.append(event)
-                if len(seen) == 3:
-                    break
-            await agen.aclose()  # type: ignore[attr-defined]
-
-        task = asyncio.ensure_future(watch())
-        await ready.wait()
-        await store.put("/t/w/a", b"1")
+        first = await store.put("/t/w/a", b"1")
         await store.put("/t/other", b"ignored")
         await store.put("/t/w/a", b"2")
         await store.delete("/t/w/a")
-        await asyncio.wait_for(task, 10)
+        # watching from the first write's revision misses nothing, with no race
+        seen: list[WatchEvent] = []
+        agen = store.watch_prefix("/t/w/", start_revision=first)
+        async for event in agen:
+            seen.append(event)
+            if len(seen) == 3:
+                break
+        await agen.aclose()  # type: ignore[attr-defined]
         assert [(e.kind, e.key, e.value) for e in seen] == [
             ("put", "/t/w/a", b"1"),
             ("put", "/t/w/a", b"2"),
             ("delete", "/t/w/a", b""),
         ]
-        assert seen[0].revision < seen[1].revision < seen[2].revision
+        assert seen[0].revision == first < seen[1].revision < seen[2].revision
+
+    with_store(store_url, body)
+
+
+def test_watch_sees_writes_made_after_it_started(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        now = await store.put("/t/live/mark", b"0")
+        agen = store.watch_prefix("/t/live/", start_revision=now + 1)
+        task = asyncio.ensure_future(agen.__anext__())
+        await store.put("/t/live/x", b"later")
+        event = await asyncio.wait_for(task, 10)
+        assert (event.kind, event.key, event.value) == ("put", "/t/live/x", b"later")
+        await agen.aclose()  # type: ignore[attr-defined]
 
     with_store(store_url, body)
 
