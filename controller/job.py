@@ -154,7 +154,7 @@ class JobController:
     # lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         """Load a previous leader's plan (takeover) and start watching node leases."""
-        await self.store.put(self.prefix + "config", self.job.to_json().encode())
+        revision = await self.store.put(self.prefix + "config", self.job.to_json().encode())
         kv = await self.store.get(self.prefix + "plan")
         if kv is not None:
             plan = pb.Plan.FromString(kv.value)
@@ -167,7 +167,9 @@ class JobController:
             asyncio.get_running_loop().call_later(
                 self.config.takeover_grace_s, lambda: self._request_replan("controller takeover")
             )
-        self._lease_watch = asyncio.get_running_loop().create_task(self._watch_node_leases())
+        self._lease_watch = asyncio.get_running_loop().create_task(
+            self._watch_node_leases(revision + 1)
+        )
 
     async def stop(self) -> None:
         for task in (self._lease_watch, self._replan_task, self._start_task):
@@ -246,10 +248,11 @@ class JobController:
         if node.streams <= 0 and self.phase not in ("Succeeded", "Failed"):
             await self._lose_node(node_id, "agent stream closed")
 
-    async def _watch_node_leases(self) -> None:
+    async def _watch_node_leases(self, start_revision: int) -> None:
+        """Lease expiry deletes a node's key: watch from our first write, missing none."""
         nodes_prefix = f"{self.prefix}nodes/"
         try:
-            async for event in self.store.watch_prefix(nodes_prefix):
+            async for event in self.store.watch_prefix(nodes_prefix, start_revision):
                 if event.kind == "delete":
                     node_id = event.key[len(nodes_prefix) :]
                     if node_id in self.nodes:
