@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from google.protobuf import json_format
@@ -112,6 +112,16 @@ class Worker:
         self.plan: pb.Plan | None = None
         self.intervals: list[tuple[int, int]] | None = None
         self.snapshots = SnapshotKeeper()
+        self._step_log: TextIO | None = None
+        if cfg.step_log:
+            os.makedirs(cfg.step_log, exist_ok=True)
+            # line-buffered: one write per step, readable while the job runs
+            self._step_log = open(  # noqa: SIM115 -- lives as long as the worker
+                os.path.join(cfg.step_log, f"{worker_id}.jsonl"),
+                "a",
+                buffering=1,
+                encoding="utf-8",
+            )
         self.generation = 0
         self.rank = -1
         self.last_step_time = time.time()
@@ -357,6 +367,12 @@ class Worker:
                 time.sleep(self.cfg.step_delay_s)
             elapsed = time.perf_counter() - t0
             logs.context.step = step
+            if self._step_log is not None:
+                self._step_log.write(
+                    f'{{"step": {step}, "generation": {self.generation}, "rank": {self.rank}, '
+                    f'"loss": {result.loss:.6f}, "step_time": {elapsed:.6f}, '
+                    f'"wall": {time.time():.6f}}}\n'
+                )
             self.channel.send(
                 {
                     "type": "step",

@@ -86,6 +86,9 @@ class JobConfig:
     final_params: str = ""
     """fsspec URL where rank 0 writes the final parameters (torch.save of the flat
     fp32 buffer and its layout) when the job finishes; empty: not written."""
+    step_log: str = ""
+    """Local directory where each worker appends one JSON line per committed step
+    (step, generation, rank, loss, step time, wall clock); empty: off."""
     idle_timeout_s: float = 900.0
     """A worker with no plan to act on (before its first, or after the last step)
     exits after this long."""

@@ -1,0 +1,102 @@
+"""Steady-state overhead: elastiq's training step vs plain PyTorch on the same job.
+
+Data parallelism over 4 workers, same model, data, global batch and micro-batches.
+The plain side is DDP under torchrun (bench/torchrun_ddp.py, no kill, checkpoints
+off). The elastiq side is `elastiq run` with ZeRO-0 and ZeRO-1 (buddy snapshots
+on). Step time is the median over steps after a warm-up, measured by each side's
+own per-step wall clock. overhead = elastiq / plain (target <= 1.10).
+The pipeline-parallel comparison (torch.distributed.pipelining) waits for the
+pipeline runtime. Prints progress lines, then one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from elastiq.config import JobConfig, ModelConfig
+from elastiq.local import LocalRunConfig, run_local
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def job_config(steps: int, zero: int) -> JobConfig:
+    return JobConfig(
+        job="bench-overhead",
+        steps=steps,
+        global_batch=32,
+        micro_batch=4,
+        seq_len=64,
+        zero=zero,
+        model=ModelConfig(dim=64, n_layers=4, n_heads=4),
+    )
+
+
+def elastiq_step_times(steps: int, zero: int) -> list[float]:
+    """Wall-clock time between consecutive committed steps on rank 0 (its step log)."""
+    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
+        cfg = job_config(steps, zero)
+        cfg.step_log = os.path.join(tmp, "steps")
+        summary = run_local(cfg, LocalRunConfig(workers=4, run_dir=tmp), out=quiet)
+        if summary["phase"] != "Succeeded":
+            raise RuntimeError(f"elastiq run failed: {summary['error']}")
+        walls: list[float] = []
+        for name in sorted(os.listdir(cfg.step_log)):
+            with open(os.path.join(cfg.step_log, name), encoding="utf-8") as fh:
+                lines = [json.loads(line) for line in fh if line.strip()]
+            if lines and lines[0]["rank"] == 0:
+                walls = [line["wall"] for line in lines]
+    return [b - a for a, b in itertools.pairwise(walls)]
+
+
+def plain_step_times(steps: int) -> list[float]:
+    with tempfile.TemporaryDirectory() as workdir:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+            os.path.join(HERE, "torchrun_ddp.py"), "--config", job_config(steps, 0).to_json(),
+            "--workdir", workdir, "--ckpt-every", str(10**9),
+        ]  # fmt: skip
+        subprocess.run(
+            cmd,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=900,
+        )
+        with open(os.path.join(workdir, "progress-0.jsonl"), encoding="utf-8") as fh:
+            walls = [json.loads(line)["wall"] for line in fh if line.strip()]
+    return [b - a for a, b in itertools.pairwise(walls)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args()
+    result: dict[str, Any] = {}
+    plain = plain_step_times(args.steps)[args.warmup :]
+    result["ddp_step_s"] = round(statistics.median(plain), 5)
+    print(f"ddp: median step {result['ddp_step_s']:.4f}s over {len(plain)} steps", flush=True)
+    for zero in (0, 1):
+        times = elastiq_step_times(args.steps, zero)[args.warmup :]
+        key = f"elastiq_zero{zero}_step_s"
+        result[key] = round(statistics.median(times), 5)
+        result[f"overhead_zero{zero}"] = round(result[key] / result["ddp_step_s"], 3)
+        print(
+            f"elastiq zero{zero}: median step {result[key]:.4f}s over {len(times)} steps",
+            flush=True,
+        )
+    result["target"] = 1.10
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
