@@ -29,9 +29,10 @@ from elastiq.local import ChaosSpec, LocalRunConfig, run_local
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def job_config(steps: int) -> JobConfig:
+def job_config(steps: int, zero: int = 0) -> JobConfig:
     return JobConfig(
         job="bench-mttr",
+        zero=zero,
         steps=steps,
         global_batch=32,
         micro_batch=4,
@@ -40,10 +41,10 @@ def job_config(steps: int) -> JobConfig:
     )
 
 
-def run_elastiq(steps: int, kill_at: int) -> dict[str, Any]:
+def run_elastiq(steps: int, kill_at: int, zero: int = 0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
         summary = run_local(
-            job_config(steps),
+            job_config(steps, zero),
             LocalRunConfig(
                 workers=4, chaos=[ChaosSpec("kill-worker", rank=2, step=kill_at)], run_dir=tmp
             ),
@@ -195,14 +196,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--kill-at", type=int, default=25)
     parser.add_argument("--ckpt-every", type=int, default=10)
+    parser.add_argument(
+        "--zero",
+        type=int,
+        default=0,
+        choices=(0, 1, 2),
+        help="ZeRO stage of the elastiq side (the lost interval then comes "
+        "from its buddy's snapshot)",
+    )
+    parser.add_argument("--elastiq-only", action="store_true", help="skip the torchrun baseline")
     args = parser.parse_args()
     if args.reps < 1 or not 0 < args.kill_at < args.steps:
         raise SystemExit("need reps >= 1 and 0 < kill-at < steps")
     ours, theirs = [], []
     for rep in range(args.reps):
-        e = run_elastiq(args.steps, args.kill_at)
+        e = run_elastiq(args.steps, args.kill_at, args.zero)
         print(f"rep {rep + 1}/{args.reps} elastiq: {json.dumps(e)}", flush=True)
         ours.append(e)
+        if args.elastiq_only:
+            continue
         t = run_torchrun(args.steps, args.kill_at, args.ckpt_every)
         print(f"rep {rep + 1}/{args.reps} torchrun: {json.dumps(t)}", flush=True)
         theirs.append(t)
@@ -213,6 +225,10 @@ def main() -> None:
         "survivors_restarted": max((r.get("survivors_restarted", 0) for r in ours), default=0),
         "reps": args.reps,
     }
+    elastiq["zero"] = args.zero
+    if args.elastiq_only:
+        print(json.dumps({"elastiq": elastiq, "torchrun": None, "speedup": None}))
+        return
     recovered = all(r["recovered"] for r in theirs)
     torchrun = {
         "mttr_s": median([r["mttr_s"] for r in theirs]),

@@ -54,15 +54,18 @@ def test_any_zero_interval_can_be_lost_and_recovered_without_a_checkpoint(
     assert end.plan.state_source in ("buddy", "live_replica")
 
 
-def test_parameters_after_a_zero_recovery_match_a_run_without_failure(tmp_path: object) -> None:
+@pytest.mark.parametrize("zero", [0, 1])
+def test_parameters_after_a_recovery_match_a_run_without_failure(
+    tmp_path: object, zero: int
+) -> None:
     base = str(tmp_path)
     clean = os.path.join(base, "clean.pt")
     failed = os.path.join(base, "failed.pt")
     os.makedirs(os.path.join(base, "a"))
     os.makedirs(os.path.join(base, "b"))
-    end, _ = run(os.path.join(base, "a"), {"final-params": clean}, None)
+    end, _ = run(os.path.join(base, "a"), {"final-params": clean, "zero": zero}, None)
     assert end.phase == "Succeeded", end
-    end, _ = run(os.path.join(base, "b"), {"final-params": failed}, 2)
+    end, _ = run(os.path.join(base, "b"), {"final-params": failed, "zero": zero}, 2)
     assert end.phase == "Succeeded" and end.plan.world_size == 3, end
     a = torch.load(clean, weights_only=False)
     b = torch.load(failed, weights_only=False)
