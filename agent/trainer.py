@@ -47,15 +47,26 @@ class StepResult:
 class TrainState:
     """Model units, flat parameters, optimizer and a one-step rollback snapshot."""
 
-    def __init__(self, cfg: JobConfig) -> None:
+    def __init__(self, cfg: JobConfig, units: tuple[int, int] | None = None) -> None:
+        """`units`: the layer units [a, b) of this rank's pipeline stage (default all)."""
         self.cfg = cfg
+        total = num_units(cfg.model)
+        self.unit_range = units if units is not None else (0, total)
+        a, b = self.unit_range
+        if not 0 <= a < b <= total:
+            raise ValueError(f"unit range {self.unit_range} is not within 0..{total}")
+        self.unit_ids = list(range(a, b))
         self.units = nn.ModuleList(
-            build_unit(cfg.model, u, cfg.seq_len, cfg.seed) for u in range(num_units(cfg.model))
+            build_unit(cfg.model, u, cfg.seq_len, cfg.seed) for u in self.unit_ids
         )
-        self.flat = FlatParams([(f"u{i}", m) for i, m in enumerate(self.units)], CONTROL_SLOTS)
+        self.flat = FlatParams(
+            [(f"u{u}", m) for u, m in zip(self.unit_ids, self.units, strict=True)], CONTROL_SLOTS
+        )
         self.opt = FlatAdamW(0, self.flat.numel, AdamWConfig(weight_decay=cfg.weight_decay))
-        # global element offset of this stage's flat buffer (0 while there is one stage)
-        self.base = 0
+        # global element offset of this stage's flat buffer: U[a]
+        self.base = sum(cfg.unit_numel()[:a])
+        if self.flat.numel != sum(cfg.unit_numel()[a:b]):
+            raise RuntimeError("the analytic unit sizes disagree with the built model")
         self.step = 0
         self._staging = torch.empty(0)
         self._snap_params = torch.empty_like(self.flat.data)
@@ -112,7 +123,7 @@ class TrainState:
         p = self.cfg.model.dropout
         shape = (self.cfg.seq_len, self.cfg.model.dim)
         masks: dict[int, list[torch.Tensor]] = {}
-        for u, unit in enumerate(self.units):
+        for u, unit in zip(self.unit_ids, self.units, strict=True):
             if not isinstance(unit, Block):
                 continue
             pair = []
@@ -127,17 +138,19 @@ class TrainState:
             masks[u] = pair
         return masks
 
+    def forward_units(
+        self, h: torch.Tensor, step: int, first_sample: int, count: int
+    ) -> torch.Tensor:
+        """This stage's units applied to `h` (token ids at the first stage)."""
+        masks = self._dropout_masks(step, first_sample, count) if self.cfg.model.dropout > 0 else {}
+        for u, unit in zip(self.unit_ids, self.units, strict=True):
+            h = unit(h, masks.get(u)) if isinstance(unit, Block) else unit(h)
+        return h
+
     def loss_of(self, tokens: torch.Tensor, step: int, first_sample: int) -> torch.Tensor:
         """Per-sample mean token losses of a micro-batch [m, seq_len+1]."""
         x, y = tokens[:, :-1], tokens[:, 1:]
-        masks = (
-            self._dropout_masks(step, first_sample, tokens.shape[0])
-            if self.cfg.model.dropout > 0
-            else {}
-        )
-        h: torch.Tensor = x
-        for u, unit in enumerate(self.units):
-            h = unit(h, masks.get(u)) if isinstance(unit, Block) else unit(h)
+        h = self.forward_units(x, step, first_sample, tokens.shape[0])
         per_token = F.cross_entropy(h.reshape(-1, h.shape[-1]), y.reshape(-1), reduction="none")
         return per_token.view(tokens.shape[0], -1).mean(dim=1)
 
@@ -179,7 +192,7 @@ def run_step(
         before_reduce()
     mine = intervals[group.rank] if intervals and zero else (0, flat.numel)
     if zero == 2 and intervals:
-        _reduce_scatter_grads(state, group, intervals)
+        reduce_scatter_grads(state, group, intervals)
         flat.extra[NORM_SQ] = float(flat.grad[mine[0] : mine[1]].pow(2).sum())
         group.allreduce_sum_(flat.extra)
         norm = math.sqrt(float(flat.extra[NORM_SQ]))
@@ -192,14 +205,7 @@ def run_step(
             f"step {step} covered {samples} samples, expected {cfg.global_batch}: "
             "micro-batch routing disagrees between ranks"
         )
-    if cfg.grad_clip and norm > cfg.grad_clip and math.isfinite(norm):
-        flat.grad[mine[0] : mine[1]].mul_(cfg.grad_clip / (norm + 1e-6))
-    state.snapshot()
-    lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps)
-    state.opt.step(flat.data, flat.grad, lr)
-    if zero and intervals and group.world > 1:
-        _allgather_params(state, group, intervals)
-    state.step = step
+    apply_update(state, group, step, norm, mine, intervals, zero)
     return StepResult(
         step=step,
         loss=float(flat.extra[LOSS_SUM]) / cfg.global_batch,
@@ -209,9 +215,29 @@ def run_step(
     )
 
 
-def _reduce_scatter_grads(
-    state: TrainState, group: Group, intervals: list[tuple[int, int]]
+def apply_update(
+    state: TrainState,
+    group: Group,
+    step: int,
+    norm: float,
+    mine: tuple[int, int],
+    intervals: list[tuple[int, int]] | None,
+    zero: int,
 ) -> None:
+    """Clip by the global norm, keep the rollback snapshot, update this rank's
+    interval, and (ZeRO-1/2) all-gather the parameters within `group`."""
+    cfg, flat = state.cfg, state.flat
+    if cfg.grad_clip and norm > cfg.grad_clip and math.isfinite(norm):
+        flat.grad[mine[0] : mine[1]].mul_(cfg.grad_clip / (norm + 1e-6))
+    state.snapshot()
+    lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps)
+    state.opt.step(flat.data, flat.grad, lr)
+    if zero and intervals and group.world > 1:
+        _allgather_params(state, group, intervals)
+    state.step = step
+
+
+def reduce_scatter_grads(state: TrainState, group: Group, intervals: list[tuple[int, int]]) -> None:
     """Each rank ends with the summed gradient of its own interval (ZeRO-2)."""
     pad = max(hi - lo for lo, hi in intervals)
     buf = state.staging(pad * (group.world + 1))

@@ -1,0 +1,158 @@
+"""One training step of a pipeline stage replica: 1F1B over its micro-batches.
+
+Each rank runs its operations from `schedule.rank_ops` in slot order. A forward
+receives its input activation from the replica of the previous stage that handled
+that micro-batch (token ids at the first stage), runs this stage's units and sends
+the output on. The last stage computes the loss (per-sample mean, divided by the
+global batch). A backward receives the output's gradient (or starts from the
+loss) and sends the input's gradient back. Tags are 2*micro-batch (+1 for
+gradients), so messages between two ranks are never confused; sends do not block
+and are completed at the end, which keeps the slot order deadlock-free.
+
+Then the stage's data-parallel replicas reduce their gradients (ZeRO-0/1
+allreduce, ZeRO-2 reduce-scatter) in the stage group. One small allreduce over the
+whole world carries the control slots (switch flag, loss sum, samples, gradient
+norm squared), so the clip uses the global norm, as in a single process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from elastiq.agent.comm import Group
+from elastiq.agent.data import SampleOrder
+from elastiq.agent.schedule import peer_replica, rank_ops
+from elastiq.agent.trainer import (
+    LOSS_SUM,
+    NORM_SQ,
+    SAMPLES,
+    SWITCH,
+    StepResult,
+    TrainState,
+    apply_update,
+    reduce_scatter_grads,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StageView:
+    """What one rank needs to know of the pipeline layout."""
+
+    stage: int
+    replica: int
+    stage_ranks: tuple[tuple[int, ...], ...]
+    """Global ranks of each stage, in replica order."""
+
+    @property
+    def stages(self) -> int:
+        return len(self.stage_ranks)
+
+    def degree(self, stage: int) -> int:
+        return len(self.stage_ranks[stage])
+
+    def peer(self, stage: int, micro_batch: int, micro_batches: int) -> int:
+        """The global rank of `stage` that handles `micro_batch`."""
+        return self.stage_ranks[stage][peer_replica(micro_batch, micro_batches, self.degree(stage))]
+
+
+def run_pipeline_step(
+    state: TrainState,
+    world: Group,
+    stage_group: Group,
+    view: StageView,
+    order: SampleOrder,
+    step: int,
+    want_switch: bool,
+    intervals: list[tuple[int, int]] | None = None,
+    zero: int = 0,
+    before_reduce: Callable[[], None] | None = None,
+) -> StepResult:
+    cfg = state.cfg
+    flat = state.flat
+    flat.zero_grad()
+    total, m, s = cfg.micro_batches, cfg.micro_batch, view.stage
+    last = s == view.stages - 1
+    shape = (m, cfg.seq_len, cfg.model.dim)
+    base = (step - 1) * cfg.global_batch
+    saved: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    sends: list[tuple[torch.Tensor, Any]] = []
+    loss_sum, samples = 0.0, 0
+    for op in rank_ops(view.stages, total, s, view.degree(s), view.replica):
+        mb = op.micro_batch
+        first = base + mb * m
+        if op.kind == "F":
+            inp: torch.Tensor | None = None
+            if s == 0:
+                x = order.samples(first, m)[:, :-1]
+            else:
+                inp = torch.empty(shape)
+                world.recv(inp, view.peer(s - 1, mb, total), 2 * mb)
+                inp.requires_grad_(True)
+                x = inp
+            out = state.forward_units(x, step, first, m)
+            if last:
+                targets = order.samples(first, m)[:, 1:]
+                per = (
+                    F.cross_entropy(
+                        out.reshape(-1, out.shape[-1]), targets.reshape(-1), reduction="none"
+                    )
+                    .view(m, -1)
+                    .mean(dim=1)
+                )
+                loss_sum += float(per.detach().sum())
+                samples += m
+                saved[mb] = (inp, per.sum() / cfg.global_batch)
+            else:
+                payload = out.detach().contiguous()
+                sends.append((payload, world.isend(payload, view.peer(s + 1, mb, total), 2 * mb)))
+                saved[mb] = (inp, out)
+        else:
+            inp, out = saved.pop(mb)
+            if last:
+                out.backward()
+            else:
+                grad = torch.empty(shape)
+                world.recv(grad, view.peer(s + 1, mb, total), 2 * mb + 1)
+                out.backward(grad)
+            if inp is not None and inp.grad is not None:
+                g = inp.grad.contiguous()
+                sends.append((g, world.isend(g, view.peer(s - 1, mb, total), 2 * mb + 1)))
+    world.wait_p2p([work for _, work in sends], "pipeline sends")
+    if saved:
+        raise RuntimeError(f"micro-batches {sorted(saved)} ran forward but not backward")
+    flat.extra[SWITCH] = 1.0 if want_switch else 0.0
+    flat.extra[LOSS_SUM] = loss_sum
+    flat.extra[SAMPLES] = samples
+    if before_reduce is not None:
+        before_reduce()
+    mine = intervals[stage_group.rank] if intervals and zero else (0, flat.numel)
+    if zero == 2 and intervals and stage_group.world > 1:
+        reduce_scatter_grads(state, stage_group, intervals)
+        norm_sq = float(flat.grad[mine[0] : mine[1]].pow(2).sum())
+    else:
+        if stage_group.world > 1:
+            stage_group.allreduce_sum_(flat.grad)
+        # every replica holds the whole stage gradient: count it once per stage
+        norm_sq = float(flat.grad.pow(2).sum()) if view.replica == 0 else 0.0
+    flat.extra[NORM_SQ] = norm_sq
+    world.allreduce_sum_(flat.extra)
+    if int(flat.extra[SAMPLES]) != cfg.global_batch:
+        raise RuntimeError(
+            f"step {step} covered {int(flat.extra[SAMPLES])} samples, expected "
+            f"{cfg.global_batch}: micro-batch routing disagrees between ranks"
+        )
+    norm = math.sqrt(float(flat.extra[NORM_SQ]))
+    apply_update(state, stage_group, step, norm, mine, intervals, zero)
+    return StepResult(
+        step=step,
+        loss=float(flat.extra[LOSS_SUM]) / cfg.global_batch,
+        grad_norm=norm,
+        switch=bool(flat.extra[SWITCH] > 0),
+        samples=int(flat.extra[SAMPLES]),
+    )
