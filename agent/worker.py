@@ -37,10 +37,11 @@ from elastiq.agent.channel import Channel
 from elastiq.agent.comm import CollectiveFailed, Group, RendezvousClient, Superseded
 from elastiq.agent.data import SampleOrder, load_corpus
 from elastiq.agent.migrate import apply_moves
+from elastiq.agent.pipeline import StageView, run_pipeline_step
 from elastiq.agent.snapshots import SnapshotKeeper
 from elastiq.agent.trainer import TrainState, run_step
 from elastiq.config import JobConfig
-from elastiq.partition import even_split
+from elastiq.partition import even_split, stage_ranges
 from elastiq.proto import elastiq_pb2 as pb
 
 # named explicitly: run as `python -m`, __name__ would be "__main__", outside the tree
@@ -110,6 +111,8 @@ class Worker:
         self.valid = False  # holds the job's state (init at generation 1, or received)
         self.group: Group | None = None
         self.plan: pb.Plan | None = None
+        self.stage_group: Group | None = None
+        self.view: StageView | None = None
         self.intervals: list[tuple[int, int]] | None = None
         self.snapshots = SnapshotKeeper()
         self._step_log: TextIO | None = None
@@ -187,10 +190,24 @@ class Worker:
             self.cfg.rendezvous_timeout_s,
             lambda: self.plans.aborts(plan.generation),
         )
+        view = stage_view(plan, mine.rank)
+        if view.stages == 1:
+            stage_group = group
+        else:
+            stage_group = Group.build(
+                store,
+                f"{plan.job}/g{plan.generation}/stage{view.stage}/",
+                view.replica,
+                view.degree(view.stage),
+                plan.generation,
+                self.cfg.collective_timeout_s,
+                self.cfg.rendezvous_timeout_s,
+                lambda: self.plans.aborts(plan.generation),
+            )
         t_comm = time.time()
         committed, rolled_back = self._agree(plan, group, mine.rank)
         moved = self._move_state(plan, group, mine.rank, committed)
-        self.group = group
+        self.group, self.stage_group, self.view = group, stage_group, view
         logs.context.step = self.state.step
         t_end = time.time()
         timings = {"comm_rebuild_s": t_comm - t0, "migrate_s": t_end - t_comm, "join_start": t0}
@@ -258,86 +275,108 @@ class Worker:
         return committed, rolled_back
 
     def _move_state(self, plan: pb.Plan, group: Group, me: int, committed: int) -> int:
-        """Re-split the ZeRO intervals and run the plan's moves; returns bytes received."""
-        if len(plan.stages) != 1:
-            raise ValueError(
-                f"plan {plan.generation} has {len(plan.stages)} pipeline stages; this runtime "
-                "runs one stage (data parallelism) so far"
-            )
-        stage = plan.stages[0]
-        total = self.state.flat.numel
-        base = self.state.base
-        index = list(stage.ranks).index(me)
-        degree = len(stage.ranks)
+        """Take this rank's place in the new layout: its stage's units (a new state if
+        they changed), its ZeRO interval, and the plan's moves; returns bytes received."""
+        view = stage_view(plan, me)
+        stage = plan.stages[view.stage]
+        units = (stage.unit_lo, stage.unit_hi)
+        old = self.state
+        old_base = old.base
+        old_m_lo, _ = old.moment_range
+        old_avg, old_avg_sq = old.opt.exp_avg, old.opt.exp_avg_sq
+        new = old if units == old.unit_range else TrainState(self.cfg, units)
+        degree = view.degree(view.stage)
+        total = new.flat.numel
         self.intervals = (
             [even_split(total, degree, j) for j in range(degree)] if plan.zero else None
         )
-        lo, hi = self.intervals[index] if self.intervals else (0, total)
-        old_lo, _old_hi, old_avg, old_avg_sq = self.state.set_moment_range(base + lo, base + hi)
-        state = self.state
+        lo, hi = self.intervals[view.replica] if self.intervals else (0, total)
+        if new is old:
+            old_m_lo, _, old_avg, old_avg_sq = new.set_moment_range(new.base + lo, new.base + hi)
+        else:
+            new.set_moment_range(new.base + lo, new.base + hi)
+            _copy_overlap(old.flat.data, old_base, new.flat.data, new.base)
+            _copy_overlap(old_avg, old_m_lo, new.opt.exp_avg, new.moment_range[0])
+            _copy_overlap(old_avg_sq, old_m_lo, new.opt.exp_avg_sq, new.moment_range[0])
+            new.step, new.opt.step_count = old.step, old.opt.step_count
 
         def source(what: str, a: int, b: int, via: str) -> list[torch.Tensor]:
             if via == "buddy":
                 return self.snapshots.piece(what, a, b, committed)
             if what == "params":
-                return [state.flat.data[a - base : b - base]]
-            return [old_avg[a - old_lo : b - old_lo], old_avg_sq[a - old_lo : b - old_lo]]
+                return [old.flat.data[a - old_base : b - old_base]]
+            return [old_avg[a - old_m_lo : b - old_m_lo], old_avg_sq[a - old_m_lo : b - old_m_lo]]
 
         def target(what: str, a: int, b: int) -> list[torch.Tensor]:
             if what == "params":
-                return [state.flat.data[a - base : b - base]]
-            m_lo = state.moment_range[0]
-            return [
-                state.opt.exp_avg[a - m_lo : b - m_lo],
-                state.opt.exp_avg_sq[a - m_lo : b - m_lo],
-            ]
+                return [new.flat.data[a - new.base : b - new.base]]
+            m_lo = new.moment_range[0]
+            return [new.opt.exp_avg[a - m_lo : b - m_lo], new.opt.exp_avg_sq[a - m_lo : b - m_lo]]
 
         moved = apply_moves(group, plan.moves, me, source, target)
+        self.state = new
         if not self.valid:
             self.state.step = committed
             self.state.opt.step_count = committed
             self.valid = True
         self.plan = plan
         self.snapshots.clear()
-        if plan.zero:
+        if self._snapshots_on(plan):
             # the new buddies hold nothing yet: give them the committed state now
             self._start_snapshot(group, committed)
             self.snapshots.finish(group)
         return moved
 
+    @staticmethod
+    def _snapshots_on(plan: pb.Plan) -> bool:
+        """Buddies are needed when some rank holds state no other live rank has:
+        ZeRO intervals, or stages (a stage can be lost whole)."""
+        return bool(plan.zero) or len(plan.stages) > 1
+
     def _start_snapshot(self, group: Group, step: int) -> None:
         plan = self.plan
-        if plan is None or not plan.zero or self.intervals is None:
+        if plan is None or not self._snapshots_on(plan):
             return
         me = group.rank
-        ranks = list(plan.stages[0].ranks)
-        base = self.state.base
+        ranges = stage_ranges(
+            [((st.unit_lo, st.unit_hi), list(st.ranks)) for st in plan.stages],
+            self.cfg.unit_numel(),
+            plan.zero,
+        )
         wards = [
-            (
-                plan.assignments[r].worker_id,
-                r,
-                (
-                    base + self.intervals[ranks.index(r)][0],
-                    base + self.intervals[ranks.index(r)][1],
-                ),
-            )
-            for r in ranks
+            (plan.assignments[r].worker_id, r, ranges[r][1])
+            for r in range(plan.world_size)
             if plan.buddy[r] == me and r != me
         ]
-        lo, hi = self.intervals[ranks.index(me)]
-        tensors = (self.state.flat.data[lo:hi], self.state.opt.exp_avg, self.state.opt.exp_avg_sq)
-        self.snapshots.start(group, step, plan.buddy[me], (base + lo, base + hi), tensors, wards)
+        m_lo, m_hi = self.state.moment_range
+        base = self.state.base
+        tensors = (
+            self.state.flat.data[m_lo - base : m_hi - base],
+            self.state.opt.exp_avg,
+            self.state.opt.exp_avg_sq,
+        )
+        self.snapshots.start(group, step, plan.buddy[me], (m_lo, m_hi), tensors, wards)
 
     def _write_final_params(self) -> None:
+        """Rank 0 writes the whole model's parameters in global order; the first
+        replica of every other stage sends it its stage first."""
+        view, group = self.view, self.group
+        if view is None or group is None:
+            return
+        tag = 1 << 25
+        if view.replica == 0 and view.stage > 0:
+            group.send(self.state.flat.data, view.stage_ranks[0][0], tag)
+            return
+        if self.rank != 0:
+            return
+        sizes = self.cfg.unit_numel()
+        pieces = [self.state.flat.data.clone()]
+        for st in list(self.plan.stages)[1:] if self.plan is not None else []:
+            piece = torch.empty(sum(sizes[st.unit_lo : st.unit_hi]))
+            group.recv(piece, st.ranks[0], tag)
+            pieces.append(piece)
         buffer = io.BytesIO()
-        torch.save(
-            {
-                "step": self.state.step,
-                "params": self.state.flat.data.clone(),
-                "slots": [(p.name, p.offset, p.shape) for p in self.state.flat.slots],
-            },
-            buffer,
-        )
+        torch.save({"step": self.state.step, "params": torch.cat(pieces)}, buffer)
         fs.write_bytes(self.cfg.final_params, buffer.getvalue())
         log.info("wrote the final parameters to %s", self.cfg.final_params)
 
@@ -352,16 +391,30 @@ class Worker:
             t0 = time.perf_counter()
             want_switch = self.plans.newest_generation() > self.generation
             zero = self.plan.zero if self.plan is not None else 0
-            result = run_step(
-                self.state,
-                group,
-                self.order,
-                step,
-                want_switch,
-                self.intervals,
-                zero,
-                before_reduce=lambda: self.snapshots.finish(group),
-            )
+            if self.view is not None and self.view.stages > 1 and self.stage_group is not None:
+                result = run_pipeline_step(
+                    self.state,
+                    group,
+                    self.stage_group,
+                    self.view,
+                    self.order,
+                    step,
+                    want_switch,
+                    self.intervals,
+                    zero,
+                    before_reduce=lambda: self.snapshots.finish(group),
+                )
+            else:
+                result = run_step(
+                    self.state,
+                    group,
+                    self.order,
+                    step,
+                    want_switch,
+                    self.intervals,
+                    zero,
+                    before_reduce=lambda: self.snapshots.finish(group),
+                )
             self._start_snapshot(group, step)
             if self.cfg.step_delay_s:
                 time.sleep(self.cfg.step_delay_s)
@@ -411,7 +464,7 @@ class Worker:
                 self.join(plan)
                 plan = self.train()
                 if plan is None:
-                    if self.rank == 0 and self.cfg.final_params:
+                    if self.cfg.final_params:
                         self._write_final_params()
                     self.channel.send(
                         {
@@ -437,6 +490,23 @@ class Worker:
                 self.event("state_lost", str(exc))
                 return EXIT_STATE_LOST
         return EXIT_OK
+
+
+def stage_view(plan: pb.Plan, rank: int) -> StageView:
+    """Where `rank` sits in the plan's pipeline."""
+    stage_ranks = tuple(tuple(st.ranks) for st in plan.stages)
+    for s, ranks in enumerate(stage_ranks):
+        if rank in ranks:
+            return StageView(s, ranks.index(rank), stage_ranks)
+    raise ValueError(f"plan {plan.generation} puts rank {rank} in no stage")
+
+
+def _copy_overlap(src: torch.Tensor, src_lo: int, dst: torch.Tensor, dst_lo: int) -> None:
+    """Copy the global elements both flat tensors hold (each starts at its global lo)."""
+    a = max(src_lo, dst_lo)
+    b = min(src_lo + src.numel(), dst_lo + dst.numel())
+    if a < b:
+        dst[a - dst_lo : b - dst_lo].copy_(src[a - src_lo : b - src_lo])
 
 
 def _die_with_parent() -> None:

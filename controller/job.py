@@ -117,11 +117,6 @@ class JobController:
         metrics: ControllerMetrics | None = None,
         identity: str = "controller",
     ) -> None:
-        if job.pipeline_stages > 1:
-            raise ValueError(
-                f"pipeline_stages={job.pipeline_stages}: the planner lays out pipeline stages, "
-                "but the worker runtime executes one stage so far; use pipeline_stages=1"
-            )
         self.store = store
         self.job = job
         self.config = config

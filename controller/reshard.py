@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from elastiq.partition import even_split
+from elastiq.partition import stage_ranges
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +70,8 @@ def holdings(
     zero: int,
 ) -> list[Holding]:
     """What each rank of a layout holds. `stages`: ((unit lo, unit hi), ranks) per stage."""
-    offsets = element_offsets(unit_numel)
-    out = []
-    for (a, b), ranks in stages:
-        lo, hi = offsets[a], offsets[b]
-        for i, rank in enumerate(ranks):
-            if zero:
-                s, e = even_split(hi - lo, len(ranks), i)
-                moments = (lo + s, lo + e)
-            else:
-                moments = (lo, hi)
-            out.append(Holding(rank, (lo, hi), moments))
-    return sorted(out, key=lambda h: h.rank)
+    ranges = stage_ranges(stages, unit_numel, zero)
+    return [Holding(rank, params, moments) for rank, (params, moments) in sorted(ranges.items())]
 
 
 def plan_moves(

@@ -127,3 +127,27 @@ def stage_buddies(nodes: Sequence[str], stage_ranks: Sequence[Sequence[int]]) ->
             candidates = [nxt[(i + k) % len(nxt)] for k in range(len(nxt))]
             out[r] = next((c for c in candidates if nodes[c] != nodes[r]), fallback[r])
     return out
+
+
+def stage_ranges(
+    stages: Sequence[tuple[tuple[int, int], Sequence[int]]],
+    unit_numel: Sequence[int],
+    zero: int,
+) -> dict[int, tuple[tuple[int, int], tuple[int, int]]]:
+    """{rank: (parameter range, moments range)} in global element coordinates.
+
+    A stage holding units [a, b) holds parameters [U[a], U[b]) on every replica; its
+    moments are the same range (ZeRO-0) or its even split over the replicas."""
+    offsets = [0]
+    for n in unit_numel:
+        offsets.append(offsets[-1] + n)
+    out = {}
+    for (a, b), ranks in stages:
+        lo, hi = offsets[a], offsets[b]
+        for i, rank in enumerate(ranks):
+            moments = (lo, hi)
+            if zero:
+                s, e = even_split(hi - lo, len(ranks), i)
+                moments = (lo + s, lo + e)
+            out[rank] = ((lo, hi), moments)
+    return out
