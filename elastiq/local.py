@@ -19,6 +19,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -237,8 +238,12 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
 
 
 async def run_local_async(
-    job: JobConfig, local: LocalRunConfig, out: TextIO = sys.stdout
+    job: JobConfig,
+    local: LocalRunConfig,
+    out: TextIO = sys.stdout,
+    on_status: Callable[[pb.StatusResponse], None] | None = None,
 ) -> dict[str, Any]:
+    """Run the job; `on_status` sees every status polled, the final one last."""
     run_dir = local.run_dir or os.path.join("runs", job.job)
     os.makedirs(run_dir, exist_ok=True)
     token = secrets.token_hex(16)
@@ -307,6 +312,8 @@ async def run_local_async(
         while not job_ctl.done.is_set():
             status = job_ctl.status()
             view.update(status)
+            if on_status is not None:
+                on_status(status)
             if job_ctl.layout is not None:
                 for spec in list(pending):
                     if _schedule_chaos(job_ctl, spec):
@@ -320,6 +327,8 @@ async def run_local_async(
         status = job_ctl.status()
         view.update(status)
         view.finish()
+        if on_status is not None:
+            on_status(status)
         summary = summarize(status, time.monotonic() - started)
         print_summary(summary, out)
         if local.summary_json:
