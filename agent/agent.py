@@ -169,6 +169,7 @@ class Agent:
                         step_time_s=w.step_time_s,
                         wall_time=w.step_wall,
                         state=w.state,
+                        unit_costs=w.unit_costs,
                     )
             reply = await client.call("Heartbeat", request)
             if not reply.known:
@@ -252,6 +253,8 @@ class Agent:
             worker.tokens_per_s = float(message["tokens_per_s"])
             worker.step_time_s = float(message["step_time"])
             worker.step_wall, worker.generation = float(message["wall"]), int(message["gen"])
+            if message.get("unit_costs"):
+                worker.unit_costs = {int(u): float(c) for u, c in message["unit_costs"].items()}
             if message.get("first_in_generation"):
                 self.report(
                     pb.RECOVERED,

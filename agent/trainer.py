@@ -16,6 +16,7 @@ rolled back: the last committed step is the one every survivor holds.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,6 +57,8 @@ class TrainState:
         if not 0 <= a < b <= total:
             raise ValueError(f"unit range {self.unit_range} is not within 0..{total}")
         self.unit_ids = list(range(a, b))
+        self._unit_time: dict[int, float] = {}
+        self._unit_calls = 0
         self.units = nn.ModuleList(
             build_unit(cfg.model, u, cfg.seq_len, cfg.seed) for u in self.unit_ids
         )
@@ -144,8 +147,20 @@ class TrainState:
         """This stage's units applied to `h` (token ids at the first stage)."""
         masks = self._dropout_masks(step, first_sample, count) if self.cfg.model.dropout > 0 else {}
         for u, unit in zip(self.unit_ids, self.units, strict=True):
+            start = time.perf_counter()
             h = unit(h, masks.get(u)) if isinstance(unit, Block) else unit(h)
+            self._unit_time[u] = self._unit_time.get(u, 0.0) + time.perf_counter() - start
+        self._unit_calls += 1
         return h
+
+    def take_unit_costs(self) -> dict[int, float]:
+        """Seconds of forward+backward per micro-batch for each of this stage's units
+        since the last call (backward counted as twice the forward, as for matmuls)."""
+        if not self._unit_calls:
+            return {}
+        costs = {u: 3 * t / self._unit_calls for u, t in self._unit_time.items()}
+        self._unit_time, self._unit_calls = {}, 0
+        return costs
 
     def loss_of(self, tokens: torch.Tensor, step: int, first_sample: int) -> torch.Tensor:
         """Per-sample mean token losses of a micro-batch [m, seq_len+1]."""

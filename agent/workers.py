@@ -43,6 +43,7 @@ class WorkerProcess:
     generation: int = 0
     rank: int = -1
     planned: bool = False
+    unit_costs: dict[int, float] = field(default_factory=dict)
     stopped: bool = False  # SIGSTOPped by chaos
     exit_reported: bool = False
 

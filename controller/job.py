@@ -30,6 +30,7 @@ from elastiq.controller.planner import (
     Profile,
     WorkerRef,
     make_hybrid_plan,
+    measured_profile,
 )
 from elastiq.controller.store import Store
 from elastiq.controller.wire import layout_to_plan, plan_to_layout
@@ -129,6 +130,8 @@ class JobController:
         # per-unit costs start as parameter counts (a proxy for FLOPs) until measured
         numel = tuple(job.unit_numel())
         self.profile = Profile(unit_costs=tuple(float(n) for n in numel), unit_numel=numel)
+        # measured seconds per micro-batch by unit (moving average over reports)
+        self.unit_costs: dict[int, float] = {}
         self.plan: pb.Plan | None = None
         self._plan_revision = 0
         self.phase = "Pending"
@@ -223,6 +226,9 @@ class JobController:
             worker = node.workers.get(p.worker_id)
             if worker is not None:
                 worker.progress = p
+                for unit, cost in p.unit_costs.items():
+                    old = self.unit_costs.get(unit)
+                    self.unit_costs[unit] = cost if old is None else 0.8 * old + 0.2 * cost
         self._update_progress_metrics()
         return pb.HeartbeatResponse(generation=self.generation, known=True)
 
@@ -486,6 +492,7 @@ class JobController:
         members = self.live_members()
         generation = self.generation + 1
         holders = self._holders()
+        self.profile = measured_profile(self.job.unit_numel(), self.unit_costs)
         try:
             layout = make_hybrid_plan(
                 members,

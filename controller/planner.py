@@ -61,6 +61,18 @@ class Profile:
             raise ValueError("unit costs and sizes must be >= 0")
 
 
+def measured_profile(unit_numel: Sequence[int], measured: dict[int, float]) -> Profile:
+    """Costs from measurements where there are any; other units get their parameter
+    count scaled to seconds by the measured units' ratio (a proxy until measured)."""
+    proxy = [float(n) for n in unit_numel]
+    known = [u for u in measured if 0 <= u < len(proxy)]
+    if not known:
+        return Profile(unit_costs=tuple(proxy), unit_numel=tuple(unit_numel))
+    scale = sum(measured[u] for u in known) / max(1e-12, sum(proxy[u] for u in known))
+    costs = [measured[u] if u in measured else proxy[u] * scale for u in range(len(proxy))]
+    return Profile(unit_costs=tuple(costs), unit_numel=tuple(unit_numel))
+
+
 @dataclass(frozen=True, slots=True)
 class StageLayout:
     units: tuple[int, int]

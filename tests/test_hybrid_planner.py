@@ -105,3 +105,17 @@ def test_planning_1024_workers_in_16_stages_is_fast() -> None:
     elapsed = time.perf_counter() - start
     assert g2.world_size == 1023 and not g2.lost
     assert elapsed < 0.1, f"planning took {elapsed * 1000:.0f} ms"
+
+
+def test_measured_costs_replace_the_parameter_count_proxy() -> None:
+    from elastiq.controller.planner import measured_profile
+
+    numel = [100, 50, 50, 100]
+    assert measured_profile(numel, {}).unit_costs == (100.0, 50.0, 50.0, 100.0)
+    # the embedding (unit 0) is measured cheap; the unmeasured head is scaled to seconds
+    profile = measured_profile(numel, {0: 0.001, 1: 0.01, 2: 0.01})
+    assert profile.unit_costs[:3] == (0.001, 0.01, 0.01)
+    assert profile.unit_costs[3] == pytest.approx(100 * 0.021 / 200)
+    # balancing follows the measurement: the cheap embedding joins the first block
+    g1 = make_hybrid_plan(refs(2), profile, None, 1, stages=2, zero=0, reason="t")
+    assert g1.stages[0].units == (0, 2)
