@@ -206,7 +206,12 @@ class Worker:
             )
         t_comm = time.time()
         committed, rolled_back = self._agree(plan, group, mine.rank)
-        moved = self._move_state(plan, group, mine.rank, committed)
+        try:
+            moved = self._move_state(plan, group, mine.rank, committed)
+        except BaseException:
+            # the state may be half re-split: never let it serve as a source again
+            self.valid = False
+            raise
         self.group, self.stage_group, self.view = group, stage_group, view
         logs.context.step = self.state.step
         t_end = time.time()

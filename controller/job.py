@@ -475,7 +475,9 @@ class JobController:
             raise
 
     def _holders(self) -> set[str]:
-        """Workers whose state is valid: they completed joining a generation."""
+        """Workers whose state is valid: they completed joining the current generation.
+        "joining" members (a plan was issued, no joined report yet) are not holders:
+        an interrupted join may have left their state half re-split."""
         return {
             w.ref.worker_id
             for n in self.nodes.values()
@@ -534,6 +536,11 @@ class JobController:
         self._plan_revision = kv.mod_revision if kv is not None else 0
         self.layout, self.plan = layout, plan
         self.takeover = False
+        # members hold valid state again only once they report joining this generation
+        for worker_id in layout.worker_ids():
+            member = self._worker(worker_id)
+            if member is not None and member.state in ("running", "finished"):
+                member.state = "joining"
         if self.phase == "Pending":
             self.phase = "Running"
         if self._pending is not None and self._pending.generation == 0:

@@ -40,3 +40,13 @@ def test_pp2_dp2_after_a_loss_matches_a_run_without_failure(tmp_path: object) ->
     assert a["step"] == b["step"] == 40 and a["params"].shape == b["params"].shape
     diff = (a["params"] - b["params"]).abs().max().item()
     assert diff <= 1e-5, f"max abs parameter difference {diff}"
+
+
+def test_two_failures_in_one_step_become_one_generation(tmp_path: object) -> None:
+    """One worker of each stage dies at the same step: the controller coalesces both
+    losses into one plan, and both lost intervals come from buddies on the other stage."""
+    end, _ = run(str(tmp_path), PP2, [1, 2])
+    assert end.phase == "Succeeded", end
+    assert end.step == 40 and end.plan.world_size == 2
+    assert [len(st.ranks) for st in end.plan.stages] == [1, 1]
+    assert end.recoveries and all(r.lost_steps == 0 for r in end.recoveries)

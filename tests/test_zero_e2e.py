@@ -17,20 +17,20 @@ JOB = {"steps": 40, "zero": 1}
 
 
 def run(
-    workdir: str, job: dict[str, object], kill_rank: int | None
+    workdir: str, job: dict[str, object], kill_rank: int | list[int] | None
 ) -> tuple[pb.StatusResponse, dict[str, int]]:
+    """Run 4 workers; kill `kill_rank` (one rank or several) when it reports step 15."""
     cluster = Cluster(workdir, job={**JOB, **job})
     try:
         cluster.start_controller(min_workers=4)
         for i in range(4):
             cluster.start_agent(f"node{i}")
         first = cluster.wait_for("the first plan", lambda s: s.generation >= 1 and s.step >= 1, 90)
-        if kill_rank is not None:
+        victims = [kill_rank] if isinstance(kill_rank, int) else (kill_rank or [])
+        for victim in victims:
             cluster.call(
                 "Admin",
-                pb.AdminRequest(
-                    token="test-token", action=pb.KILL_WORKER, rank=kill_rank, at_step=15
-                ),
+                pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=victim, at_step=15),
             )
         end = cluster.wait_for(
             "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180
