@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from tests.cluster import Cluster, planned
 from tests.test_zero_e2e import run
 
 pytestmark = pytest.mark.slow
@@ -50,3 +51,28 @@ def test_two_failures_in_one_step_become_one_generation(tmp_path: object) -> Non
     assert end.step == 40 and end.plan.world_size == 2
     assert [len(st.ranks) for st in end.plan.stages] == [1, 1]
     assert end.recoveries and all(r.lost_steps == 0 for r in end.recoveries)
+
+
+def test_a_joining_node_raises_a_stage_degree_in_place(tmp_path: object) -> None:
+    cluster = Cluster(str(tmp_path), job={**PP2, "steps": 200, "step-delay": 0.03})
+    try:
+        cluster.start_controller(min_workers=3)
+        for i in range(3):
+            cluster.start_agent(f"node{i}")
+        before = cluster.wait_for("the first plan", lambda s: s.generation >= 1 and s.step >= 5)
+        assert sorted(len(st.ranks) for st in before.plan.stages) == [1, 2]
+        cluster.start_agent("node3")
+        grown = cluster.wait_for("a 4-worker plan", lambda s: s.plan.world_size == 4, 90)
+        assert not grown.plan.abort_in_flight
+        assert [len(st.ranks) for st in grown.plan.stages] == [2, 2]
+        newcomer = next(a.rank for a in grown.plan.assignments if a.node_id == "node3")
+        assert {m.dst_rank for m in grown.plan.moves} >= {newcomer}
+        assert all(m.via == "live" for m in grown.plan.moves)
+        end = cluster.wait_for(
+            "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180
+        )
+        assert end.phase == "Succeeded", end
+        assert end.step == 200 and end.plan.world_size == 4
+        assert planned(end).items() >= planned(before).items(), "the first members kept their pids"
+    finally:
+        cluster.close()
