@@ -5,8 +5,9 @@ The plain side is DDP under torchrun (bench/torchrun_ddp.py, no kill, checkpoint
 off). The elastiq side is `elastiq run` with ZeRO-0 and ZeRO-1 (buddy snapshots
 on). Step time is the median over steps after a warm-up, measured by each side's
 own per-step wall clock. overhead = elastiq / plain (target <= 1.10).
-The pipeline-parallel comparison (torch.distributed.pipelining) waits for the
-pipeline runtime. Prints progress lines, then one JSON object on the last line.
+For pipelines, PP2 (2 workers) against torch.distributed.pipelining's
+Schedule1F1B on the same units (bench/pipelining_baseline.py).
+Prints progress lines, then one JSON object on the last line.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import tempfile
 from typing import Any
 
 from elastiq.config import JobConfig, ModelConfig
+from elastiq.controller.stages import balance_stages
 from elastiq.local import LocalRunConfig, run_local
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def job_config(steps: int, zero: int) -> JobConfig:
+def job_config(steps: int, zero: int, stages: int = 1) -> JobConfig:
     return JobConfig(
         job="bench-overhead",
+        pipeline_stages=stages,
         steps=steps,
         global_batch=32,
         micro_batch=4,
@@ -39,12 +42,12 @@ def job_config(steps: int, zero: int) -> JobConfig:
     )
 
 
-def elastiq_step_times(steps: int, zero: int) -> list[float]:
+def elastiq_step_times(steps: int, zero: int, stages: int = 1, workers: int = 4) -> list[float]:
     """Wall-clock time between consecutive committed steps on rank 0 (its step log)."""
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
-        cfg = job_config(steps, zero)
+        cfg = job_config(steps, zero, stages)
         cfg.step_log = os.path.join(tmp, "steps")
-        summary = run_local(cfg, LocalRunConfig(workers=4, run_dir=tmp), out=quiet)
+        summary = run_local(cfg, LocalRunConfig(workers=workers, run_dir=tmp), out=quiet)
         if summary["phase"] != "Succeeded":
             raise RuntimeError(f"elastiq run failed: {summary['error']}")
         walls: list[float] = []
@@ -62,6 +65,30 @@ def plain_step_times(steps: int) -> list[float]:
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
             os.path.join(HERE, "torchrun_ddp.py"), "--config", job_config(steps, 0).to_json(),
             "--workdir", workdir, "--ckpt-every", str(10**9),
+        ]  # fmt: skip
+        subprocess.run(
+            cmd,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=900,
+        )
+        with open(os.path.join(workdir, "progress-0.jsonl"), encoding="utf-8") as fh:
+            walls = [json.loads(line)["wall"] for line in fh if line.strip()]
+    return [b - a for a, b in itertools.pairwise(walls)]
+
+
+def pipelining_step_times(steps: int, stages: int) -> list[float]:
+    """torch.distributed.pipelining (Schedule1F1B) on the units elastiq's planner
+    gives its first plan."""
+    cfg = job_config(steps, 0, stages)
+    units = balance_stages([float(n) for n in cfg.unit_numel()], [1] * stages)
+    with tempfile.TemporaryDirectory() as workdir:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(stages), os.path.join(HERE, "pipelining_baseline.py"),
+            "--config", cfg.to_json(), "--units", json.dumps(units), "--workdir", workdir,
         ]  # fmt: skip
         subprocess.run(
             cmd,
@@ -94,6 +121,18 @@ def main() -> None:
             f"elastiq zero{zero}: median step {result[key]:.4f}s over {len(times)} steps",
             flush=True,
         )
+    plain_pp = pipelining_step_times(args.steps, 2)[args.warmup :]
+    result["pipelining_pp2_step_s"] = round(statistics.median(plain_pp), 5)
+    ours_pp = elastiq_step_times(args.steps, 0, stages=2, workers=2)[args.warmup :]
+    result["elastiq_pp2_step_s"] = round(statistics.median(ours_pp), 5)
+    result["overhead_pp2"] = round(
+        result["elastiq_pp2_step_s"] / result["pipelining_pp2_step_s"], 3
+    )
+    print(
+        f"pipelining pp2: {result['pipelining_pp2_step_s']:.4f}s, elastiq pp2: "
+        f"{result['elastiq_pp2_step_s']:.4f}s",
+        flush=True,
+    )
     result["target"] = 1.10
     print(json.dumps(result))
 
