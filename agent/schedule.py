@@ -18,6 +18,7 @@ forever.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from elastiq.partition import micro_batches_of, replica_of
@@ -71,8 +72,10 @@ def timetable(stages: int, micro_batches: int) -> dict[tuple[int, str, int], int
     return {key: end - 1 for key, end in done_at.items()}
 
 
+@functools.lru_cache(maxsize=64)
 def rank_ops(stages: int, micro_batches: int, stage: int, degree: int, replica: int) -> list[Op]:
-    """What replica `replica` of `stage` (of `degree` replicas) runs, in order."""
+    """What replica `replica` of `stage` (of `degree` replicas) runs, in order.
+    Cached: a pure function of the layout, asked for every step."""
     mine = set(micro_batches_of(micro_batches, degree, replica))
     table = timetable(stages, micro_batches)
     return sorted(

@@ -103,35 +103,37 @@ def pipelining_step_times(steps: int, stages: int) -> list[float]:
     return [b - a for a, b in itertools.pairwise(walls)]
 
 
+def _median_of(reps: int, measure: Any, warmup: int) -> tuple[float, list[float]]:
+    """Median over repetitions of each run's median step time (this machine is noisy:
+    the same run has varied by 25% from one repetition to the next)."""
+    per_rep = [round(statistics.median(measure()[warmup:]), 5) for _ in range(reps)]
+    return round(statistics.median(per_rep), 5), per_rep
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
+    n, w, r = args.steps, args.warmup, args.reps
+    runs = {
+        "ddp": lambda: plain_step_times(n),
+        "elastiq_zero0": lambda: elastiq_step_times(n, 0),
+        "elastiq_zero1": lambda: elastiq_step_times(n, 1),
+        "pipelining_pp2": lambda: pipelining_step_times(n, 2),
+        "elastiq_pp2": lambda: elastiq_step_times(n, 0, stages=2, workers=2),
+    }
     result: dict[str, Any] = {}
-    plain = plain_step_times(args.steps)[args.warmup :]
-    result["ddp_step_s"] = round(statistics.median(plain), 5)
-    print(f"ddp: median step {result['ddp_step_s']:.4f}s over {len(plain)} steps", flush=True)
-    for zero in (0, 1):
-        times = elastiq_step_times(args.steps, zero)[args.warmup :]
-        key = f"elastiq_zero{zero}_step_s"
-        result[key] = round(statistics.median(times), 5)
-        result[f"overhead_zero{zero}"] = round(result[key] / result["ddp_step_s"], 3)
-        print(
-            f"elastiq zero{zero}: median step {result[key]:.4f}s over {len(times)} steps",
-            flush=True,
-        )
-    plain_pp = pipelining_step_times(args.steps, 2)[args.warmup :]
-    result["pipelining_pp2_step_s"] = round(statistics.median(plain_pp), 5)
-    ours_pp = elastiq_step_times(args.steps, 0, stages=2, workers=2)[args.warmup :]
-    result["elastiq_pp2_step_s"] = round(statistics.median(ours_pp), 5)
+    for name, measure in runs.items():
+        median, per_rep = _median_of(r, measure, w)
+        result[f"{name}_step_s"] = median
+        result[f"{name}_reps_s"] = per_rep
+        print(f"{name}: median step {median:.4f}s (per rep {per_rep})", flush=True)
+    result["overhead_zero0"] = round(result["elastiq_zero0_step_s"] / result["ddp_step_s"], 3)
+    result["overhead_zero1"] = round(result["elastiq_zero1_step_s"] / result["ddp_step_s"], 3)
     result["overhead_pp2"] = round(
         result["elastiq_pp2_step_s"] / result["pipelining_pp2_step_s"], 3
-    )
-    print(
-        f"pipelining pp2: {result['pipelining_pp2_step_s']:.4f}s, elastiq pp2: "
-        f"{result['elastiq_pp2_step_s']:.4f}s",
-        flush=True,
     )
     result["target"] = 1.10
     print(json.dumps(result))
