@@ -59,12 +59,13 @@ def elastiq_step_times(steps: int, zero: int, stages: int = 1, workers: int = 4)
     return [b - a for a, b in itertools.pairwise(walls)]
 
 
-def plain_step_times(steps: int) -> list[float]:
+def _torchrun_step_times(script: str, nproc: int, args: list[str]) -> list[float]:
+    """Run a baseline script under torchrun; step times from rank 0's progress lines."""
     with tempfile.TemporaryDirectory() as workdir:
         cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-            os.path.join(HERE, "torchrun_ddp.py"), "--config", job_config(steps, 0).to_json(),
-            "--workdir", workdir, "--ckpt-every", str(10**9),
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(nproc), os.path.join(HERE, script),
+            *args, "--workdir", workdir,
         ]  # fmt: skip
         subprocess.run(
             cmd,
@@ -77,6 +78,14 @@ def plain_step_times(steps: int) -> list[float]:
         with open(os.path.join(workdir, "progress-0.jsonl"), encoding="utf-8") as fh:
             walls = [json.loads(line)["wall"] for line in fh if line.strip()]
     return [b - a for a, b in itertools.pairwise(walls)]
+
+
+def plain_step_times(steps: int) -> list[float]:
+    """DDP under torchrun (checkpoints off)."""
+    config = job_config(steps, 0).to_json()
+    return _torchrun_step_times(
+        "torchrun_ddp.py", 4, ["--config", config, "--ckpt-every", str(10**9)]
+    )
 
 
 def pipelining_step_times(steps: int, stages: int) -> list[float]:
@@ -84,23 +93,9 @@ def pipelining_step_times(steps: int, stages: int) -> list[float]:
     gives its first plan."""
     cfg = job_config(steps, 0, stages)
     units = balance_stages([float(n) for n in cfg.unit_numel()], [1] * stages)
-    with tempfile.TemporaryDirectory() as workdir:
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc-per-node", str(stages), os.path.join(HERE, "pipelining_baseline.py"),
-            "--config", cfg.to_json(), "--units", json.dumps(units), "--workdir", workdir,
-        ]  # fmt: skip
-        subprocess.run(
-            cmd,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            timeout=900,
-        )
-        with open(os.path.join(workdir, "progress-0.jsonl"), encoding="utf-8") as fh:
-            walls = [json.loads(line)["wall"] for line in fh if line.strip()]
-    return [b - a for a, b in itertools.pairwise(walls)]
+    return _torchrun_step_times(
+        "pipelining_baseline.py", stages, ["--config", cfg.to_json(), "--units", json.dumps(units)]
+    )
 
 
 def _median_of(reps: int, measure: Any, warmup: int) -> tuple[float, list[float]]:
