@@ -231,6 +231,8 @@ class Agent:
                     "generation %d drops %s; telling it to leave", plan.generation, w.worker_id
                 )
                 w.send({"type": "shutdown"})
+        # a fault timed to this reconfiguration acts now, while the members are joining
+        self._run_due_chaos()
 
     def _on_worker_message(self, worker: WorkerProcess, message: dict[str, Any] | None) -> None:
         if message is None:
@@ -350,6 +352,8 @@ class Agent:
                     self.chaos.remove(command)
                     continue
                 due = target.step >= command.at_step
+            if command.at_generation:
+                due = self.plan is not None and self.plan.generation >= command.at_generation
             if not due:
                 continue
             self.chaos.remove(command)

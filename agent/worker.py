@@ -115,6 +115,8 @@ class Worker:
         self.view: StageView | None = None
         self.intervals: list[tuple[int, int]] | None = None
         self.snapshots = SnapshotKeeper()
+        # the generation whose layout this worker's state matches (last completed join)
+        self.held_generation = 0
         self._step_log: TextIO | None = None
         if cfg.step_log:
             os.makedirs(cfg.step_log, exist_ok=True)
@@ -248,8 +250,13 @@ class Worker:
         pieces = [(m.lo, m.hi) for m in plan.moves if m.src_rank == me and m.via == "buddy"]
         avail = sorted(self.snapshots.steps_covering(pieces))[-2:] if pieces else []
         avail = [-1] * (2 - len(avail)) + avail
+        # a worker whose last join was interrupted before it changed anything still
+        # holds the source layout's state; anything else is not a valid source
+        holds_source = self.valid and (
+            plan.source_generation == 0 or self.held_generation == plan.source_generation
+        )
         info = torch.tensor(
-            [self.state.step if self.valid else -1, int(self.valid), int(bool(pieces)), *avail],
+            [self.state.step if holds_source else -1, int(holds_source), int(bool(pieces)), *avail],
             dtype=torch.int64,
         )
         table = [[int(x) for x in t] for t in group.allgather(info)]
@@ -274,6 +281,8 @@ class Worker:
                     f"generation {plan.generation}: the plan takes {m.what} [{m.lo}, {m.hi}) "
                     f"from rank {m.src_rank}, which holds no valid state"
                 )
+        if not holds_source:
+            self.valid = False  # it will receive everything it needs
         rolled_back = self.valid and self.state.step > committed
         if self.valid:
             self.state.rollback_to(committed)
@@ -320,6 +329,7 @@ class Worker:
 
         moved = apply_moves(group, plan.moves, me, source, target)
         self.state = new
+        self.held_generation = plan.generation
         if not self.valid:
             self.state.step = committed
             self.state.opt.step_count = committed

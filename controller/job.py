@@ -81,6 +81,8 @@ class WorkerState:
     state: str = "ready"  # ready | running | finished
     progress: pb.WorkerProgress | None = None
     first_step_wall: dict[int, float] = field(default_factory=dict)
+    # the last generation whose join this worker reported complete
+    joined_generation: int = 0
 
 
 @dataclass(slots=True)
@@ -127,6 +129,9 @@ class JobController:
         self.prefix = f"/elastiq/{job.job}/"
         self.nodes: dict[str, NodeState] = {}
         self.layout: HybridLayout | None = None
+        # the last layout every member finished joining: plans take state from it
+        self.completed: HybridLayout | None = None
+        self._joined: dict[int, set[str]] = {}
         # per-unit costs start as parameter counts (a proxy for FLOPs) until measured
         numel = tuple(job.unit_numel())
         self.profile = Profile(unit_costs=tuple(float(n) for n in numel), unit_numel=numel)
@@ -157,6 +162,7 @@ class JobController:
         if kv is not None:
             plan = pb.Plan.FromString(kv.value)
             self.layout = plan_to_layout(plan)
+            self.completed = self.layout
             self.plan = plan
             self._plan_revision = kv.mod_revision
             self.phase = "Recovering"
@@ -194,7 +200,10 @@ class JobController:
         node = NodeState(req.node_id, req.slots, req.address, lease)
         for w in req.workers:
             node.workers[w.worker_id] = WorkerState(
-                WorkerRef(req.node_id, w.slot, w.worker_id), pid=w.pid, state=w.state or "ready"
+                WorkerRef(req.node_id, w.slot, w.worker_id),
+                pid=w.pid,
+                state=w.state or "ready",
+                joined_generation=w.generation if w.state in ("running", "finished") else 0,
             )
         self.nodes[req.node_id] = node
         await self.store.put(
@@ -345,6 +354,9 @@ class JobController:
     def _on_joined(self, worker: WorkerState, req: pb.EventReport) -> None:
         """A worker joined the generation (timings) or finished its first step in it."""
         worker.state = "running"
+        if req.detail == "joined":
+            worker.joined_generation = max(worker.joined_generation, req.generation)
+            self._joined.setdefault(req.generation, set()).add(worker.ref.worker_id)
         if req.detail == "first_step" and req.step == 1 and not self.first_loss:
             self.first_loss = req.loss
         pending = self._pending
@@ -474,15 +486,27 @@ class JobController:
             log.exception("replanning failed")
             raise
 
-    def _holders(self) -> set[str]:
-        """Workers whose state is valid: they completed joining the current generation.
-        "joining" members (a plan was issued, no joined report yet) are not holders:
-        an interrupted join may have left their state half re-split."""
+    def _source_layout(self) -> HybridLayout | None:
+        """The newest layout every member finished joining. A later one that was
+        interrupted (a failure during a reconfiguration) is not a source: its members
+        may hold the older layout's state, or half of the newer one."""
+        if self.layout is None:
+            return None
+        joined = self._joined.get(self.layout.generation, set())
+        if set(self.layout.worker_ids()) <= joined:
+            self.completed = self.layout
+        return self.completed
+
+    def _holders(self, source: HybridLayout | None) -> set[str]:
+        """Workers holding `source`'s state: they reported joining that generation and
+        have not started joining another since (workers check this themselves too)."""
+        if source is None:
+            return set()
         return {
             w.ref.worker_id
             for n in self.nodes.values()
             for w in n.workers.values()
-            if w.state in ("running", "finished")
+            if w.joined_generation == source.generation
         }
 
     def live_members(self) -> list[WorkerRef]:
@@ -493,13 +517,14 @@ class JobController:
             return
         members = self.live_members()
         generation = self.generation + 1
-        holders = self._holders()
+        source = self._source_layout()
+        holders = self._holders(source)
         self.profile = measured_profile(self.job.unit_numel(), self.unit_costs)
         try:
             layout = make_hybrid_plan(
                 members,
                 self.profile,
-                self.layout,
+                source,
                 generation,
                 stages=self.job.pipeline_stages,
                 zero=self.job.zero,
@@ -525,7 +550,14 @@ class JobController:
             and (not self.takeover)
         ):
             return  # nothing changed (e.g. a duplicate report)
-        plan = layout_to_plan(layout, self.job.job, self.rendezvous, time.time(), holders)
+        plan = layout_to_plan(
+            layout,
+            self.job.job,
+            self.rendezvous,
+            time.time(),
+            holders,
+            source.generation if source is not None else 0,
+        )
         ok = await self.store.compare_and_set(
             self.prefix + "plan", plan.SerializeToString(), self._plan_revision
         )
@@ -543,9 +575,13 @@ class JobController:
                 member.state = "joining"
         if self.phase == "Pending":
             self.phase = "Running"
-        if self._pending is not None and self._pending.generation == 0:
+        if self._pending is not None:
+            # a first plan for this recovery, or a newer one superseding an interrupted
+            # reconfiguration: the recovery ends when this generation resumes, and is
+            # still measured from the first failure
             self._pending.generation = generation
             self._pending.plan_time = time.time()
+            self._pending.joins = {}
         elif self._pending is None and reason != "start":
             # a join or takeover: measured like a recovery, nobody failed
             self._pending = PendingRecovery(

@@ -136,7 +136,10 @@ class ControllerService(rpc.ControllerServicerBase):
         if request.at_step < 0:
             await rpc.reject(context, "INVALID_ARGUMENT", f"at_step={request.at_step} must be >= 0")
         command = pb.ChaosCommand(
-            action=request.action, at_step=request.at_step, id=f"chaos-{time.time_ns()}"
+            action=request.action,
+            at_step=request.at_step,
+            at_generation=request.at_generation,
+            id=f"chaos-{time.time_ns()}",
         )
         if request.action == pb.KILL_NODE:
             if request.node_id not in job.nodes:

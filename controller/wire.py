@@ -14,8 +14,10 @@ def layout_to_plan(
     rendezvous: str,
     created_unix: float,
     holders: Collection[str] = (),
+    source_generation: int = 0,
 ) -> pb.Plan:
-    """`holders`: workers whose state was valid going into this generation."""
+    """`holders`: workers whose state was valid going into this generation;
+    `source_generation`: the layout the moves take state from."""
     plan = pb.Plan(
         job=job,
         generation=layout.generation,
@@ -26,6 +28,7 @@ def layout_to_plan(
         created_unix=created_unix,
         state_source=layout.state_source,
         zero=layout.zero,
+        source_generation=source_generation,
     )
     plan.buddy.extend(layout.buddy)
     for rank, w in enumerate(layout.workers):

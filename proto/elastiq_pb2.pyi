@@ -185,7 +185,7 @@ class StateMove(_message.Message):
     def __init__(self, what: _Optional[str] = ..., src_rank: _Optional[int] = ..., dst_rank: _Optional[int] = ..., lo: _Optional[int] = ..., hi: _Optional[int] = ..., via: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy")
+    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy", "source_generation")
     JOB_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class Plan(_message.Message):
     STAGES_FIELD_NUMBER: _ClassVar[int]
     ZERO_FIELD_NUMBER: _ClassVar[int]
     BUDDY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_GENERATION_FIELD_NUMBER: _ClassVar[int]
     job: str
     generation: int
     rendezvous: str
@@ -212,21 +213,24 @@ class Plan(_message.Message):
     stages: _containers.RepeatedCompositeFieldContainer[Stage]
     zero: int
     buddy: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ...) -> None: ...
+    source_generation: int
+    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ..., source_generation: _Optional[int] = ...) -> None: ...
 
 class ChaosCommand(_message.Message):
-    __slots__ = ("action", "worker_id", "rank", "at_step", "id")
+    __slots__ = ("action", "worker_id", "rank", "at_step", "id", "at_generation")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     AT_STEP_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    AT_GENERATION_FIELD_NUMBER: _ClassVar[int]
     action: ChaosAction
     worker_id: str
     rank: int
     at_step: int
     id: str
-    def __init__(self, action: _Optional[_Union[ChaosAction, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., at_step: _Optional[int] = ..., id: _Optional[str] = ...) -> None: ...
+    at_generation: int
+    def __init__(self, action: _Optional[_Union[ChaosAction, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., at_step: _Optional[int] = ..., id: _Optional[str] = ..., at_generation: _Optional[int] = ...) -> None: ...
 
 class Directive(_message.Message):
     __slots__ = ("plan", "chaos", "shutdown")
@@ -375,18 +379,20 @@ class StatusResponse(_message.Message):
     def __init__(self, job: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., failures: _Optional[int] = ..., recoveries: _Optional[_Iterable[_Union[Recovery, _Mapping]]] = ..., leader: _Optional[str] = ..., total_steps: _Optional[int] = ..., first_loss: _Optional[float] = ...) -> None: ...
 
 class AdminRequest(_message.Message):
-    __slots__ = ("token", "action", "rank", "node_id", "at_step")
+    __slots__ = ("token", "action", "rank", "node_id", "at_step", "at_generation")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     AT_STEP_FIELD_NUMBER: _ClassVar[int]
+    AT_GENERATION_FIELD_NUMBER: _ClassVar[int]
     token: str
     action: ChaosAction
     rank: int
     node_id: str
     at_step: int
-    def __init__(self, token: _Optional[str] = ..., action: _Optional[_Union[ChaosAction, str]] = ..., rank: _Optional[int] = ..., node_id: _Optional[str] = ..., at_step: _Optional[int] = ...) -> None: ...
+    at_generation: int
+    def __init__(self, token: _Optional[str] = ..., action: _Optional[_Union[ChaosAction, str]] = ..., rank: _Optional[int] = ..., node_id: _Optional[str] = ..., at_step: _Optional[int] = ..., at_generation: _Optional[int] = ...) -> None: ...
 
 class AdminResponse(_message.Message):
     __slots__ = ("accepted", "detail")

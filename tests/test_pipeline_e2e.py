@@ -9,12 +9,14 @@ import os
 import pytest
 import torch
 
+from elastiq.proto import elastiq_pb2 as pb
 from tests.cluster import Cluster, planned
 from tests.test_zero_e2e import run
 
 pytestmark = pytest.mark.slow
 
 PP2: dict[str, object] = {"pipeline-stages": 2, "zero": 1}
+JOB_PP2: dict[str, object] = {"steps": 40, **PP2}
 
 
 @pytest.mark.parametrize("victim", [0, 1, 2, 3])
@@ -23,7 +25,9 @@ def test_every_stage_position_of_pp2_dp2_can_be_lost(tmp_path: object, victim: i
     assert end.phase == "Succeeded", end
     assert end.step == 40 and end.plan.world_size == 3
     assert [len(st.ranks) for st in end.plan.stages] in ([1, 2], [2, 1])
-    assert len(end.recoveries) == 1 and end.recoveries[0].lost_steps == 0
+    # a worker killed between applying step s and its snapshot of s reaching its buddy
+    # costs one recomputed step (docs/design.md, "Snapshot window")
+    assert len(end.recoveries) == 1 and end.recoveries[0].lost_steps <= 1
     survivors = {a.worker_id for a in end.plan.assignments}
     assert all(before[w] == m.pid for m in end.members if (w := m.worker_id) in survivors)
 
@@ -50,7 +54,9 @@ def test_two_failures_in_one_step_become_one_generation(tmp_path: object) -> Non
     assert end.phase == "Succeeded", end
     assert end.step == 40 and end.plan.world_size == 2
     assert [len(st.ranks) for st in end.plan.stages] == [1, 1]
-    assert end.recoveries and all(r.lost_steps == 0 for r in end.recoveries)
+    # a worker killed between applying step s and its snapshot of s reaching its buddy
+    # costs one recomputed step (docs/design.md, "Snapshot window")
+    assert end.recoveries and all(r.lost_steps <= 1 for r in end.recoveries)
 
 
 def test_a_joining_node_raises_a_stage_degree_in_place(tmp_path: object) -> None:
@@ -76,3 +82,43 @@ def test_a_joining_node_raises_a_stage_degree_in_place(tmp_path: object) -> None
         assert planned(end).items() >= planned(before).items(), "the first members kept their pids"
     finally:
         cluster.close()
+
+
+def test_a_failure_during_a_reconfiguration_is_survived(tmp_path: object) -> None:
+    """Rank 1 dies at step 15; rank 2 dies the moment generation 2 is relayed, while the
+    survivors are joining it. Generation 2 never completes, so generation 3 takes its
+    state from generation 1's layout: survivors that had not changed anything yet, and
+    the buddies of ranks 1 and 2 (ranks 3 and 0). The job finishes and, as after any
+    recovery, trains like a run without failure."""
+    base = str(tmp_path)
+    clean, failed = os.path.join(base, "clean.pt"), os.path.join(base, "failed.pt")
+    os.makedirs(os.path.join(base, "a"))
+    end, _ = run(os.path.join(base, "a"), {**PP2, "final-params": clean}, None)
+    assert end.phase == "Succeeded", end
+    cluster = Cluster(os.path.join(base, "b"), job={**JOB_PP2, "final-params": failed})
+    os.makedirs(os.path.join(base, "b"))
+    try:
+        cluster.start_controller(min_workers=4)
+        for i in range(4):
+            cluster.start_agent(f"node{i}")
+        cluster.wait_for("the first plan", lambda s: s.generation >= 1 and s.step >= 1, 90)
+        cluster.call(
+            "Admin",
+            pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=2, at_generation=2),
+        )
+        cluster.call(
+            "Admin", pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=1, at_step=15)
+        )
+        end = cluster.wait_for("the job to end", lambda s: s.phase in ("Succeeded", "Failed"), 240)
+    finally:
+        cluster.close()
+    assert end.phase == "Succeeded", end
+    assert end.generation >= 3 and end.plan.world_size == 2 and end.step == 40
+    assert end.plan.source_generation == 1, "generation 2 never completed: it is not a source"
+    assert len(end.recoveries) == 1 and end.recoveries[0].generation == end.generation
+    # a worker killed between applying step s and its snapshot of s reaching its buddy
+    # costs one recomputed step (docs/design.md, "Snapshot window")
+    assert end.recoveries[0].lost_steps <= 1
+    a, b = torch.load(clean, weights_only=False), torch.load(failed, weights_only=False)
+    diff = (a["params"] - b["params"]).abs().max().item()
+    assert diff <= 1e-5, f"max abs parameter difference {diff}"

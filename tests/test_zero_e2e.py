@@ -47,7 +47,9 @@ def test_any_zero_interval_can_be_lost_and_recovered_without_a_checkpoint(
     end, before = run(str(tmp_path), {"zero": zero}, victim)
     assert end.phase == "Succeeded", end
     assert end.step == 40 and end.plan.world_size == 3 and end.plan.zero == zero
-    assert len(end.recoveries) == 1 and end.recoveries[0].lost_steps == 0
+    # a worker killed between applying step s and its snapshot of s reaching its buddy
+    # costs one recomputed step (docs/design.md, "Snapshot window")
+    assert len(end.recoveries) == 1 and end.recoveries[0].lost_steps <= 1
     survivors = planned(end)
     assert survivors == {w: p for w, p in before.items() if w in survivors}
     assert any("buddy" in e.message or e.kind == "plan" for e in end.events)
