@@ -74,3 +74,32 @@ def test_parameters_after_a_recovery_match_a_run_without_failure(
     assert a["step"] == b["step"] == 40
     diff = (a["params"] - b["params"]).abs().max().item()
     assert diff <= 1e-5, f"max abs parameter difference {diff}"
+
+
+def test_parameters_after_a_join_match_a_run_without_it(tmp_path: object) -> None:
+    """3 workers, a 4th joins mid-run (ZeRO-1: intervals re-split, the newcomer gets
+    parameters and its interval from live ranks): same parameters as 4 from the start."""
+    base = str(tmp_path)
+    clean, joined = os.path.join(base, "clean.pt"), os.path.join(base, "joined.pt")
+    job = {"steps": 60, "step-delay": 0.03}
+    os.makedirs(os.path.join(base, "a"))
+    end, _ = run(os.path.join(base, "a"), {**job, "final-params": clean}, None)
+    assert end.phase == "Succeeded", end
+    cluster = Cluster(os.path.join(base, "b"), job={**JOB, **job, "final-params": joined})
+    os.makedirs(os.path.join(base, "b"))
+    try:
+        cluster.start_controller(min_workers=3)
+        for i in range(3):
+            cluster.start_agent(f"node{i}")
+        cluster.wait_for("step 5", lambda s: s.generation >= 1 and s.step >= 5, 90)
+        cluster.start_agent("node3")
+        end = cluster.wait_for(
+            "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180
+        )
+    finally:
+        cluster.close()
+    assert end.phase == "Succeeded" and end.plan.world_size == 4, end
+    assert end.generation == 2 and not end.plan.abort_in_flight
+    a, b = torch.load(clean, weights_only=False), torch.load(joined, weights_only=False)
+    diff = (a["params"] - b["params"]).abs().max().item()
+    assert diff <= 1e-5, f"max abs parameter difference {diff}"
