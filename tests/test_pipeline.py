@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import datetime
-import threading
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from elastiq.agent.pipeline import StageView, run_pipeline_step
 from elastiq.agent.trainer import TrainState
 from elastiq.partition import even_split
 from tests.test_trainer import CFG, train
+from tests.threaded import run_ranks
 
 STEPS = 3
 
@@ -31,39 +31,30 @@ def train_pipeline(units: list[tuple[int, int]], degrees: list[int], zero: int) 
         next_rank += d
     store = dist.HashStore()
     results: dict[int, torch.Tensor] = {}
-    errors: list[BaseException] = []
     timeout = datetime.timedelta(seconds=60)
 
     def rank_main(rank: int) -> None:
-        try:
-            s = next(i for i, ranks in enumerate(stage_ranks) if rank in ranks)
-            replica = stage_ranks[s].index(rank)
-            wpg = dist.ProcessGroupGloo(dist.PrefixStore("world/", store), rank, world, timeout)
-            spg = dist.ProcessGroupGloo(
-                dist.PrefixStore(f"stage{s}/", store), replica, degrees[s], timeout
-            )
-            wg = Group(wpg, rank, world, 1, 60.0, lambda: False)
-            sg = Group(spg, replica, degrees[s], 1, 60.0, lambda: False)
-            state = TrainState(CFG, units[s])
-            intervals = None
-            if zero:
-                intervals = [even_split(state.flat.numel, degrees[s], j) for j in range(degrees[s])]
-                lo, hi = intervals[replica]
-                state.set_moment_range(state.base + lo, state.base + hi)
-            order = SampleOrder(corpus, CFG.seq_len, CFG.seed)
-            view = StageView(s, replica, tuple(stage_ranks))
-            for step in range(1, STEPS + 1):
-                run_pipeline_step(state, wg, sg, view, order, step, False, intervals, zero)
-            results[rank] = state.flat.data.clone()
-        except BaseException as exc:
-            errors.append(exc)
+        s = next(i for i, ranks in enumerate(stage_ranks) if rank in ranks)
+        replica = stage_ranks[s].index(rank)
+        wpg = dist.ProcessGroupGloo(dist.PrefixStore("world/", store), rank, world, timeout)
+        spg = dist.ProcessGroupGloo(
+            dist.PrefixStore(f"stage{s}/", store), replica, degrees[s], timeout
+        )
+        wg = Group(wpg, rank, world, 1, 60.0, lambda: False)
+        sg = Group(spg, replica, degrees[s], 1, 60.0, lambda: False)
+        state = TrainState(CFG, units[s])
+        intervals = None
+        if zero:
+            intervals = [even_split(state.flat.numel, degrees[s], j) for j in range(degrees[s])]
+            lo, hi = intervals[replica]
+            state.set_moment_range(state.base + lo, state.base + hi)
+        order = SampleOrder(corpus, CFG.seq_len, CFG.seed)
+        view = StageView(s, replica, tuple(stage_ranks))
+        for step in range(1, STEPS + 1):
+            run_pipeline_step(state, wg, sg, view, order, step, False, intervals, zero)
+        results[rank] = state.flat.data.clone()
 
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    assert not errors, errors
+    run_ranks(world, rank_main)
     for ranks in stage_ranks:
         assert all(torch.equal(results[ranks[0]], results[r]) for r in ranks), "replicas diverged"
     return torch.cat([results[ranks[0]] for ranks in stage_ranks])

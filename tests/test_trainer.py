@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import threading
 
 import torch
 import torch.distributed as dist
@@ -12,6 +11,7 @@ from elastiq.agent.comm import Group
 from elastiq.agent.data import SampleOrder
 from elastiq.agent.trainer import TrainState, run_step
 from elastiq.config import JobConfig, ModelConfig
+from tests.threaded import run_ranks
 
 CFG = JobConfig(
     steps=3,
@@ -28,28 +28,19 @@ def train(world: int, steps: int = 3) -> list[torch.Tensor]:
     corpus = torch.randint(0, 256, (20_000,), dtype=torch.uint8)
     store = dist.HashStore()
     results: list[torch.Tensor | None] = [None] * world
-    errors: list[BaseException] = []
 
     def rank_main(rank: int) -> None:
-        try:
-            pg = dist.ProcessGroupGloo(
-                dist.PrefixStore(f"w{world}/", store), rank, world, datetime.timedelta(seconds=30)
-            )
-            group = Group(pg, rank, world, 1, 30.0, lambda: False)
-            state = TrainState(CFG)
-            order = SampleOrder(corpus, CFG.seq_len, CFG.seed)
-            for step in range(1, steps + 1):
-                run_step(state, group, order, step, want_switch=False)
-            results[rank] = state.flat.data.clone()
-        except BaseException as exc:
-            errors.append(exc)
+        pg = dist.ProcessGroupGloo(
+            dist.PrefixStore(f"w{world}/", store), rank, world, datetime.timedelta(seconds=30)
+        )
+        group = Group(pg, rank, world, 1, 30.0, lambda: False)
+        state = TrainState(CFG)
+        order = SampleOrder(corpus, CFG.seq_len, CFG.seed)
+        for step in range(1, steps + 1):
+            run_step(state, group, order, step, want_switch=False)
+        results[rank] = state.flat.data.clone()
 
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    run_ranks(world, rank_main)
     return [r for r in results if r is not None]
 
 
