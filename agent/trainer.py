@@ -29,7 +29,7 @@ from elastiq.agent.data import SampleOrder
 from elastiq.agent.flat import AdamWConfig, FlatAdamW, FlatParams, lr_at
 from elastiq.agent.model import Block, build_unit, num_units
 from elastiq.config import JobConfig
-from elastiq.partition import even_split
+from elastiq.partition import micro_batches_of
 
 # control slots appended to the gradient buffer
 SWITCH, LOSS_SUM, SAMPLES, NORM_SQ = 0, 1, 2, 3
@@ -170,11 +170,6 @@ class TrainState:
         return per_token.view(tokens.shape[0], -1).mean(dim=1)
 
 
-def my_micro_batches(cfg: JobConfig, rank: int, world: int) -> range:
-    lo, hi = even_split(cfg.micro_batches, world, rank)
-    return range(lo, hi)
-
-
 def run_step(
     state: TrainState,
     group: Group,
@@ -196,7 +191,7 @@ def run_step(
     flat = state.flat
     flat.zero_grad()
     base = (step - 1) * cfg.global_batch
-    for mb in my_micro_batches(cfg, group.rank, group.world):
+    for mb in micro_batches_of(cfg.micro_batches, group.world, group.rank):
         first = base + mb * cfg.micro_batch
         losses = state.loss_of(order.samples(first, cfg.micro_batch), step, first)
         (losses.sum() / cfg.global_batch).backward()

@@ -619,6 +619,40 @@ class JobController:
             return None
         return self.layout.workers[rank]
 
+    def inject_chaos(
+        self,
+        action: pb.ChaosAction,
+        *,
+        rank: int = -1,
+        node_id: str = "",
+        at_step: int = 0,
+        at_generation: int = 0,
+    ) -> str:
+        """Send a fault to the agent that owns its target; returns what was done.
+        Raises ValueError, changing nothing, if the node or rank does not exist."""
+        command = pb.ChaosCommand(
+            action=action,
+            at_step=at_step,
+            at_generation=at_generation,
+            id=f"chaos-{time.time_ns()}",
+        )
+        if action == pb.KILL_NODE:
+            if node_id not in self.nodes:
+                raise ValueError(f"unknown node id {node_id!r}; known: {sorted(self.nodes)}")
+            self.send_chaos(node_id, command)
+            return f"killing node {node_id}"
+        target = self.resolve_rank(rank)
+        if target is None:
+            world = self.layout.world_size if self.layout else 0
+            raise ValueError(
+                f"rank {rank} is out of range: the current plan has {world} rank(s)"
+                + ("" if world else " (no plan yet)")
+            )
+        command.worker_id, command.rank = target.worker_id, rank
+        self.send_chaos(target.node_id, command)
+        name = pb.ChaosAction.Name(action).lower().replace("_", " ")
+        return f"{name}: rank {rank} ({target.worker_id})"
+
     def send_chaos(self, node_id: str, command: pb.ChaosCommand) -> None:
         self.nodes[node_id].queue.put_nowait(pb.Directive(chaos=command))
         self._event("chaos_requested", f"{pb.ChaosAction.Name(command.action)} on {node_id}")

@@ -13,7 +13,6 @@ import asyncio
 import hmac
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -135,33 +134,14 @@ class ControllerService(rpc.ControllerServicerBase):
             await rpc.reject(context, "INVALID_ARGUMENT", "admin action is missing")
         if request.at_step < 0:
             await rpc.reject(context, "INVALID_ARGUMENT", f"at_step={request.at_step} must be >= 0")
-        command = pb.ChaosCommand(
-            action=request.action,
-            at_step=request.at_step,
-            at_generation=request.at_generation,
-            id=f"chaos-{time.time_ns()}",
-        )
-        if request.action == pb.KILL_NODE:
-            if request.node_id not in job.nodes:
-                await rpc.reject(
-                    context,
-                    "INVALID_ARGUMENT",
-                    f"unknown node id {request.node_id!r}; known: {sorted(job.nodes)}",
-                )
-            job.send_chaos(request.node_id, command)
-            return pb.AdminResponse(accepted=True, detail=f"killing node {request.node_id}")
-        target = job.resolve_rank(request.rank)
-        if target is None:
-            world = job.layout.world_size if job.layout else 0
-            await rpc.reject(
-                context,
-                "INVALID_ARGUMENT",
-                f"rank {request.rank} is out of range: the current plan has {world} "
-                "rank(s)" + ("" if world else " (no plan yet)"),
+        try:
+            detail = job.inject_chaos(
+                request.action,
+                rank=request.rank,
+                node_id=request.node_id,
+                at_step=request.at_step,
+                at_generation=request.at_generation,
             )
-        command.worker_id, command.rank = target.worker_id, request.rank
-        job.send_chaos(target.node_id, command)
-        action = pb.ChaosAction.Name(request.action).lower().replace("_", " ")
-        return pb.AdminResponse(
-            accepted=True, detail=f"{action}: rank {request.rank} ({target.worker_id})"
-        )
+        except ValueError as exc:
+            await rpc.reject(context, "INVALID_ARGUMENT", str(exc))
+        return pb.AdminResponse(accepted=True, detail=detail)

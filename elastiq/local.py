@@ -353,22 +353,12 @@ async def run_local_async(
 
 
 def _schedule_chaos(job_ctl: JobController, spec: ChaosSpec) -> bool:
-    command = pb.ChaosCommand(
-        action=CHAOS_ACTIONS[spec.action], at_step=spec.step, id=f"chaos-{time.time_ns()}"
+    """Hand a scheduled fault to the controller; False to retry (node not yet registered)."""
+    if spec.action == "kill-node" and spec.node not in job_ctl.nodes:
+        return False
+    job_ctl.inject_chaos(
+        CHAOS_ACTIONS[spec.action], rank=spec.rank, node_id=spec.node, at_step=spec.step
     )
-    if spec.action == "kill-node":
-        if spec.node not in job_ctl.nodes:
-            return False
-        job_ctl.send_chaos(spec.node, command)
-        return True
-    target = job_ctl.resolve_rank(spec.rank)
-    if target is None:
-        raise ValueError(
-            f"chaos {spec.action}: rank {spec.rank} is out of range for "
-            f"{job_ctl.layout.world_size if job_ctl.layout else 0} workers"
-        )
-    command.worker_id, command.rank = target.worker_id, spec.rank
-    job_ctl.send_chaos(target.node_id, command)
     return True
 
 

@@ -1,9 +1,8 @@
 """Pure partition arithmetic shared by the planner and the workers.
 
-No I/O, no torch: even splits of micro-batches (and, later, ZeRO intervals and
-layer ranges), interval overlaps, and the donor assignment that both the planner
-(to write the plan's transfer list) and the workers (to check it against what the
-survivors really hold) compute the same way.
+No I/O, no torch: even splits (micro-batches, ZeRO intervals), interval overlaps,
+micro-batch routing between stages, buddy placement, and each rank's parameter and
+moment ranges, which the planner and the workers must compute the same way.
 """
 
 from __future__ import annotations
@@ -24,57 +23,6 @@ def even_split(n: int, parts: int, index: int) -> tuple[int, int]:
 def overlap(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int] | None:
     lo, hi = max(a[0], b[0]), min(a[1], b[1])
     return (lo, hi) if lo < hi else None
-
-
-def assign_donors(valid: Sequence[bool]) -> list[tuple[int, int]]:
-    """(donor, receiver) pairs: every rank without valid state gets it from a valid
-    rank, spreading receivers round-robin over the donors. Empty if none is valid
-    or none needs it."""
-    donors = [r for r, ok in enumerate(valid) if ok]
-    receivers = [r for r, ok in enumerate(valid) if not ok]
-    if not donors:
-        return []
-    return [(donors[i % len(donors)], r) for i, r in enumerate(receivers)]
-
-
-def zero_intervals(numel: int, degree: int) -> list[tuple[int, int]]:
-    """The contiguous ZeRO intervals of a stage's flat buffer over its `degree` DP ranks."""
-    return [even_split(numel, degree, r) for r in range(degree)]
-
-
-def interval_transfers(
-    old: dict[str, tuple[int, int]], new: dict[str, tuple[int, int]]
-) -> list[tuple[str, str, int, int]]:
-    """(source owner, destination owner, lo, hi) moves that assemble every new interval
-    from the overlapping old ones. Overlaps an owner already holds do not move. An old
-    owner missing from `old` (lost) leaves its part to be sourced elsewhere (a buddy):
-    those pieces are returned with source "" so the caller can name the source."""
-    moves: list[tuple[str, str, int, int]] = []
-    for dst, want in sorted(new.items(), key=lambda kv: kv[1]):
-        covered = 0
-        for src, have in sorted(old.items(), key=lambda kv: kv[1]):
-            piece = overlap(want, have)
-            if piece is None:
-                continue
-            covered += piece[1] - piece[0]
-            if src != dst:
-                moves.append((src, dst, piece[0], piece[1]))
-        if covered < want[1] - want[0]:
-            for gap in _gaps(want, [h for h in old.values() if overlap(want, h)]):
-                moves.append(("", dst, gap[0], gap[1]))
-    return moves
-
-
-def _gaps(want: tuple[int, int], have: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    gaps = []
-    cursor = want[0]
-    for lo, hi in sorted(have):
-        if lo > cursor:
-            gaps.append((cursor, min(lo, want[1])))
-        cursor = max(cursor, hi)
-    if cursor < want[1]:
-        gaps.append((cursor, want[1]))
-    return [g for g in gaps if g[0] < g[1]]
 
 
 def micro_batches_of(total: int, degree: int, replica: int) -> range:

@@ -15,10 +15,8 @@ from elastiq.controller.stages import (
 )
 from elastiq.partition import (
     buddies,
-    interval_transfers,
     micro_batches_of,
     replica_of,
-    zero_intervals,
 )
 
 
@@ -61,19 +59,6 @@ def test_bad_stage_requests_say_what_is_wrong() -> None:
 
 def test_moved_units_lists_stage_changes() -> None:
     assert moved_units([(0, 2), (2, 4)], [(0, 1), (1, 4)]) == [(1, 0, 1)]
-
-
-def test_zero_intervals_are_re_split_from_overlapping_old_intervals() -> None:
-    old = dict(zip(["a", "b", "c"], zero_intervals(12, 3), strict=True))  # 0-4, 4-8, 8-12
-    new = dict(zip(["a", "c"], zero_intervals(12, 2), strict=True))  # 0-6, 6-12
-    moves = interval_transfers({k: v for k, v in old.items() if k != "b"}, new)
-    # b is lost: its interval [4, 8) must come from elsewhere (source ""), split by owner
-    assert ("", "a", 4, 6) in moves and ("", "c", 6, 8) in moves
-    assert all(src != dst for src, dst, _, _ in moves)
-    with_b = interval_transfers(old, new)
-    assert ("b", "a", 4, 6) in with_b and ("b", "c", 6, 8) in with_b
-    covered = sorted((lo, hi) for _, _, lo, hi in with_b)
-    assert covered == [(4, 6), (6, 8)], "a keeps 0-4 and c keeps 8-12 where they are"
 
 
 def test_every_micro_batch_has_exactly_one_replica_per_stage() -> None:
