@@ -568,7 +568,8 @@ class JobController:
         self._plan_revision = kv.mod_revision if kv is not None else 0
         self.layout, self.plan = layout, plan
         self.takeover = False
-        # members hold valid state again only once they report joining this generation
+        # shown as "joining" until they report it (which workers count as holders is
+        # decided by joined_generation, see _holders)
         for worker_id in layout.worker_ids():
             member = self._worker(worker_id)
             if member is not None and member.state in ("running", "finished"):
@@ -582,7 +583,7 @@ class JobController:
             self._pending.generation = generation
             self._pending.plan_time = time.time()
             self._pending.joins = {}
-        elif self._pending is None and reason != "start":
+        elif reason != "start":
             # a join or takeover: measured like a recovery, nobody failed
             self._pending = PendingRecovery(
                 cause=reason,

@@ -79,6 +79,7 @@ class Controller:
         self._server: object | None = None
         self._rdzv: object | None = None
         self._leader_lease = 0
+        self._lost_lease = False
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, wait_for_leadership: bool = True) -> None:
@@ -114,7 +115,13 @@ class Controller:
             current = await self.store.get(key)
             self.service.leader_address = current.value.decode() if current else ""
             await asyncio.sleep(self.control.lease_ttl_s / 3)
-        self._rdzv, rdzv_port = _rendezvous_store(self.server_config.host)
+        # keep the lease from the moment it is won: what follows (the first import of
+        # torch for the rendezvous store) can take longer than a TTL on a loaded machine,
+        # and it runs in a thread so the event loop keeps refreshing
+        self._tasks.append(asyncio.get_running_loop().create_task(self._keep_leadership()))
+        self._rdzv, rdzv_port = await asyncio.get_running_loop().run_in_executor(
+            None, _rendezvous_store, self.server_config.host
+        )
         job = JobController(
             self.store,
             self.job_config,
@@ -124,9 +131,11 @@ class Controller:
             self.identity,
         )
         await job.start()
+        if self._lost_lease:
+            await job.stop()
+            raise RuntimeError("lost the leader lease while taking over; not serving the job")
         self.job = job
         self.service.job = job
-        self._tasks.append(asyncio.get_running_loop().create_task(self._keep_leadership()))
         log.info("controller %s leads job %s", self.identity, self.job_config.job)
 
     async def _keep_leadership(self) -> None:
@@ -136,6 +145,7 @@ class Controller:
             await asyncio.sleep(self.control.lease_ttl_s / 3)
             if not await self.store.refresh_lease(self._leader_lease):
                 log.error("lost the leader lease; stepping down")
+                self._lost_lease = True
                 self.service.job = None
                 if self.job is not None:
                     await self.job.stop()
