@@ -111,11 +111,24 @@ class TrainState:
                 f"cannot roll back from step {self.step} to {step}: the snapshot holds "
                 f"step {self._snap_step} (only one step can be undone)"
             )
+        self._restore_snapshot()
+
+    def undo_partial_update(self) -> None:
+        """Undo an update whose all-gather did not complete: this rank's interval
+        was stepped but the others' were not, a state that belongs to no step."""
+        if self._snap_step != self.step:
+            raise RuntimeError(
+                f"cannot undo the update after step {self.step}: the snapshot holds "
+                f"step {self._snap_step}"
+            )
+        self._restore_snapshot()
+
+    def _restore_snapshot(self) -> None:
         self.flat.data.copy_(self._snap_params)
         self.opt.exp_avg.copy_(self._snap_avg)
         self.opt.exp_avg_sq.copy_(self._snap_avg_sq)
-        self.opt.step_count -= 1
-        self.step = step
+        self.opt.step_count = self._snap_step
+        self.step = self._snap_step
         self._snap_step = -1
 
     # computation ------------------------------------------------------------------
@@ -243,7 +256,12 @@ def apply_update(
     lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps)
     state.opt.step(flat.data, flat.grad, lr)
     if zero and intervals and group.world > 1:
-        _allgather_params(state, group, intervals)
+        try:
+            _allgather_params(state, group, intervals)
+        except BaseException:
+            # a peer died mid-gather: the next generation must see step - 1, whole
+            state.undo_partial_update()
+            raise
     state.step = step
 
 
