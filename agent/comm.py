@@ -179,34 +179,47 @@ class Group:
         if errors:
             raise CollectiveFailed(f"{what}: {str(errors[0]).splitlines()[0][:200]}")
 
+    def _issue(self, what: str, start: Callable[[], Any]) -> Any:
+        """Start an operation; gloo raises at once when a pair is already closed
+        (a peer died since the last operation), which is a failure like any other."""
+        try:
+            return start()
+        except RuntimeError as exc:
+            raise CollectiveFailed(f"{what}: {str(exc).splitlines()[0][:200]}") from exc
+
     def allreduce_sum_(self, tensor: torch.Tensor) -> None:
-        self._wait(self.pg.allreduce([tensor]), "allreduce")
+        self._wait(self._issue("allreduce", lambda: self.pg.allreduce([tensor])), "allreduce")
 
     def allgather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         out = [torch.empty_like(tensor) for _ in range(self.world)]
-        self._wait(self.pg.allgather([out], [tensor]), "allgather")
+        self._wait(
+            self._issue("allgather", lambda: self.pg.allgather([out], [tensor])), "allgather"
+        )
         return out
 
     def reduce_scatter_sum(self, output: torch.Tensor, chunks: list[torch.Tensor]) -> None:
         """output <- sum over ranks of chunks[my rank] (chunks of equal size)."""
-        self._wait_in_thread([self.pg.reduce_scatter([output], [chunks])], "reduce_scatter")
+        what = "reduce_scatter"
+        work = self._issue(what, lambda: self.pg.reduce_scatter([output], [chunks]))
+        self._wait_in_thread([work], what)
 
     def allgather_into(self, outputs: list[torch.Tensor], tensor: torch.Tensor) -> None:
-        self._wait(self.pg.allgather([outputs], [tensor]), "allgather")
+        work = self._issue("allgather", lambda: self.pg.allgather([outputs], [tensor]))
+        self._wait(work, "allgather")
 
     def isend(self, tensor: torch.Tensor, dst: int, tag: int) -> Any:
         """Start a send; complete it with wait_p2p (the tensor must stay untouched)."""
-        return self.pg.send([tensor], dst, tag)
+        return self._issue(f"send to {dst}", lambda: self.pg.send([tensor], dst, tag))
 
     def irecv(self, tensor: torch.Tensor, src: int, tag: int) -> Any:
-        return self.pg.recv([tensor], src, tag)
+        return self._issue(f"recv from {src}", lambda: self.pg.recv([tensor], src, tag))
 
     def wait_p2p(self, works: list[Any], what: str) -> None:
         """Complete started sends/receives (abandoned if superseded)."""
         self._wait_in_thread(works, what)
 
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
-        self._wait_in_thread([self.pg.send([tensor], dst, tag)], f"send to {dst}")
+        self._wait_in_thread([self.isend(tensor, dst, tag)], f"send to {dst}")
 
     def recv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> None:
-        self._wait_in_thread([self.pg.recv([tensor], src, tag)], f"recv from {src}")
+        self._wait_in_thread([self.irecv(tensor, src, tag)], f"recv from {src}")

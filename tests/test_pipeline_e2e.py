@@ -5,6 +5,7 @@ and trains like a run without failure."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -43,6 +44,43 @@ def test_pp2_dp2_after_a_loss_matches_a_run_without_failure(tmp_path: object) ->
     assert end.phase == "Succeeded" and end.plan.world_size == 3, end
     a, b = torch.load(clean, weights_only=False), torch.load(failed, weights_only=False)
     assert a["step"] == b["step"] == 40 and a["params"].shape == b["params"].shape
+    diff = (a["params"] - b["params"]).abs().max().item()
+    assert diff <= 1e-5, f"max abs parameter difference {diff}"
+
+
+def _stage_ranks(stage: int) -> Callable[[pb.StatusResponse], list[int]]:
+    return lambda first: list(first.plan.stages[stage].ranks)
+
+
+PP3: dict[str, object] = {"pipeline-stages": 3, "zero": 1}
+
+
+@pytest.fixture(scope="module")
+def pp3_clean(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Final parameters of a PP3 run without failure (shared by the loss tests)."""
+    base = str(tmp_path_factory.mktemp("pp3-clean"))
+    clean = os.path.join(base, "clean.pt")
+    end, _ = run(base, {**PP3, "final-params": clean}, None)
+    assert end.phase == "Succeeded", end
+    return clean
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_a_whole_stage_of_pp3_lost_at_once_trains_like_a_run_without_failure(
+    tmp_path: object, pp3_clean: str, stage: int
+) -> None:
+    """Every rank of the first, a middle or the last stage dies in the same step: no
+    live replica holds those layers, so they come from buddies on the next stage."""
+    clean, failed = pp3_clean, os.path.join(str(tmp_path), "failed.pt")
+    end, before = run(str(tmp_path), {**PP3, "final-params": failed}, _stage_ranks(stage))
+    assert end.phase == "Succeeded", end
+    assert end.plan.world_size < 4 and end.recoveries
+    assert all(r.lost_steps <= 1 for r in end.recoveries)
+    assert any(m.via == "buddy" and m.what == "params" for m in end.plan.moves)
+    survivors = planned(end)
+    assert survivors == {w: p for w, p in before.items() if w in survivors}
+    a, b = torch.load(clean, weights_only=False), torch.load(failed, weights_only=False)
+    assert a["step"] == b["step"] == 40
     diff = (a["params"] - b["params"]).abs().max().item()
     assert diff <= 1e-5, f"max abs parameter difference {diff}"
 

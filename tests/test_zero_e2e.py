@@ -4,6 +4,7 @@ so its optimizer state can only come from its buddy's in-memory snapshot."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -16,17 +17,24 @@ pytestmark = pytest.mark.slow
 JOB = {"steps": 40, "zero": 1}
 
 
+Victims = int | list[int] | Callable[[pb.StatusResponse], list[int]] | None
+
+
 def run(
-    workdir: str, job: dict[str, object], kill_rank: int | list[int] | None
+    workdir: str, job: dict[str, object], kill_rank: Victims
 ) -> tuple[pb.StatusResponse, dict[str, int]]:
-    """Run 4 workers; kill `kill_rank` (one rank or several) when it reports step 15."""
+    """Run 4 workers; kill `kill_rank` (one rank, several, or those a function picks
+    from the first plan) when it reports step 15."""
     cluster = Cluster(workdir, job={**JOB, **job})
     try:
         cluster.start_controller(min_workers=4)
         for i in range(4):
             cluster.start_agent(f"node{i}")
         first = cluster.wait_for("the first plan", lambda s: s.generation >= 1 and s.step >= 1, 90)
-        victims = [kill_rank] if isinstance(kill_rank, int) else (kill_rank or [])
+        if callable(kill_rank):
+            victims = kill_rank(first)
+        else:
+            victims = [kill_rank] if isinstance(kill_rank, int) else (kill_rank or [])
         for victim in victims:
             cluster.call(
                 "Admin",
