@@ -110,6 +110,7 @@ class Controller:
             lease = await self.store.grant_lease(self.control.lease_ttl_s)
             if await self.store.compare_and_set(key, address.encode(), 0, lease=lease):
                 self._leader_lease = lease
+                self._lost_lease = False
                 break
             await self.store.revoke_lease(lease)
             current = await self.store.get(key)
@@ -144,11 +145,15 @@ class Controller:
         while True:
             await asyncio.sleep(self.control.lease_ttl_s / 3)
             if not await self.store.refresh_lease(self._leader_lease):
-                log.error("lost the leader lease; stepping down")
+                log.error("lost the leader lease; stepping down and competing again")
                 self._lost_lease = True
                 self.service.job = None
                 if self.job is not None:
                     await self.job.stop()
+                    self.job = None
+                # a lease lost to a stall (not to another controller) would otherwise
+                # leave a single-controller job without a leader for good
+                self._tasks.append(asyncio.get_running_loop().create_task(self._become_leader()))
                 return
 
     async def stop(self) -> None:
