@@ -20,6 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from elastiq.lr import lr_at
+
+__all__ = ["AdamWConfig", "FlatAdamW", "FlatParams", "ParamSlot", "lr_at"]
+
 
 @dataclass(frozen=True, slots=True)
 class ParamSlot:
@@ -119,11 +123,3 @@ class FlatAdamW:
         bias2 = 1 - c.beta2**self.step_count
         denom = (self.exp_avg_sq / bias2).sqrt_().add_(c.eps)
         p.addcdiv_(self.exp_avg, denom, value=-lr / bias1)
-
-
-def lr_at(step: int, *, peak: float, warmup: int, total: int) -> float:
-    """Linear warm-up to `peak`, then cosine decay to peak/10 at `total` (1-based step)."""
-    if warmup and step <= warmup:
-        return peak * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))

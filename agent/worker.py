@@ -34,6 +34,7 @@ from google.protobuf import json_format
 
 from elastiq import fs, logs
 from elastiq.agent.channel import Channel
+from elastiq.agent.checkpointing import WorkerCheckpoints
 from elastiq.agent.comm import CollectiveFailed, Group, RendezvousClient, Superseded
 from elastiq.agent.data import SampleOrder, load_corpus
 from elastiq.agent.migrate import apply_moves
@@ -115,6 +116,7 @@ class Worker:
         self.view: StageView | None = None
         self.intervals: list[tuple[int, int]] | None = None
         self.snapshots = SnapshotKeeper()
+        self.checkpoints = WorkerCheckpoints(cfg)
         # the generation whose layout this worker's state matches (last completed join)
         self.held_generation = 0
         self._step_log: TextIO | None = None
@@ -176,6 +178,7 @@ class Worker:
         if mine is None:
             raise ValueError(f"plan {plan.generation} does not name worker {self.worker_id}")
         t0 = time.time()
+        reached = self.state.step if self.valid else 0  # what a rollback or restore undoes
         self.generation, self.rank = plan.generation, mine.rank
         logs.context.generation, logs.context.rank = plan.generation, mine.rank
         if plan.state_source == "init" and not self.valid and self.state.step == 0:
@@ -207,17 +210,30 @@ class Worker:
                 lambda: self.plans.aborts(plan.generation),
             )
         t_comm = time.time()
-        committed, rolled_back = self._agree(plan, group, mine.rank)
+        # a checkpoint copy in flight must not see a rollback or a re-split
+        self.checkpoints.wait_for_copies()
         try:
-            moved = self._move_state(plan, group, mine.rank, committed)
+            if plan.state_source == "checkpoint":
+                committed, moved = self._restore_checkpoint(plan, group, mine.rank)
+                rolled_back = False
+            else:
+                committed, rolled_back = self._agree(plan, group, mine.rank)
+                moved = self._move_state(plan, group, mine.rank, committed)
         except BaseException:
             # the state may be half re-split: never let it serve as a source again
             self.valid = False
             raise
         self.group, self.stage_group, self.view = group, stage_group, view
+        self.checkpoints.prepare(self.state, view.degree(view.stage), view.replica)
         logs.context.step = self.state.step
         t_end = time.time()
-        timings = {"comm_rebuild_s": t_comm - t0, "migrate_s": t_end - t_comm, "join_start": t0}
+        timings = {
+            "comm_rebuild_s": t_comm - t0,
+            "migrate_s": t_end - t_comm,
+            "join_start": t0,
+            # rides with the timings to the controller, which counts the steps lost
+            "reached_step": float(reached),
+        }
         log.info(
             "joined generation %d as rank %d/%d at committed step %d%s; comm %.3fs, migrate %.3fs "
             "(%d bytes)",
@@ -329,18 +345,60 @@ class Worker:
 
         moved = apply_moves(group, plan.moves, me, source, target)
         self.state = new
-        self.held_generation = plan.generation
         if not self.valid:
             self.state.step = committed
             self.state.opt.step_count = committed
-            self.valid = True
+        self._adopt(plan, group, committed)
+        return moved
+
+    def _restore_checkpoint(self, plan: pb.Plan, group: Group, me: int) -> tuple[int, int]:
+        """Every rank loads its share of the plan's checkpoint, in this plan's layout
+        (a stage lost whole, or a resumed job); returns (step, bytes read)."""
+        if not self.cfg.checkpoint_url:
+            raise StateLost(f"plan {plan.generation} restores a checkpoint; none is configured")
+        view = stage_view(plan, me)
+        stage = plan.stages[view.stage]
+        units = (stage.unit_lo, stage.unit_hi)
+        new = self.state if units == self.state.unit_range else TrainState(self.cfg, units)
+        degree = view.degree(view.stage)
+        total = new.flat.numel
+        self.intervals = (
+            [even_split(total, degree, j) for j in range(degree)] if plan.zero else None
+        )
+        lo, hi = self.intervals[view.replica] if self.intervals else (0, total)
+        new.set_moment_range(new.base + lo, new.base + hi)
+        step, nbytes = plan.checkpoint_step, 0
+        while True:
+            try:
+                report = self.checkpoints.restore(new, step)
+            except (OSError, ValueError) as exc:
+                raise StateLost(f"generation {plan.generation}: checkpoint restore: {exc}") from exc
+            nbytes += report.bytes_read
+            steps = {int(t[0]) for t in group.allgather(torch.tensor([report.step]))}
+            if len(steps) == 1:
+                break
+            # some rank could not verify the newest checkpoint: everyone takes the older
+            step = min(steps)
+        self.state = new
+        self._adopt(plan, group, report.step)
+        self.event(
+            "restored",
+            f"checkpoint step {report.step}",
+            step=report.step,
+            skipped=report.skipped,
+        )
+        return report.step, nbytes
+
+    def _adopt(self, plan: pb.Plan, group: Group, committed: int) -> None:
+        """The state now matches `plan`'s layout at `committed`: serve from it."""
+        self.held_generation = plan.generation
+        self.valid = True
         self.plan = plan
         self.snapshots.clear()
         if self._snapshots_on(plan):
             # the new buddies hold nothing yet: give them the committed state now
             self._start_snapshot(group, committed)
             self.snapshots.finish(group)
-        return moved
 
     @staticmethod
     def _snapshots_on(plan: pb.Plan) -> bool:
@@ -417,7 +475,7 @@ class Worker:
                     want_switch,
                     self.intervals,
                     zero,
-                    before_reduce=lambda: self.snapshots.finish(group),
+                    before_reduce=lambda: self._before_reduce(group),
                 )
             else:
                 result = run_step(
@@ -428,9 +486,17 @@ class Worker:
                     want_switch,
                     self.intervals,
                     zero,
-                    before_reduce=lambda: self.snapshots.finish(group),
+                    before_reduce=lambda: self._before_reduce(group),
                 )
             self._start_snapshot(group, step)
+            if self.view is not None:
+                self.checkpoints.maybe_save(
+                    self.state,
+                    rank=group.rank,
+                    world=group.world,
+                    degree=self.view.degree(self.view.stage),
+                    replica=self.view.replica,
+                )
             if self.cfg.step_delay_s:
                 time.sleep(self.cfg.step_delay_s)
             elapsed = time.perf_counter() - t0
@@ -462,7 +528,14 @@ class Worker:
                     raise CollectiveFailed("a peer announced a new generation that never arrived")
                 return plan
         self.snapshots.finish(group)
+        self.checkpoints.finish(self.cfg.collective_timeout_s)
         return None
+
+    def _before_reduce(self, group: Group) -> None:
+        """After backward, before the reduction that precedes the update: the last
+        moment the previous step's snapshot and checkpoint copies may still run."""
+        self.snapshots.finish(group)
+        self.checkpoints.wait_for_copies()
 
     def run(self) -> int:
         threading.Thread(target=self._listen, name="agent-listener", daemon=True).start()

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from elastiq.checkpoint import catalog
 from elastiq.config import JobConfig
 from elastiq.controller.metrics import ControllerMetrics
 from elastiq.controller.planner import (
@@ -363,9 +365,11 @@ class JobController:
         if pending is None or req.generation != pending.generation:
             return
         entry = pending.joins.setdefault(worker.ref.worker_id, {})
-        entry.update(req.timings)
+        entry.update({k: v for k, v in req.timings.items() if k != "reached_step"})
         if req.detail == "joined":
             pending.committed_after = int(req.step)
+            reached = int(req.timings.get("reached_step", 0))
+            pending.last_committed_before = max(pending.last_committed_before, reached)
         if self.layout is None:
             return
         members = self.layout.worker_ids()
@@ -423,6 +427,17 @@ class JobController:
             if worker_id in node.workers:
                 return node.workers[worker_id]
         return None
+
+    async def _newest_checkpoint(self) -> int | None:
+        """Step of the newest committed checkpoint, if the job has any."""
+        if not self.job.checkpoint_url:
+            return None
+        try:
+            steps = await asyncio.to_thread(catalog.committed, self.job.checkpoint_url)
+        except OSError as exc:
+            log.error("cannot list checkpoints under %s: %s", self.job.checkpoint_url, exc)
+            return None
+        return steps[-1] if steps else None
 
     def _last_committed(self) -> int:
         if self.layout is None:
@@ -534,16 +549,34 @@ class JobController:
         except PlanError as exc:
             self._fail(f"cannot plan generation {generation}: {exc}")
             return
-        if layout.state_source == "lost":
-            pieces = sorted({(g.what, g.lo, g.hi) for g in layout.lost})
-            shown = ", ".join(f"{what} [{lo}, {hi})" for what, lo, hi in pieces[:6])
-            self._fail(
-                f"generation {generation}: no live worker or buddy snapshot holds {shown}"
-                f"{' ...' if len(pieces) > 6 else ''} of the model's state (lost with "
-                f"{', '.join(layout.dropped) or 'the previous generation'}); no checkpoint is "
-                "configured, so the state is lost"
-            )
-            return
+        checkpoint_step = 0
+        resuming = layout.state_source == "init" and self.job.resume
+        if layout.state_source == "lost" or resuming:
+            found = await self._newest_checkpoint()
+            if found is not None:
+                checkpoint_step = found
+                layout = dataclasses.replace(layout, state_source="checkpoint", moves=(), lost=())
+            elif resuming:
+                self._fail(
+                    f"--resume: no committed checkpoint under {self.job.checkpoint_url!r}; "
+                    "start without --resume, or point checkpoint_url at a job's checkpoints"
+                )
+                return
+            else:
+                pieces = sorted({(g.what, g.lo, g.hi) for g in layout.lost})
+                shown = ", ".join(f"{what} [{lo}, {hi})" for what, lo, hi in pieces[:6])
+                where = (
+                    f"no committed checkpoint exists under {self.job.checkpoint_url!r}"
+                    if self.job.checkpoint_url
+                    else "no checkpoint is configured"
+                )
+                self._fail(
+                    f"generation {generation}: no live worker or buddy snapshot holds {shown}"
+                    f"{' ...' if len(pieces) > 6 else ''} of the model's state (lost with "
+                    f"{', '.join(layout.dropped) or 'the previous generation'}); {where}, "
+                    "so the state is lost"
+                )
+                return
         if (
             self.layout is not None
             and layout.worker_ids() == self.layout.worker_ids()
@@ -557,6 +590,7 @@ class JobController:
             time.time(),
             holders,
             source.generation if source is not None else 0,
+            checkpoint_step,
         )
         ok = await self.store.compare_and_set(
             self.prefix + "plan", plan.SerializeToString(), self._plan_revision

@@ -15,9 +15,11 @@ def layout_to_plan(
     created_unix: float,
     holders: Collection[str] = (),
     source_generation: int = 0,
+    checkpoint_step: int = 0,
 ) -> pb.Plan:
     """`holders`: workers whose state was valid going into this generation;
-    `source_generation`: the layout the moves take state from."""
+    `source_generation`: the layout the moves take state from; `checkpoint_step`:
+    the committed checkpoint every rank loads (state_source "checkpoint")."""
     plan = pb.Plan(
         job=job,
         generation=layout.generation,
@@ -29,6 +31,7 @@ def layout_to_plan(
         state_source=layout.state_source,
         zero=layout.zero,
         source_generation=source_generation,
+        checkpoint_step=checkpoint_step,
     )
     plan.buddy.extend(layout.buddy)
     for rank, w in enumerate(layout.workers):

@@ -1,4 +1,4 @@
-"""The `elastiq` command line: run, controller, agent, status, chaos.
+"""The `elastiq` command line: run, controller, agent, status, chaos, ckpt.
 
 A short entry point: parse, build the validated config objects, hand over to the
 part that does the work. Where the controller and token come from, in order: the
@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from elastiq import envvars, logs
+from elastiq import ckpt_cli, envvars, logs
 from elastiq.config import JobConfig, ModelConfig
 
 
@@ -41,6 +41,17 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zero", type=int, default=0, choices=(0, 1, 2), help="ZeRO stage")
     g.add_argument("--pipeline-stages", type=int, default=1, help="pipeline stages")
     g.add_argument("--final-params", default="", help="fsspec URL for the final parameters")
+    g.add_argument("--checkpoint-url", default="", help="checkpoint root (dir or fsspec URL)")
+    g.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
+    g.add_argument("--checkpoint-keep", type=int, default=3, help="committed checkpoints kept")
+    g.add_argument(
+        "--checkpoint-local-dir", default="", help="node-local tier written before the upload"
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="start from the newest committed checkpoint (any worker count)",
+    )
 
 
 def _job_config(args: argparse.Namespace) -> JobConfig:
@@ -57,6 +68,11 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
         zero=args.zero,
         pipeline_stages=args.pipeline_stages,
         final_params=args.final_params,
+        checkpoint_url=args.checkpoint_url,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_keep=args.checkpoint_keep,
+        checkpoint_local_dir=args.checkpoint_local_dir,
+        resume=args.resume,
         model=ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads),
     )
 
@@ -296,12 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True)
     p.add_argument("--at-step", type=int, default=0)
     chaos.set_defaults(func=cmd_chaos)
+    ckpt_cli.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    default_level = "WARNING" if args.command in ("run", "status", "chaos") else "INFO"
+    default_level = "WARNING" if args.command in ("run", "status", "chaos", "ckpt") else "INFO"
     level = args.log_level or envvars.resolve(None, envvars.LOG_LEVEL, default_level, str)
     args.log_level = level
     logs.setup(level, role=args.command)

@@ -89,6 +89,17 @@ class JobConfig:
     step_log: str = ""
     """Local directory where each worker appends one JSON line per committed step
     (step, generation, rank, loss, step time, wall clock); empty: off."""
+    checkpoint_url: str = ""
+    """Durable checkpoint root (any fsspec URL); empty: no checkpoints."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every this many steps (0: never, even with a URL)."""
+    checkpoint_keep: int = 3
+    """Committed checkpoints kept; older and abandoned partial ones are removed."""
+    checkpoint_local_dir: str = ""
+    """Node-local tier written first (fsync'ed), then uploaded to checkpoint_url."""
+    resume: bool = False
+    """Start from the newest committed checkpoint under checkpoint_url, at whatever
+    worker count and layout this run has."""
     idle_timeout_s: float = 900.0
     """A worker with no plan to act on (before its first, or after the last step)
     exits after this long."""
@@ -127,6 +138,12 @@ class JobConfig:
             raise ValueError(
                 f"pipeline_stages={self.pipeline_stages} must be in 1..{self.model.n_layers + 2} "
                 "(one per layer unit at most: embedding, blocks, head)"
+            )
+        if self.checkpoint_every < 0 or self.checkpoint_keep < 1:
+            raise ValueError("checkpoint_every must be >= 0 and checkpoint_keep >= 1")
+        if (self.checkpoint_every or self.resume) and not self.checkpoint_url:
+            raise ValueError(
+                "checkpoint_every/resume need checkpoint_url (a directory or fsspec URL)"
             )
         if self.idle_timeout_s <= 0:
             raise ValueError(f"idle_timeout_s={self.idle_timeout_s} must be positive")

@@ -1,14 +1,20 @@
 """The one module that imports fsspec: list, read and write files at any fsspec URL.
 
-Training data and (later) checkpoint tiers go through here, so local paths,
-file://, memory://, s3:// and gcs:// behave the same to the callers.
+Training data and checkpoint tiers go through here, so local paths, file://,
+memory://, s3:// and gcs:// behave the same to the callers. Durability: on the
+local filesystem a written file is fsync'ed before the call returns; on object
+stores a file exists only once its upload completed, at close.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from typing import Any
 
 import fsspec
+
+_COPY_CHUNK = 16 << 20
 
 
 def filesystem(url: str) -> tuple[Any, str]:
@@ -41,12 +47,95 @@ def read_bytes(url: str, start: int | None = None, end: int | None = None) -> by
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    """Write a whole file: to a temporary name first, then moved into place, so a
-    reader never sees a partial file on stores where a move is atomic."""
+    """Write a whole file durably under a temporary name, then move it into place, so
+    a reader never sees a partial file (on object stores, an object appears whole
+    when its upload completes anyway)."""
     fs, path = filesystem(url)
-    tmp = f"{path}.tmp"
+    write_chunks(f"{url}.tmp", [data])
+    fs.mv(f"{path}.tmp", path)
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def join(url: str, *names: str) -> str:
+    return "/".join([url.rstrip("/"), *names])
+
+
+def write_chunks(url: str, chunks: Iterable[bytes | memoryview]) -> int:
+    """Write a whole file from `chunks` (no copies on the local filesystem) and make
+    it durable; returns the bytes written. The file is written in place: callers
+    publish it by a later marker, never by its existence."""
+    fs, path = filesystem(url)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(tmp, data)
-    fs.mv(tmp, path)
+    written = 0
+    if _is_local(fs):
+        with open(path, "wb") as f:
+            for chunk in chunks:
+                written += f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        return written
+    with fs.open(path, "wb") as f:
+        for chunk in chunks:
+            f.write(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
+            written += len(chunk)
+    return written
+
+
+def copy_file(src_url: str, dst_url: str) -> int:
+    """Stream one file to another tier (local disk -> remote); returns bytes."""
+    with open_read(src_url) as f:
+        return write_chunks(dst_url, iter(lambda: f.read(_COPY_CHUNK), b""))
+
+
+def open_read(url: str) -> Any:
+    fs, path = filesystem(url)
+    if _is_local(fs):
+        return open(path, "rb")
+    return fs.open(path, "rb")
+
+
+def read_into(f: Any, offset: int, out: memoryview) -> None:
+    """Fill `out` from byte `offset` of an open file; a short file is an EOFError."""
+    f.seek(offset)
+    got = 0
+    while got < len(out):
+        n = f.readinto(out[got:])
+        if not n:
+            raise EOFError(f"file ends {len(out) - got} bytes short of byte {offset + len(out)}")
+        got += n
+
+
+def size(url: str) -> int:
+    fs, path = filesystem(url)
+    return int(fs.size(path))
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return bool(fs.exists(path))
+
+
+def list_names(url: str) -> list[str]:
+    """Names (not paths) of the entries directly inside a directory; [] if absent."""
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
+
+def remove_tree(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def local_path(url: str) -> str | None:
+    """The OS path of a local URL, else None."""
+    fs, path = filesystem(url)
+    return str(path) if _is_local(fs) else None

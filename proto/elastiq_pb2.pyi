@@ -185,7 +185,7 @@ class StateMove(_message.Message):
     def __init__(self, what: _Optional[str] = ..., src_rank: _Optional[int] = ..., dst_rank: _Optional[int] = ..., lo: _Optional[int] = ..., hi: _Optional[int] = ..., via: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy", "source_generation")
+    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy", "source_generation", "checkpoint_step")
     JOB_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class Plan(_message.Message):
     ZERO_FIELD_NUMBER: _ClassVar[int]
     BUDDY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
     job: str
     generation: int
     rendezvous: str
@@ -214,7 +215,8 @@ class Plan(_message.Message):
     zero: int
     buddy: _containers.RepeatedScalarFieldContainer[int]
     source_generation: int
-    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ..., source_generation: _Optional[int] = ...) -> None: ...
+    checkpoint_step: int
+    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ..., source_generation: _Optional[int] = ..., checkpoint_step: _Optional[int] = ...) -> None: ...
 
 class ChaosCommand(_message.Message):
     __slots__ = ("action", "worker_id", "rank", "at_step", "id", "at_generation")

@@ -83,7 +83,10 @@ class Cluster:
             str(takeover_grace),
         ]
         for key, value in self.job.items():
-            args += [f"--{key}", str(value)]
+            if value is True:
+                args.append(f"--{key}")
+            elif value is not False:
+                args += [f"--{key}", str(value)]
         self.controller = subprocess.Popen(
             args, stdout=self._log("controller"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )

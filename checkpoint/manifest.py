@@ -1,0 +1,258 @@
+"""The universal checkpoint manifest: pure data, JSON in and out, validated.
+
+Sits under the engine (which writes it), the restorer (which plans range reads
+from it) and the converters. No I/O here. A checkpoint is a directory; each
+saving rank wrote one tensor file in the safetensors layout holding *fragments*:
+contiguous element ranges [lo, hi) of flattened full tensors. The manifest maps
+every tensor name (model parameters, optimizer moments) to its dtype, full shape
+and the fragments that hold it, with the byte offset of each fragment in its file
+and a CRC-32 per block of `block_bytes`, so a reader under any layout reads only
+the byte ranges it needs and verifies exactly those.
+
+A manifest read from storage is untrusted: every file name must stay inside the
+checkpoint directory, every range must fit its tensor, and fragments of a tensor
+must cover it exactly once. Anything else is a `ManifestError` that names what
+is wrong, raised before a single tensor byte is read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT = "elastiq-universal"
+VERSION = 1
+MANIFEST = "manifest.json"
+COMMITTED = "COMMITTED"
+DEFAULT_BLOCK_BYTES = 8 << 20
+
+# safetensors dtype names and their sizes in bytes
+DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class ManifestError(ValueError):
+    """A manifest that is malformed or unsafe; nothing was loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMeta:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_SIZES[self.dtype]
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """Elements [lo, hi) of the flattened `tensor`, stored at byte `offset` of `file`."""
+
+    tensor: str
+    file: str
+    lo: int
+    hi: int
+    offset: int
+    crc32: tuple[int, ...]
+    """CRC-32 of each `block_bytes` block of the fragment's bytes (the last may be short)."""
+
+    def nbytes(self, itemsize: int) -> int:
+        return (self.hi - self.lo) * itemsize
+
+
+@dataclass(slots=True)
+class Manifest:
+    step: int
+    tensors: dict[str, TensorMeta]
+    fragments: list[Fragment]
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Step, data position, RNG seed, LR schedule, job config: JSON values."""
+    parts: int = 1
+    block_bytes: int = DEFAULT_BLOCK_BYTES
+    tiers: dict[str, str] = field(default_factory=dict)
+    """Where the checkpoint lives and in what state, e.g. {"remote": "committed"}."""
+
+    def files(self) -> list[str]:
+        return sorted({f.file for f in self.fragments})
+
+    def total_bytes(self) -> int:
+        return sum(f.nbytes(self.tensors[f.tensor].itemsize) for f in self.fragments)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "step": self.step,
+                "parts": self.parts,
+                "block_bytes": self.block_bytes,
+                "tensors": {
+                    n: {"dtype": t.dtype, "shape": list(t.shape)}
+                    for n, t in sorted(self.tensors.items())
+                },
+                "fragments": [
+                    {
+                        "tensor": f.tensor,
+                        "file": f.file,
+                        "lo": f.lo,
+                        "hi": f.hi,
+                        "offset": f.offset,
+                        "crc32": [f"{c:08x}" for c in f.crc32],
+                    }
+                    for f in self.fragments
+                ],
+                "extra": self.extra,
+                "tiers": self.tiers,
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(
+        cls, text: str | bytes, where: str = "manifest", *, partial: bool = False
+    ) -> Manifest:
+        """Parse and validate; `partial`: one rank's part, which covers only its pieces."""
+        try:
+            raw = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{where}: not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ManifestError(f"{where}: not an {FORMAT} manifest")
+        if raw.get("version") != VERSION:
+            raise ManifestError(
+                f"{where}: format version {raw.get('version')!r}; this elastiq reads {VERSION}"
+            )
+        try:
+            tensors = {
+                str(n): TensorMeta(str(n), str(t["dtype"]), tuple(int(d) for d in t["shape"]))
+                for n, t in dict(raw["tensors"]).items()
+            }
+            fragments = [
+                Fragment(
+                    str(f["tensor"]),
+                    str(f["file"]),
+                    int(f["lo"]),
+                    int(f["hi"]),
+                    int(f["offset"]),
+                    tuple(int(c, 16) for c in f["crc32"]),
+                )
+                for f in raw["fragments"]
+            ]
+            manifest = cls(
+                step=int(raw["step"]),
+                tensors=tensors,
+                fragments=fragments,
+                extra=dict(raw.get("extra", {})),
+                parts=int(raw.get("parts", 1)),
+                block_bytes=int(raw.get("block_bytes", DEFAULT_BLOCK_BYTES)),
+                tiers={str(k): str(v) for k, v in dict(raw.get("tiers", {})).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"{where}: malformed entry ({exc!r})") from exc
+        manifest.validate(where, partial=partial)
+        return manifest
+
+    def validate(self, where: str = "manifest", *, partial: bool = False) -> None:
+        """Raise ManifestError unless every file is inside the checkpoint and every
+        tensor is covered exactly once (at most once if `partial`) by in-range
+        fragments with one CRC per block."""
+        if self.step < 0 or self.parts < 1 or self.block_bytes < 1:
+            raise ManifestError(f"{where}: bad step/parts/block_bytes")
+        for t in self.tensors.values():
+            if t.dtype not in DTYPE_SIZES:
+                raise ManifestError(f"{where}: tensor {t.name!r} has unknown dtype {t.dtype!r}")
+            if any(d < 0 for d in t.shape):
+                raise ManifestError(f"{where}: tensor {t.name!r} has a negative dimension")
+        by_tensor: dict[str, list[Fragment]] = {}
+        for f in self.fragments:
+            check_file_name(f.file, where)
+            meta = self.tensors.get(f.tensor)
+            if meta is None:
+                raise ManifestError(f"{where}: a fragment names unknown tensor {f.tensor!r}")
+            if not 0 <= f.lo < f.hi <= meta.numel or f.offset < 0:
+                raise ManifestError(
+                    f"{where}: fragment [{f.lo}, {f.hi}) of {f.tensor!r} is outside its "
+                    f"{meta.numel} elements"
+                )
+            if len(f.crc32) != max(1, math.ceil(f.nbytes(meta.itemsize) / self.block_bytes)):
+                raise ManifestError(f"{where}: fragment of {f.tensor!r} has the wrong CRC count")
+            by_tensor.setdefault(f.tensor, []).append(f)
+        for name, meta in self.tensors.items():
+            at = 0
+            for f in sorted(by_tensor.get(name, []), key=lambda f: f.lo):
+                if f.lo < at or (f.lo > at and not partial):
+                    kind = "overlap" if f.lo < at else "gap"
+                    raise ManifestError(f"{where}: tensor {name!r} has a {kind} at element {at}")
+                at = f.hi
+            if at != meta.numel and not partial:
+                raise ManifestError(
+                    f"{where}: tensor {name!r} is covered up to element {at} of {meta.numel}"
+                )
+
+
+def check_file_name(name: str, where: str = "manifest") -> None:
+    """A tensor file must be a plain name inside the checkpoint directory."""
+    if not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise ManifestError(
+            f"{where}: file {name!r} is outside the checkpoint directory (only plain "
+            "names are allowed: no '/', '..', or URL)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Read bytes [start, end) of `file`; elements [lo, hi) of the request land at
+    `dst_lo` of the destination; `blocks` are the CRC blocks fully inside the read."""
+
+    file: str
+    fragment: Fragment
+    start: int
+    end: int
+    lo: int
+    hi: int
+    dst_lo: int
+
+
+def plan_reads(manifest: Manifest, tensor: str, lo: int, hi: int) -> list[Read]:
+    """Byte ranges that deliver elements [lo, hi) of `tensor`, widened to whole CRC
+    blocks so every byte read can be verified."""
+    meta = manifest.tensors.get(tensor)
+    if meta is None:
+        raise ManifestError(f"the checkpoint holds no tensor {tensor!r}")
+    if not 0 <= lo <= hi <= meta.numel:
+        raise ManifestError(f"[{lo}, {hi}) is outside {tensor!r} ({meta.numel} elements)")
+    size, block = meta.itemsize, manifest.block_bytes
+    reads = []
+    for f in manifest.fragments:
+        if f.tensor != tensor or f.hi <= lo or hi <= f.lo:
+            continue
+        a, b = max(lo, f.lo), min(hi, f.hi)
+        first = (a - f.lo) * size // block * block
+        last = min(-(-(b - f.lo) * size // block) * block, f.nbytes(size))
+        reads.append(Read(f.file, f, f.offset + first, f.offset + last, a, b, a - lo))
+    return sorted(reads, key=lambda r: (r.file, r.start))
+
+
+def crc_blocks(read: Read, block_bytes: int) -> range:
+    """Indexes of the fragment's CRC blocks that `read` spans."""
+    first = (read.start - read.fragment.offset) // block_bytes
+    last = -(-(read.end - read.fragment.offset) // block_bytes)
+    return range(first, last)
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def parse_step_dir(name: str) -> int | None:
+    m = re.fullmatch(r"step-(\d{9})", name)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,215 @@
+"""Read any piece of a committed universal checkpoint under any layout, verified.
+
+Sits above the manifest (which plans the byte ranges) and elastiq.fs (which reads
+them). A caller asks for elements [lo, hi) of named tensors; each file is opened
+once and read in offset order, widened to whole CRC blocks, and every block read
+is checked before a byte reaches the caller's tensor. Files are taken from the
+node-local tier when it has them (fastest tier first), else from the root.
+
+`load_newest` walks the committed checkpoints newest first and falls back to the
+previous one when a checkpoint is corrupt, saying so; a checkpoint whose manifest
+is unsafe or malformed is never read at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from elastiq import fs
+from elastiq.checkpoint import catalog
+from elastiq.checkpoint.manifest import (
+    COMMITTED,
+    MANIFEST,
+    Manifest,
+    ManifestError,
+    Read,
+    crc_blocks,
+    plan_reads,
+    step_dir,
+)
+from elastiq.checkpoint.tensorfile import TORCH_DTYPES, as_bytes
+from elastiq.lr import lr_at
+
+log = logging.getLogger(__name__)
+
+
+class CorruptCheckpoint(RuntimeError):
+    """Bytes that do not match their checksum, or a file shorter than the manifest says."""
+
+    def __init__(self, message: str, tensor: str = "") -> None:
+        super().__init__(message)
+        self.tensor = tensor
+
+
+class NoCheckpoint(FileNotFoundError):
+    """No committed checkpoint (or none that verifies) exists under the root."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Fill `out` (1-D, the tensor's dtype) with elements [lo, hi) of `tensor`."""
+
+    tensor: str
+    lo: int
+    hi: int
+    out: torch.Tensor
+
+
+@dataclass(slots=True)
+class LoadReport:
+    step: int
+    url: str
+    bytes_read: int = 0
+    skipped: list[str] = field(default_factory=list)
+    """Newer checkpoints passed over, each with the reason."""
+
+
+def read_manifest(url: str, step: int) -> Manifest:
+    where = fs.join(url, step_dir(step))
+    if not fs.exists(fs.join(where, COMMITTED)):
+        raise NoCheckpoint(f"{where} is not a committed checkpoint (no {COMMITTED} marker)")
+    return Manifest.from_json(fs.read_bytes(fs.join(where, MANIFEST)), f"{where}/{MANIFEST}")
+
+
+class CheckpointReader:
+    """Verified range reads from one committed checkpoint."""
+
+    def __init__(self, url: str, step: int, local_dir: str = "") -> None:
+        self.url, self.step, self.local_dir = url, step, local_dir
+        self.manifest = read_manifest(url, step)
+        self.bytes_read = 0
+
+    def _file_url(self, name: str) -> str:
+        if self.local_dir:
+            local = fs.join(self.local_dir, step_dir(self.step), name)
+            if fs.exists(local):
+                return local
+        return fs.join(self.url, step_dir(self.step), name)
+
+    def read(self, requests: list[Request]) -> None:
+        """Fill every request; CorruptCheckpoint names the tensor whose bytes fail."""
+        plans: list[tuple[Read, Request]] = []
+        for req in requests:
+            meta = self.manifest.tensors.get(req.tensor)
+            if meta is None:
+                raise ManifestError(f"the checkpoint of step {self.step} has no {req.tensor!r}")
+            if req.out.dtype != TORCH_DTYPES[meta.dtype] or req.out.numel() != req.hi - req.lo:
+                raise ManifestError(
+                    f"{req.tensor!r}: asked for {req.hi - req.lo} elements of {req.out.dtype}, "
+                    f"the checkpoint holds {meta.dtype} of shape {list(meta.shape)}"
+                )
+            plans.extend((r, req) for r in plan_reads(self.manifest, req.tensor, req.lo, req.hi))
+        by_file: dict[str, list[tuple[Read, Request]]] = {}
+        for read, req in plans:
+            by_file.setdefault(read.file, []).append((read, req))
+        scratch = torch.empty(0, dtype=torch.uint8)
+        for name, reads in sorted(by_file.items()):
+            url = self._file_url(name)
+            with fs.open_read(url) as f:
+                for read, req in sorted(reads, key=lambda x: x[0].start):
+                    n = read.end - read.start
+                    if scratch.numel() < n:
+                        scratch = torch.empty(n, dtype=torch.uint8)
+                    buf = scratch[:n]
+                    try:
+                        fs.read_into(f, read.start, as_bytes(buf))
+                    except EOFError as exc:
+                        raise CorruptCheckpoint(
+                            f"{url} is truncated: tensor {req.tensor!r} ({exc})", req.tensor
+                        ) from exc
+                    self._verify(read, buf, req.tensor, url)
+                    self._place(read, buf, req)
+                    self.bytes_read += n
+
+    def _verify(self, read: Read, buf: torch.Tensor, tensor: str, url: str) -> None:
+        block = self.manifest.block_bytes
+        view = as_bytes(buf)
+        for i, b in enumerate(crc_blocks(read, block)):
+            got = zlib.crc32(view[i * block : (i + 1) * block])
+            if got != read.fragment.crc32[b]:
+                raise CorruptCheckpoint(
+                    f"checksum mismatch in tensor {tensor!r} (block {b} of its fragment "
+                    f"[{read.fragment.lo}, {read.fragment.hi}) in {url})",
+                    tensor,
+                )
+
+    def _place(self, read: Read, buf: torch.Tensor, req: Request) -> None:
+        size = req.out.element_size()
+        skip = (read.fragment.offset + (read.lo - read.fragment.lo) * size) - read.start
+        n = (read.hi - read.lo) * size
+        dst = req.out[read.dst_lo : read.dst_lo + read.hi - read.lo]
+        dst.view(torch.uint8).copy_(buf[skip : skip + n])
+
+
+def load_newest(
+    url: str, requests: list[Request], local_dir: str = "", at_most: int | None = None
+) -> tuple[Manifest, LoadReport]:
+    """Fill `requests` from the newest committed checkpoint (no newer than `at_most`)
+    that verifies; older ones are tried in turn, and the report says why newer ones
+    were skipped. Raises NoCheckpoint when none is usable."""
+    skipped: list[str] = []
+    for step in reversed(catalog.committed(url)):
+        if at_most is not None and step > at_most:
+            continue
+        try:
+            reader = CheckpointReader(url, step, local_dir)
+            reader.read(requests)
+            check_restored(reader.manifest, requests)
+        except (CorruptCheckpoint, ManifestError, OSError, EOFError) as exc:
+            why = f"step {step}: {exc}"
+            log.warning("checkpoint %s unusable, falling back to the previous one: %s", url, why)
+            skipped.append(why)
+            continue
+        return reader.manifest, LoadReport(step, url, reader.bytes_read, skipped)
+    detail = "; ".join(skipped) if skipped else "none committed"
+    raise NoCheckpoint(f"no usable checkpoint under {url} ({detail})")
+
+
+def check_restored(manifest: Manifest, requests: list[Request]) -> None:
+    """A restored state must agree with itself: step in the extra state, the learning
+    rate of the schedule at that step, and moments that are not all zero after step 0."""
+    extra = manifest.extra
+    if "step" in extra and int(extra["step"]) != manifest.step:
+        raise ManifestError(f"extra state says step {extra['step']}, the manifest {manifest.step}")
+    if "lr" in extra and "schedule" in extra:
+        sched = extra["schedule"]
+        expected = lr_at(
+            manifest.step,
+            peak=float(sched["peak"]),
+            warmup=int(sched["warmup"]),
+            total=int(sched["total"]),
+        )
+        if not math.isclose(float(extra["lr"]), expected, rel_tol=1e-6, abs_tol=1e-12):
+            raise ManifestError(
+                f"saved learning rate {extra['lr']} disagrees with the schedule ({expected}) "
+                f"at step {manifest.step}"
+            )
+    if manifest.step > 0:
+        for req in requests:
+            moment = req.tensor.startswith("optim/exp_avg_sq/") and req.out.numel() > 16
+            if moment and not bool(req.out.any()):
+                raise ManifestError(f"{req.tensor!r} is all zeros at step {manifest.step}")
+
+
+def describe(url: str, step: int) -> dict[str, Any]:
+    """What `elastiq ckpt inspect` prints for one checkpoint."""
+    m = read_manifest(url, step)
+    marker = json.loads(fs.read_bytes(fs.join(url, step_dir(step), COMMITTED)) or b"{}")
+    return {
+        "step": m.step,
+        "parts": m.parts,
+        "files": m.files(),
+        "bytes": m.total_bytes(),
+        "tensors": len(m.tensors),
+        "fragments": len(m.fragments),
+        "tiers": m.tiers,
+        "extra": m.extra,
+        "committed_at": marker.get("time"),
+    }

@@ -1,0 +1,109 @@
+"""`elastiq ckpt inspect|verify|convert URL`: checkpoints from the command line.
+
+Kept apart from cli.py, which only registers these subcommands. Long work (verify,
+convert) draws a progress bar on stderr and ends with a one-line summary; exit
+code 1 when verification finds a problem, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from elastiq.checkpoint import convert
+from elastiq.checkpoint.manifest import ManifestError
+from elastiq.checkpoint.restore import NoCheckpoint, describe
+
+
+def _bar(label: str) -> convert.Progress:
+    start = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(1, total)
+        sys.stderr.write(
+            f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+            f"{time.monotonic() - start:.1f}s"
+        )
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    root, step = convert.locate(args.url)
+    info = describe(root, step)
+    if args.json:
+        print(json.dumps(info, indent=1, sort_keys=True))
+        return 0
+    print(f"checkpoint {root} step {info['step']}: committed, {info['parts']} part(s)")
+    print(f"  bytes     {info['bytes']:,} in {len(info['files'])} file(s)")
+    print(f"  tensors   {info['tensors']} ({info['fragments']} fragments)")
+    print(f"  tiers     {info['tiers']}")
+    extra = {k: v for k, v in info["extra"].items() if k not in ("model", "schedule")}
+    print(f"  extra     {json.dumps(extra, sort_keys=True)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    verdict = convert.verify(args.url, _bar("verify"))
+    for problem in verdict.problems:
+        print(f"  FAIL {problem}")
+    state = "OK" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
+    print(
+        f"verify step {verdict.step}: {state}; {verdict.tensors} tensors, "
+        f"{verdict.bytes_read:,} bytes checked"
+    )
+    return 0 if not verdict.problems else 1
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    kind = args.source_format or convert.detect(args.src)
+    t0 = time.monotonic()
+    if kind == "elastiq":
+        written = convert.export_safetensors(args.src, args.dst, progress=_bar("export"))
+        what = "consolidated safetensors"
+    elif kind == "dcp":
+        written = convert.import_dcp(args.src, args.dst, args.step, _bar("import"))
+        what = f"universal checkpoint of step {args.step}"
+    else:
+        written = convert.import_torch_file(args.src, args.dst, args.step, _bar("import"))
+        what = f"universal checkpoint of step {args.step}"
+    print(f"wrote {what} to {args.dst}: {written:,} bytes in {time.monotonic() - t0:.1f}s")
+    return 0
+
+
+def _guarded(func: object) -> object:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)  # type: ignore[operator]
+        except (NoCheckpoint, ManifestError, FileNotFoundError) as exc:
+            print(f"elastiq ckpt: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ckpt = sub.add_parser("ckpt", help="inspect, verify or convert checkpoints")
+    actions = ckpt.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("inspect", help="what a checkpoint holds (root: its newest)")
+    p.add_argument("url")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guarded(cmd_inspect))
+    p = actions.add_parser("verify", help="read every byte against its checksum")
+    p.add_argument("url")
+    p.set_defaults(func=_guarded(cmd_verify))
+    p = actions.add_parser(
+        "convert",
+        help="elastiq -> consolidated .safetensors; DCP dir or .pt state dict -> elastiq",
+    )
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--from", dest="source_format", choices=("elastiq", "dcp", "state-dict"))
+    p.add_argument("--step", type=int, default=0, help="step recorded for an import")
+    p.set_defaults(func=_guarded(cmd_convert))
