@@ -190,6 +190,11 @@ class Group:
     def allreduce_sum_(self, tensor: torch.Tensor) -> None:
         self._wait(self._issue("allreduce", lambda: self.pg.allreduce([tensor])), "allreduce")
 
+    def broadcast_(self, tensor: torch.Tensor, src: int) -> None:
+        """tensor <- rank src's tensor, on every rank."""
+        work = self._issue("broadcast", lambda: self.pg.broadcast(tensor, src))
+        self._wait(work, "broadcast")
+
     def allgather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         out = [torch.empty_like(tensor) for _ in range(self.world)]
         self._wait(

@@ -93,6 +93,9 @@ class FlatAdamW:
         self.exp_avg = torch.zeros(hi - lo, dtype=torch.float32)
         self.exp_avg_sq = torch.zeros(hi - lo, dtype=torch.float32)
         self.step_count = 0
+        # (lo, hi, scale) flat ranges whose learning rate is scaled (CheckFree-rebuilt
+        # layers); coordinates of the whole flat buffer, like lo and hi
+        self.lr_scaled: list[tuple[int, int, float]] = []
 
     def resize(self, lo: int, hi: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
         """Own [lo, hi) from now on, keeping the moments of the overlap with the old
@@ -115,11 +118,20 @@ class FlatAdamW:
         self.step_count += 1
         p = params[self.lo : self.hi]
         g = grads[self.lo : self.hi]
+        scaled = [
+            (slice(max(a, self.lo) - self.lo, min(b, self.hi) - self.lo), k)
+            for a, b, k in self.lr_scaled
+            if max(a, self.lo) < min(b, self.hi)
+        ]
         if c.weight_decay:
             p.mul_(1 - lr * c.weight_decay)
+            for s, k in scaled:
+                p[s].mul_((1 - k * lr * c.weight_decay) / (1 - lr * c.weight_decay))
         self.exp_avg.lerp_(g, 1 - c.beta1)
         self.exp_avg_sq.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
         bias1 = 1 - c.beta1**self.step_count
         bias2 = 1 - c.beta2**self.step_count
         denom = (self.exp_avg_sq / bias2).sqrt_().add_(c.eps)
         p.addcdiv_(self.exp_avg, denom, value=-lr / bias1)
+        for s, k in scaled:  # the remaining (k - 1) x lr of the scaled ranges
+            p[s].addcdiv_(self.exp_avg[s], denom[s], value=-(k - 1) * lr / bias1)

@@ -135,11 +135,13 @@ def run_pipeline_step(
     if zero == 2 and intervals and stage_group.world > 1:
         reduce_scatter_grads(state, stage_group, intervals)
         norm_sq = float(flat.grad[mine[0] : mine[1]].pow(2).sum())
+        stage_sq = -1.0  # only the stage group's sum would say: not measured
     else:
         if stage_group.world > 1:
             stage_group.allreduce_sum_(flat.grad)
+        stage_sq = float(torch.dot(flat.grad, flat.grad))
         # every replica holds the whole stage gradient: count it once per stage
-        norm_sq = float(flat.grad.pow(2).sum()) if view.replica == 0 else 0.0
+        norm_sq = stage_sq if view.replica == 0 else 0.0
     flat.extra[NORM_SQ] = norm_sq
     world.allreduce_sum_(flat.extra)
     if int(flat.extra[SAMPLES]) != cfg.global_batch:
@@ -148,7 +150,7 @@ def run_pipeline_step(
             f"{cfg.global_batch}: micro-batch routing disagrees between ranks"
         )
     norm = math.sqrt(float(flat.extra[NORM_SQ]))
-    apply_update(state, stage_group, step, norm, mine, intervals, zero)
+    apply_update(state, stage_group, step, norm, mine, intervals, zero, stage_sq)
     return StepResult(
         step=step,
         loss=float(flat.extra[LOSS_SUM]) / cfg.global_batch,

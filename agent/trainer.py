@@ -71,6 +71,9 @@ class TrainState:
         if self.flat.numel != sum(cfg.unit_numel()[a:b]):
             raise RuntimeError("the analytic unit sizes disagree with the built model")
         self.step = 0
+        # this stage's gradient norm at the last step, after clipping (CheckFree
+        # weighs a lost neighbour's rebuild by it); NaN until measured
+        self.stage_grad_norm = float("nan")
         self._staging = torch.empty(0)
         self._snap_params = torch.empty_like(self.flat.data)
         self._snap_avg = torch.empty_like(self.opt.exp_avg)
@@ -90,6 +93,17 @@ class TrainState:
         self._snap_avg_sq = torch.empty_like(self.opt.exp_avg_sq)
         self._snap_step = -1
         return self.base + old_lo, self.base + old_hi, avg, avg_sq
+
+    def scale_lr_of_units(self, units: list[int], scale: float) -> None:
+        """Train these layer units (where this stage holds them) at `scale` x the
+        learning rate from now on (CheckFree-rebuilt layers)."""
+        sizes = self.cfg.unit_numel()
+        ranges, at = [], 0
+        for u in self.unit_ids:
+            if u in units:
+                ranges.append((at, at + sizes[u], scale))
+            at += sizes[u]
+        self.opt.lr_scaled = ranges
 
     def staging(self, numel: int) -> torch.Tensor:
         """A reusable scratch buffer for padded collectives."""
@@ -246,12 +260,19 @@ def apply_update(
     mine: tuple[int, int],
     intervals: list[tuple[int, int]] | None,
     zero: int,
+    stage_norm_sq: float | None = None,
 ) -> None:
     """Clip by the global norm, keep the rollback snapshot, update this rank's
-    interval, and (ZeRO-1/2) all-gather the parameters within `group`."""
+    interval, and (ZeRO-1/2) all-gather the parameters within `group`.
+    `stage_norm_sq`: this stage's squared gradient norm (None: the stage is the
+    whole model), recorded after clipping for CheckFree."""
     cfg, flat = state.cfg, state.flat
+    factor = 1.0
     if cfg.grad_clip and norm > cfg.grad_clip and math.isfinite(norm):
-        flat.grad[mine[0] : mine[1]].mul_(cfg.grad_clip / (norm + 1e-6))
+        factor = cfg.grad_clip / (norm + 1e-6)
+        flat.grad[mine[0] : mine[1]].mul_(factor)
+    stage_sq = norm * norm if stage_norm_sq is None else stage_norm_sq
+    state.stage_grad_norm = math.sqrt(stage_sq) * factor if stage_sq >= 0 else float("nan")
     state.snapshot()
     lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps)
     state.opt.step(flat.data, flat.grad, lr)

@@ -41,6 +41,7 @@ from elastiq.agent.migrate import apply_moves
 from elastiq.agent.pipeline import StageView, run_pipeline_step
 from elastiq.agent.snapshots import SnapshotKeeper
 from elastiq.agent.trainer import TrainState, run_step
+from elastiq.checkpoint import checkfree
 from elastiq.config import JobConfig
 from elastiq.partition import even_split, stage_ranges
 from elastiq.proto import elastiq_pb2 as pb
@@ -344,12 +345,60 @@ class Worker:
             return [new.opt.exp_avg[a - m_lo : b - m_lo], new.opt.exp_avg_sq[a - m_lo : b - m_lo]]
 
         moved = apply_moves(group, plan.moves, me, source, target)
+        if plan.state_source == "checkfree":
+            moved += self._rebuild_checkfree(plan, group, old, new)
         self.state = new
         if not self.valid:
             self.state.step = committed
             self.state.opt.step_count = committed
         self._adopt(plan, group, committed)
         return moved
+
+    def _rebuild_checkfree(
+        self, plan: pb.Plan, group: Group, old: TrainState, new: TrainState
+    ) -> int:
+        """Layer units [checkfree_lo, checkfree_hi) exist nowhere: the plan's two
+        source ranks broadcast the bordering blocks (from their pre-join state) and
+        their stages' last gradient norms; every rank holding a lost unit in the new
+        layout sets it to the weighted average, with fresh moments."""
+        lo, hi = plan.checkfree_lo, plan.checkfree_hi
+        sizes = self.cfg.unit_numel()
+        bounds = [0]
+        for n in sizes:
+            bounds.append(bounds[-1] + n)
+        n = sizes[lo - 1]
+        received = []
+        for unit, src in ((lo - 1, plan.checkfree_prev_rank), (hi, plan.checkfree_next_rank)):
+            buf = torch.empty(n + 1)
+            if group.rank == src:
+                at = bounds[unit] - old.base
+                buf[:n].copy_(old.flat.data[at : at + n])
+                buf[n] = old.stage_grad_norm
+            group.broadcast_(buf, src)
+            received.append(buf)
+        prev, nxt = received
+        a, b = checkfree.weights(float(nxt[n]), float(prev[n]))
+        rebuilt = checkfree.average(nxt[:n], prev[:n], a, b)
+        m_lo, m_hi = new.moment_range
+        for unit in range(lo, hi):
+            g_lo, g_hi = bounds[unit], bounds[unit + 1]
+            if not new.base <= g_lo < new.base + new.flat.numel:
+                continue
+            new.flat.data[g_lo - new.base : g_hi - new.base].copy_(rebuilt)
+            c, d = max(g_lo, m_lo), min(g_hi, m_hi)
+            if c < d:
+                new.opt.exp_avg[c - m_lo : d - m_lo].zero_()
+                new.opt.exp_avg_sq[c - m_lo : d - m_lo].zero_()
+        log.warning(
+            "CheckFree: layer units [%d, %d) rebuilt from units %d and %d (weights %.4g, %.4g)",
+            lo,
+            hi,
+            lo - 1,
+            hi,
+            a,
+            b,
+        )
+        return 2 * (n + 1) * 4
 
     def _restore_checkpoint(self, plan: pb.Plan, group: Group, me: int) -> tuple[int, int]:
         """Every rank loads its share of the plan's checkpoint, in this plan's layout
@@ -394,6 +443,7 @@ class Worker:
         self.held_generation = plan.generation
         self.valid = True
         self.plan = plan
+        self.state.scale_lr_of_units(list(plan.lr_scaled_units), plan.lr_scale or 1.0)
         self.snapshots.clear()
         if self._snapshots_on(plan):
             # the new buddies hold nothing yet: give them the committed state now
@@ -404,7 +454,8 @@ class Worker:
     def _snapshots_on(plan: pb.Plan) -> bool:
         """Buddies are needed when some rank holds state no other live rank has:
         ZeRO intervals, or stages (a stage can be lost whole)."""
-        return bool(plan.zero) or len(plan.stages) > 1
+        needed = bool(plan.zero) or len(plan.stages) > 1
+        return needed and any(b >= 0 for b in plan.buddy)
 
     def _start_snapshot(self, group: Group, step: int) -> None:
         plan = self.plan

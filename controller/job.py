@@ -21,10 +21,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from elastiq.checkpoint import catalog
+from elastiq.checkpoint.checkfree import CheckFreeError
 from elastiq.config import JobConfig
+from elastiq.controller.checkfree_plan import CheckFreeDirective, plan_checkfree
+from elastiq.controller.job_state import ControllerConfig, NodeState, PendingRecovery, WorkerState
 from elastiq.controller.metrics import ControllerMetrics
 from elastiq.controller.planner import (
     HybridLayout,
@@ -40,74 +42,7 @@ from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(kw_only=True, slots=True)
-class ControllerConfig:
-    """Control-plane timing and admission; the training itself is in JobConfig."""
-
-    token: str = ""
-    """Shared secret every agent and admin call must carry (empty: no check)."""
-    lease_ttl_s: float = 3.0
-    """An agent that misses heartbeats for this long is declared lost."""
-    heartbeat_interval_s: float = 0.5
-    """How often agents heartbeat (must be well under lease_ttl_s)."""
-    min_workers: int = 1
-    """Ready workers needed before the first generation is planned."""
-    settle_s: float = 1.0
-    """After min_workers are ready, wait this long for more before planning."""
-    coalesce_s: float = 0.05
-    """Membership changes within this window become one generation."""
-    takeover_grace_s: float = 5.0
-    """After a takeover, how long to wait for the old plan's agents to come back."""
-    events_kept: int = 200
-    """Events kept for `elastiq status`."""
-
-    def __post_init__(self) -> None:
-        if self.lease_ttl_s <= 0 or self.heartbeat_interval_s <= 0:
-            raise ValueError("lease_ttl_s and heartbeat_interval_s must be positive")
-        if self.heartbeat_interval_s * 2 > self.lease_ttl_s:
-            raise ValueError(
-                f"heartbeat_interval_s={self.heartbeat_interval_s} must be at most half of "
-                f"lease_ttl_s={self.lease_ttl_s}, or one late heartbeat loses the node"
-            )
-        if self.min_workers < 1:
-            raise ValueError(f"min_workers={self.min_workers} must be at least 1")
-        if self.settle_s < 0 or self.coalesce_s < 0 or self.takeover_grace_s < 0:
-            raise ValueError("settle_s, coalesce_s and takeover_grace_s must be >= 0")
-
-
-@dataclass(slots=True)
-class WorkerState:
-    ref: WorkerRef
-    pid: int = 0
-    state: str = "ready"  # ready | running | finished
-    progress: pb.WorkerProgress | None = None
-    first_step_wall: dict[int, float] = field(default_factory=dict)
-    # the last generation whose join this worker reported complete
-    joined_generation: int = 0
-
-
-@dataclass(slots=True)
-class NodeState:
-    node_id: str
-    slots: int
-    address: str
-    lease: int
-    workers: dict[str, WorkerState] = field(default_factory=dict)
-    queue: asyncio.Queue[pb.Directive] = field(default_factory=asyncio.Queue)
-    streams: int = 0
-
-
-@dataclass(slots=True)
-class PendingRecovery:
-    cause: str
-    failure_time: float
-    detect_time: float
-    last_committed_before: int
-    plan_time: float = 0.0
-    generation: int = 0
-    joins: dict[str, dict[str, float]] = field(default_factory=dict)
-    committed_after: int = -1
+__all__ = ["ControllerConfig", "JobController", "NodeState", "PendingRecovery", "WorkerState"]
 
 
 class JobController:
@@ -144,6 +79,8 @@ class JobController:
         self.phase = "Pending"
         self.events: collections.deque[pb.Event] = collections.deque(maxlen=config.events_kept)
         self.recoveries: list[pb.Recovery] = []
+        # layer units ever rebuilt by CheckFree (trained at a scaled learning rate)
+        self.lr_scaled_units: set[int] = set()
         self._pending: PendingRecovery | None = None
         self._replan_task: asyncio.Task[None] | None = None
         self._replan_reasons: list[str] = []
@@ -164,6 +101,7 @@ class JobController:
         if kv is not None:
             plan = pb.Plan.FromString(kv.value)
             self.layout = plan_to_layout(plan)
+            self.lr_scaled_units.update(plan.lr_scaled_units)
             self.completed = self.layout
             self.plan = plan
             self._plan_revision = kv.mod_revision
@@ -428,6 +366,82 @@ class JobController:
                 return node.workers[worker_id]
         return None
 
+    async def _fill_lost_state(
+        self,
+        layout: HybridLayout,
+        source: HybridLayout | None,
+        holders: set[str] | None,
+        generation: int,
+    ) -> tuple[HybridLayout, int, CheckFreeDirective | None] | None:
+        """Where state nobody holds comes from, best first: the newest committed
+        checkpoint (if fresh enough), then CheckFree; None after failing the job."""
+        resuming = layout.state_source == "init" and self.job.resume
+        if layout.state_source != "lost" and not resuming:
+            return layout, 0, None
+        found = await self._newest_checkpoint()
+        if resuming:
+            if found is None:
+                self._fail(
+                    f"--resume: no committed checkpoint under {self.job.checkpoint_url!r}; "
+                    "start without --resume, or point checkpoint_url at a job's checkpoints"
+                )
+                return None
+            return (
+                dataclasses.replace(layout, state_source="checkpoint", moves=(), lost=()),
+                found,
+                None,
+            )
+        reached = self._reached_step()
+        bound = self.job.checkpoint_max_staleness
+        if found is not None and bound and reached - found > bound:
+            self._event(
+                "checkpoint_stale",
+                f"checkpoint of step {found} is {reached - found} steps behind (bound {bound})",
+            )
+            found = None
+        if found is not None:
+            return (
+                dataclasses.replace(layout, state_source="checkpoint", moves=(), lost=()),
+                found,
+                None,
+            )
+        pieces = sorted({(g.what, g.lo, g.hi) for g in layout.lost})
+        shown = ", ".join(f"{what} [{lo}, {hi})" for what, lo, hi in pieces[:6])
+        why = ""
+        if self.job.checkfree and source is not None:
+            try:
+                directive = plan_checkfree(layout, source, self.job.unit_numel(), holders)
+            except CheckFreeError as exc:
+                why = f"; CheckFree cannot rebuild it: {exc}"
+            else:
+                self.metrics.checkfree.inc()
+                self._event(
+                    "checkfree",
+                    f"generation {generation}: layer units [{directive.lo}, {directive.hi}) "
+                    f"exist nowhere; rebuilt from units {directive.lo - 1} and {directive.hi} "
+                    "(CheckFree: the model is now an approximation)",
+                )
+                return dataclasses.replace(layout, state_source="checkfree", lost=()), 0, directive
+        where = (
+            f"no committed checkpoint (fresh enough) under {self.job.checkpoint_url!r}"
+            if self.job.checkpoint_url
+            else "no checkpoint is configured"
+        )
+        self._fail(
+            f"generation {generation}: no live worker or buddy snapshot holds {shown}"
+            f"{' ...' if len(pieces) > 6 else ''} of the model's state (lost with "
+            f"{', '.join(layout.dropped) or 'the previous generation'}); {where}{why}, "
+            "so the state is lost"
+        )
+        return None
+
+    def _reached_step(self) -> int:
+        """The highest step any worker reported (what a restore would roll back from)."""
+        steps = [
+            w.progress.step for n in self.nodes.values() for w in n.workers.values() if w.progress
+        ]
+        return max(steps, default=0)
+
     async def _newest_checkpoint(self) -> int | None:
         """Step of the newest committed checkpoint, if the job has any."""
         if not self.job.checkpoint_url:
@@ -545,38 +559,15 @@ class JobController:
                 zero=self.job.zero,
                 reason=reason,
                 holders=holders,
+                snapshots=self.job.buddy_snapshots,
             )
         except PlanError as exc:
             self._fail(f"cannot plan generation {generation}: {exc}")
             return
-        checkpoint_step = 0
-        resuming = layout.state_source == "init" and self.job.resume
-        if layout.state_source == "lost" or resuming:
-            found = await self._newest_checkpoint()
-            if found is not None:
-                checkpoint_step = found
-                layout = dataclasses.replace(layout, state_source="checkpoint", moves=(), lost=())
-            elif resuming:
-                self._fail(
-                    f"--resume: no committed checkpoint under {self.job.checkpoint_url!r}; "
-                    "start without --resume, or point checkpoint_url at a job's checkpoints"
-                )
-                return
-            else:
-                pieces = sorted({(g.what, g.lo, g.hi) for g in layout.lost})
-                shown = ", ".join(f"{what} [{lo}, {hi})" for what, lo, hi in pieces[:6])
-                where = (
-                    f"no committed checkpoint exists under {self.job.checkpoint_url!r}"
-                    if self.job.checkpoint_url
-                    else "no checkpoint is configured"
-                )
-                self._fail(
-                    f"generation {generation}: no live worker or buddy snapshot holds {shown}"
-                    f"{' ...' if len(pieces) > 6 else ''} of the model's state (lost with "
-                    f"{', '.join(layout.dropped) or 'the previous generation'}); {where}, "
-                    "so the state is lost"
-                )
-                return
+        filled = await self._fill_lost_state(layout, source, holders, generation)
+        if filled is None:
+            return
+        layout, checkpoint_step, checkfree = filled
         if (
             self.layout is not None
             and layout.worker_ids() == self.layout.worker_ids()
@@ -592,6 +583,20 @@ class JobController:
             source.generation if source is not None else 0,
             checkpoint_step,
         )
+        for st in plan.stages:
+            rebuilt = (
+                checkfree is not None and st.unit_lo < checkfree.hi and checkfree.lo < st.unit_hi
+            )
+            st.source = "checkfree" if rebuilt else layout.state_source
+            if checkfree is not None and not rebuilt:
+                st.source = "live_replica"
+        if checkfree is not None:
+            plan.checkfree_lo, plan.checkfree_hi = checkfree.lo, checkfree.hi
+            plan.checkfree_prev_rank = checkfree.prev_rank
+            plan.checkfree_next_rank = checkfree.next_rank
+            self.lr_scaled_units.update(range(checkfree.lo, checkfree.hi))
+        plan.lr_scaled_units.extend(sorted(self.lr_scaled_units))
+        plan.lr_scale = self.job.checkfree_lr_scale
         ok = await self.store.compare_and_set(
             self.prefix + "plan", plan.SerializeToString(), self._plan_revision
         )

@@ -34,6 +34,11 @@ class ControllerMetrics:
             buckets=RECOVERY_BUCKETS,
             registry=r,
         )
+        self.checkfree = Counter(
+            "elastiq_checkfree_recoveries",
+            "Stages rebuilt from their neighbours (the model is approximated)",
+            registry=r,
+        )
         self.rejected = Counter(
             "elastiq_rejected_requests",
             "Requests refused (bad token, stale, malformed)",

@@ -122,6 +122,7 @@ def make_hybrid_plan(
     zero: int,
     reason: str,
     holders: set[str] | None = None,
+    snapshots: bool = True,
 ) -> HybridLayout:
     """The next pipeline x data parallel layout, moving as little state as possible.
 
@@ -192,6 +193,8 @@ def make_hybrid_plan(
         StageLayout(units=r, ranks=tuple(sorted(g))) for r, g in zip(ranges, groups, strict=True)
     )
     buddy = tuple(stage_buddies([w.node_id for w in order], [st.ranks for st in layout_stages]))
+    if not snapshots:
+        buddy = (-1,) * len(order)
     new_holdings = holdings(
         [(st.units, st.ranks) for st in layout_stages], profile.unit_numel, zero
     )

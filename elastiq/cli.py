@@ -48,6 +48,21 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint-local-dir", default="", help="node-local tier written before the upload"
     )
     g.add_argument(
+        "--checkpoint-max-staleness",
+        type=int,
+        default=0,
+        help="steps a restorable checkpoint may lag (0: any)",
+    )
+    g.add_argument(
+        "--no-buddy-snapshots", action="store_true", help="no per-step copies to buddies"
+    )
+    g.add_argument(
+        "--checkfree",
+        action="store_true",
+        help="rebuild a stage that exists nowhere from its neighbours (approximate)",
+    )
+    g.add_argument("--checkfree-lr-scale", type=float, default=1.1)
+    g.add_argument(
         "--resume",
         action="store_true",
         help="start from the newest committed checkpoint (any worker count)",
@@ -73,6 +88,10 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
         checkpoint_keep=args.checkpoint_keep,
         checkpoint_local_dir=args.checkpoint_local_dir,
         resume=args.resume,
+        checkpoint_max_staleness=args.checkpoint_max_staleness,
+        buddy_snapshots=not args.no_buddy_snapshots,
+        checkfree=args.checkfree,
+        checkfree_lr_scale=args.checkfree_lr_scale,
         model=ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads),
     )
 
@@ -204,6 +223,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{status.plan.rendezvous}, state from {status.plan.state_source or '-'}"
         f"{'  (' + status.plan.reason + ')' if status.plan.reason else ''}"
     )
+    for i, st in enumerate(status.plan.stages):
+        print(
+            f"  stage {i}: layer units [{st.unit_lo}, {st.unit_hi}) on ranks {list(st.ranks)}, "
+            f"state from {st.source or '-'}"
+        )
+    if status.plan.lr_scaled_units:
+        print(
+            f"checkfree: layer units {list(status.plan.lr_scaled_units)} were rebuilt from "
+            f"their neighbours (the model is approximated; lr x{status.plan.lr_scale:g})"
+        )
     print(
         f"{'rank':>4}  {'worker':<20} {'node':<12} {'state':<9} {'step':>6} {'loss':>8} {'pid':>7}"
     )

@@ -100,6 +100,17 @@ class JobConfig:
     resume: bool = False
     """Start from the newest committed checkpoint under checkpoint_url, at whatever
     worker count and layout this run has."""
+    checkpoint_max_staleness: int = 0
+    """A checkpoint more than this many steps behind the lost state is not fresh
+    enough to restore from (0: any committed checkpoint will do)."""
+    buddy_snapshots: bool = True
+    """Copy each rank's state to a buddy every step (off: a lost stage needs a
+    checkpoint or CheckFree)."""
+    checkfree: bool = False
+    """When a stage's state exists nowhere (no replica, buddy or fresh enough
+    checkpoint), rebuild it from its neighbours (an approximation) instead of failing."""
+    checkfree_lr_scale: float = 1.1
+    """Learning-rate multiplier of CheckFree-rebuilt layers from then on."""
     idle_timeout_s: float = 900.0
     """A worker with no plan to act on (before its first, or after the last step)
     exits after this long."""
@@ -145,6 +156,8 @@ class JobConfig:
             raise ValueError(
                 "checkpoint_every/resume need checkpoint_url (a directory or fsspec URL)"
             )
+        if self.checkpoint_max_staleness < 0 or self.checkfree_lr_scale <= 0:
+            raise ValueError("checkpoint_max_staleness must be >= 0, checkfree_lr_scale > 0")
         if self.idle_timeout_s <= 0:
             raise ValueError(f"idle_timeout_s={self.idle_timeout_s} must be positive")
 

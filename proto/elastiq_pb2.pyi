@@ -159,14 +159,16 @@ class Assignment(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., slot: _Optional[int] = ..., holder: _Optional[bool] = ...) -> None: ...
 
 class Stage(_message.Message):
-    __slots__ = ("unit_lo", "unit_hi", "ranks")
+    __slots__ = ("unit_lo", "unit_hi", "ranks", "source")
     UNIT_LO_FIELD_NUMBER: _ClassVar[int]
     UNIT_HI_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     unit_lo: int
     unit_hi: int
     ranks: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, unit_lo: _Optional[int] = ..., unit_hi: _Optional[int] = ..., ranks: _Optional[_Iterable[int]] = ...) -> None: ...
+    source: str
+    def __init__(self, unit_lo: _Optional[int] = ..., unit_hi: _Optional[int] = ..., ranks: _Optional[_Iterable[int]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class StateMove(_message.Message):
     __slots__ = ("what", "src_rank", "dst_rank", "lo", "hi", "via")
@@ -185,7 +187,7 @@ class StateMove(_message.Message):
     def __init__(self, what: _Optional[str] = ..., src_rank: _Optional[int] = ..., dst_rank: _Optional[int] = ..., lo: _Optional[int] = ..., hi: _Optional[int] = ..., via: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy", "source_generation", "checkpoint_step")
+    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy", "source_generation", "checkpoint_step", "checkfree_lo", "checkfree_hi", "checkfree_prev_rank", "checkfree_next_rank", "lr_scaled_units", "lr_scale")
     JOB_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +203,12 @@ class Plan(_message.Message):
     BUDDY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_GENERATION_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
+    CHECKFREE_LO_FIELD_NUMBER: _ClassVar[int]
+    CHECKFREE_HI_FIELD_NUMBER: _ClassVar[int]
+    CHECKFREE_PREV_RANK_FIELD_NUMBER: _ClassVar[int]
+    CHECKFREE_NEXT_RANK_FIELD_NUMBER: _ClassVar[int]
+    LR_SCALED_UNITS_FIELD_NUMBER: _ClassVar[int]
+    LR_SCALE_FIELD_NUMBER: _ClassVar[int]
     job: str
     generation: int
     rendezvous: str
@@ -216,7 +224,13 @@ class Plan(_message.Message):
     buddy: _containers.RepeatedScalarFieldContainer[int]
     source_generation: int
     checkpoint_step: int
-    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ..., source_generation: _Optional[int] = ..., checkpoint_step: _Optional[int] = ...) -> None: ...
+    checkfree_lo: int
+    checkfree_hi: int
+    checkfree_prev_rank: int
+    checkfree_next_rank: int
+    lr_scaled_units: _containers.RepeatedScalarFieldContainer[int]
+    lr_scale: float
+    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ..., source_generation: _Optional[int] = ..., checkpoint_step: _Optional[int] = ..., checkfree_lo: _Optional[int] = ..., checkfree_hi: _Optional[int] = ..., checkfree_prev_rank: _Optional[int] = ..., checkfree_next_rank: _Optional[int] = ..., lr_scaled_units: _Optional[_Iterable[int]] = ..., lr_scale: _Optional[float] = ...) -> None: ...
 
 class ChaosCommand(_message.Message):
     __slots__ = ("action", "worker_id", "rank", "at_step", "id", "at_generation")

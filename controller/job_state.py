@@ -1,0 +1,79 @@
+"""The controller's configuration and its records of nodes, workers and the
+recovery in progress: plain data, kept apart from the logic in job.py."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from elastiq.controller.planner import WorkerRef
+from elastiq.proto import elastiq_pb2 as pb
+
+
+@dataclass(kw_only=True, slots=True)
+class ControllerConfig:
+    """Control-plane timing and admission; the training itself is in JobConfig."""
+
+    token: str = ""
+    """Shared secret every agent and admin call must carry (empty: no check)."""
+    lease_ttl_s: float = 3.0
+    """An agent that misses heartbeats for this long is declared lost."""
+    heartbeat_interval_s: float = 0.5
+    """How often agents heartbeat (must be well under lease_ttl_s)."""
+    min_workers: int = 1
+    """Ready workers needed before the first generation is planned."""
+    settle_s: float = 1.0
+    """After min_workers are ready, wait this long for more before planning."""
+    coalesce_s: float = 0.05
+    """Membership changes within this window become one generation."""
+    takeover_grace_s: float = 5.0
+    """After a takeover, how long to wait for the old plan's agents to come back."""
+    events_kept: int = 200
+    """Events kept for `elastiq status`."""
+
+    def __post_init__(self) -> None:
+        if self.lease_ttl_s <= 0 or self.heartbeat_interval_s <= 0:
+            raise ValueError("lease_ttl_s and heartbeat_interval_s must be positive")
+        if self.heartbeat_interval_s * 2 > self.lease_ttl_s:
+            raise ValueError(
+                f"heartbeat_interval_s={self.heartbeat_interval_s} must be at most half of "
+                f"lease_ttl_s={self.lease_ttl_s}, or one late heartbeat loses the node"
+            )
+        if self.min_workers < 1:
+            raise ValueError(f"min_workers={self.min_workers} must be at least 1")
+        if self.settle_s < 0 or self.coalesce_s < 0 or self.takeover_grace_s < 0:
+            raise ValueError("settle_s, coalesce_s and takeover_grace_s must be >= 0")
+
+
+@dataclass(slots=True)
+class WorkerState:
+    ref: WorkerRef
+    pid: int = 0
+    state: str = "ready"  # ready | running | finished
+    progress: pb.WorkerProgress | None = None
+    first_step_wall: dict[int, float] = field(default_factory=dict)
+    # the last generation whose join this worker reported complete
+    joined_generation: int = 0
+
+
+@dataclass(slots=True)
+class NodeState:
+    node_id: str
+    slots: int
+    address: str
+    lease: int
+    workers: dict[str, WorkerState] = field(default_factory=dict)
+    queue: asyncio.Queue[pb.Directive] = field(default_factory=asyncio.Queue)
+    streams: int = 0
+
+
+@dataclass(slots=True)
+class PendingRecovery:
+    cause: str
+    failure_time: float
+    detect_time: float
+    last_committed_before: int
+    plan_time: float = 0.0
+    generation: int = 0
+    joins: dict[str, dict[str, float]] = field(default_factory=dict)
+    committed_after: int = -1
