@@ -170,6 +170,8 @@ class Agent:
                         wall_time=w.step_wall,
                         state=w.state,
                         unit_costs=w.unit_costs,
+                        checkpoint_held_s=w.checkpoint_held_s,
+                        checkpoint_committed_step=w.checkpoint_committed_step,
                     )
             reply = await client.call("Heartbeat", request)
             if not reply.known:
@@ -255,6 +257,8 @@ class Agent:
             worker.tokens_per_s = float(message["tokens_per_s"])
             worker.step_time_s = float(message["step_time"])
             worker.step_wall, worker.generation = float(message["wall"]), int(message["gen"])
+            worker.checkpoint_held_s = float(message.get("ckpt_held_s", 0.0))
+            worker.checkpoint_committed_step = int(message.get("ckpt_step", 0))
             if message.get("unit_costs"):
                 worker.unit_costs = {int(u): float(c) for u, c in message["unit_costs"].items()}
             if message.get("first_in_generation"):

@@ -135,6 +135,16 @@ class WorkerCheckpoints:
         if self.engine is not None:
             self.engine.reserve(pieces(state, *save_share(state, degree, replica)))
 
+    def progress(self) -> dict[str, float]:
+        """For the step report: seconds the loop was held by saves, newest commit."""
+        if self.engine is None:
+            return {}
+        stats = self.engine.stats
+        return {
+            "ckpt_held_s": stats.save_call_s + stats.wait_s,
+            "ckpt_step": max(stats.committed_step, 0),
+        }
+
     def wait_for_copies(self) -> None:
         if self.engine is not None:
             self.engine.wait_for_copies()

@@ -570,6 +570,7 @@ class Worker:
                     "tokens_per_s": self.cfg.global_batch * self.cfg.seq_len / elapsed,
                     "first_in_generation": first_in_generation,
                     "unit_costs": self.state.take_unit_costs() if step % 10 == 0 else {},
+                    **self.checkpoints.progress(),
                 }
             )
             first_in_generation = False

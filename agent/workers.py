@@ -44,6 +44,8 @@ class WorkerProcess:
     rank: int = -1
     planned: bool = False
     unit_costs: dict[int, float] = field(default_factory=dict)
+    checkpoint_held_s: float = 0.0
+    checkpoint_committed_step: int = 0
     stopped: bool = False  # SIGSTOPped by chaos
     exit_reported: bool = False
 

@@ -708,6 +708,8 @@ class JobController:
         self.metrics.loss.set(newest.loss)
         self.metrics.tokens_per_second.set(newest.tokens_per_s)
         self.metrics.step_seconds.set(newest.step_time_s)
+        self.metrics.checkpoint_blocking.set(sum(p.checkpoint_held_s for p in progress))
+        self.metrics.checkpoint_step.set(max(p.checkpoint_committed_step for p in progress))
 
     def status(self) -> pb.StatusResponse:
         resp = pb.StatusResponse(

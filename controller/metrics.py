@@ -34,6 +34,14 @@ class ControllerMetrics:
             buckets=RECOVERY_BUCKETS,
             registry=r,
         )
+        self.checkpoint_blocking = Gauge(
+            "elastiq_checkpoint_blocking_seconds",
+            "Seconds the training loops were held by checkpoint saves (sum over workers)",
+            registry=r,
+        )
+        self.checkpoint_step = Gauge(
+            "elastiq_checkpoint_committed_step", "Newest committed checkpoint step", registry=r
+        )
         self.checkfree = Counter(
             "elastiq_checkfree_recoveries",
             "Stages rebuilt from their neighbours (the model is approximated)",

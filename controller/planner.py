@@ -127,10 +127,11 @@ def make_hybrid_plan(
     """The next pipeline x data parallel layout, moving as little state as possible.
 
     Survivors keep their stage; a stage left without workers disappears (its state
-    comes from buddies, or is reported lost); joiners go one by one to the stage with
-    the highest load (cost / replicas). Layer units are then rebalanced so that
-    cost(stage) / replicas(stage) is within 2% of the best possible, preferring the
-    partition that moves the fewest parameter bytes.
+    comes from buddies, or is reported lost). Joiners first bring the number of
+    stages back to `stages` (a new stage after the most loaded one), then go one by
+    one to the stage whose extra replica lowers the bottleneck most. Layer units are
+    then rebalanced so that cost(stage) / replicas(stage) is within 2% of the best
+    possible, preferring the partition that moves the fewest parameter bytes.
 
     `holders`: survivors whose state is valid (they completed joining the previous
     generation); default all survivors. Others keep their place but are not sources.
@@ -163,23 +164,35 @@ def make_hybrid_plan(
         newcomers = sorted(m for m in members if m.worker_id not in kept)
         order = [by_id[w] for w in survivors] + newcomers
         new_rank = {w: r for r, w in enumerate(survivors)}
-        groups = []
-        kept_stage: list[int] = []
+        # (ranks, the previous stage it continues or -1 for a new one)
+        staged: list[tuple[list[int], int]] = []
         for s, stage in enumerate(previous.stages):
             ranks = [new_rank[old_ids[r]] for r in stage.ranks if old_ids[r] in new_rank]
             if ranks:
-                groups.append(ranks)
-                kept_stage.append(s)
-        if not groups:
-            groups = [[]]
-            kept_stage = []
+                staged.append((ranks, s))
+        pending = list(range(len(survivors), len(survivors) + len(newcomers)))
+        if not staged:
+            staged = [([pending.pop(0)] if pending else [], -1)]
+        # joiners first restore the pipeline depth the job asked for (a stage lost
+        # whole merged into its neighbours): a new stage goes right after the most
+        # loaded one and takes the tail of its layers
+        while pending and len(staged) < min(stages, units):
+            loads = [
+                sum(profile.unit_costs[u] for u in range(*previous.stages[old].units)) / len(r)
+                if old >= 0
+                else 0.0
+                for r, old in staged
+            ]
+            at = loads.index(max(loads)) + 1
+            staged.insert(at, ([pending.pop(0)], -1))
+        groups = [ranks for ranks, _ in staged]
         holder = [-1] * units
-        for new_s, old_s in enumerate(kept_stage):
-            lo, hi = previous.stages[old_s].units
-            for u in range(lo, hi):
-                holder[u] = new_s
-        for offset, _ in enumerate(newcomers):
-            groups[_best_stage_for_joiner(profile, groups)].append(len(survivors) + offset)
+        for new_s, (_, old_s) in enumerate(staged):
+            if old_s >= 0:
+                for u in range(*previous.stages[old_s].units):
+                    holder[u] = new_s
+        for joiner in pending:
+            groups[_best_stage_for_joiner(profile, groups)].append(joiner)
         dropped = tuple(w for w in old_ids if w not in by_id)
     degrees = [len(g) for g in groups]
     if any(d == 0 for d in degrees):

@@ -86,7 +86,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., config_json: _Optional[str] = ..., generation: _Optional[int] = ..., job: _Optional[str] = ...) -> None: ...
 
 class WorkerProgress(_message.Message):
-    __slots__ = ("worker_id", "rank", "generation", "step", "loss", "tokens_per_s", "step_time_s", "wall_time", "state", "unit_costs")
+    __slots__ = ("worker_id", "rank", "generation", "step", "loss", "tokens_per_s", "step_time_s", "wall_time", "state", "unit_costs", "checkpoint_held_s", "checkpoint_committed_step")
     class UnitCostsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,8 @@ class WorkerProgress(_message.Message):
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     UNIT_COSTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_HELD_S_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     rank: int
     generation: int
@@ -114,7 +116,9 @@ class WorkerProgress(_message.Message):
     wall_time: float
     state: str
     unit_costs: _containers.ScalarMap[int, float]
-    def __init__(self, worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., wall_time: _Optional[float] = ..., state: _Optional[str] = ..., unit_costs: _Optional[_Mapping[int, float]] = ...) -> None: ...
+    checkpoint_held_s: float
+    checkpoint_committed_step: int
+    def __init__(self, worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., wall_time: _Optional[float] = ..., state: _Optional[str] = ..., unit_costs: _Optional[_Mapping[int, float]] = ..., checkpoint_held_s: _Optional[float] = ..., checkpoint_committed_step: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("token", "node_id", "lease_id", "progress")

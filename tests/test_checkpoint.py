@@ -331,3 +331,23 @@ def test_a_process_killed_while_writing_leaves_the_previous_checkpoint_loadable(
     out = torch.empty(100_000)
     _, report = load_newest(url, [Request("w", 0, 100_000, out)])
     assert report.step == 2 and bool((out == 2.0).all())
+
+
+def test_a_local_tier_is_written_first_then_uploaded_and_read_first(tmp_path: object) -> None:
+    """Node-local disk, then a remote root (memory://); a reader prefers the local copy
+    and falls back to the root for files this node does not have."""
+    local = f"{tmp_path}/local"
+    remote = f"memory://ckpt-{uuid.uuid4().hex}"
+    saved = _trained(1, 2, True, step=5)
+    _save(remote, saved, degree=2, local_dir=local)
+    assert sorted(os.listdir(os.path.join(local, step_dir(5)))) == [
+        "rank-00000.safetensors",
+        "rank-00001.safetensors",
+    ]
+    manifest = CheckpointReader(remote, 5).manifest
+    assert manifest.tiers == {"remote": "committed", "local": local}
+    os.remove(os.path.join(local, step_dir(5), "rank-00001.safetensors"))  # another node's
+    target = _layout(1, 1, False)
+    report = restore(target[0], remote, local_dir=local)
+    assert report.step == 5
+    assert torch.equal(_global(saved)["p"], _global(target)["p"])

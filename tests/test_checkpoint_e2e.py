@@ -29,8 +29,8 @@ def _diff(a_path: str, b_path: str) -> float:
 def test_a_resumed_job_at_another_layout_trains_like_one_that_never_stopped(
     tmp_path: object,
 ) -> None:
-    """Saved by 4 workers as PP2 x DP2 with ZeRO-1; resumed from step 20 by 4 workers
-    as DP4 with ZeRO-0 (a universal restore, no conversion)."""
+    """Saved by 4 workers as PP2 x DP2 with ZeRO-1; resumed from step 20 by 3 workers
+    as DP3 with ZeRO-0 (a universal restore, no conversion)."""
     base = str(tmp_path)
     root = os.path.join(base, "ckpt")
     clean, resumed = os.path.join(base, "clean.pt"), os.path.join(base, "resumed.pt")
@@ -43,10 +43,10 @@ def test_a_resumed_job_at_another_layout_trains_like_one_that_never_stopped(
         shutil.rmtree(os.path.join(root, step_dir(step)))
     os.makedirs(os.path.join(base, "b"))
     job = {"steps": 40, "zero": 0, "checkpoint-url": root, "resume": True, "final-params": resumed}
-    end, _ = run(os.path.join(base, "b"), job, None)
+    end, _ = run(os.path.join(base, "b"), job, None, workers=3)
     assert end.phase == "Succeeded", end
     assert end.plan.state_source == "checkpoint" and end.plan.checkpoint_step == 20
-    assert len(end.plan.stages) == 1
+    assert len(end.plan.stages) == 1 and end.plan.world_size == 3
     diff = _diff(clean, resumed)
     assert diff <= 1e-5, f"max abs parameter difference {diff}"
 

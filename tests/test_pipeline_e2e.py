@@ -122,6 +122,54 @@ def test_a_joining_node_raises_a_stage_degree_in_place(tmp_path: object) -> None
         cluster.close()
 
 
+def test_a_joiner_restores_a_lost_stage_and_training_matches_a_run_without_failure(
+    tmp_path: object,
+) -> None:
+    """PP2 on 2 workers: stage 1's worker dies (its state from its buddy), one stage
+    remains; a new node joins and becomes stage 1 again. Same parameters at the end
+    as 2 stages that never changed."""
+    base = str(tmp_path)
+    clean, changed = os.path.join(base, "clean.pt"), os.path.join(base, "changed.pt")
+    job = {**PP2, "steps": 60, "step-delay": 0.03}
+    os.makedirs(os.path.join(base, "a"))
+    os.makedirs(os.path.join(base, "b"))
+    cluster = Cluster(os.path.join(base, "a"), job={**job, "final-params": clean})
+    try:
+        cluster.start_controller(min_workers=2)
+        for i in range(2):
+            cluster.start_agent(f"node{i}")
+        end = cluster.wait_for("the clean run", lambda s: s.phase in ("Succeeded", "Failed"), 180)
+        assert end.phase == "Succeeded", end
+    finally:
+        cluster.close()
+    cluster = Cluster(os.path.join(base, "b"), job={**job, "final-params": changed})
+    try:
+        cluster.start_controller(min_workers=2)
+        for i in range(2):
+            cluster.start_agent(f"node{i}")
+        first = cluster.wait_for("the first plan", lambda s: s.generation >= 1 and s.step >= 1)
+        victim = first.plan.stages[1].ranks[0]
+        cluster.call(
+            "Admin",
+            pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=victim, at_step=15),
+        )
+        merged = cluster.wait_for("one stage", lambda s: len(s.plan.stages) == 1, 90)
+        assert merged.plan.world_size == 1
+        cluster.start_agent("node2")
+        restored = cluster.wait_for("two stages again", lambda s: len(s.plan.stages) == 2, 90)
+        assert [len(st.ranks) for st in restored.plan.stages] == [1, 1]
+        end = cluster.wait_for(
+            "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180
+        )
+    finally:
+        cluster.close()
+    assert end.phase == "Succeeded" and len(end.plan.stages) == 2, end
+    a, b = torch.load(clean, weights_only=False), torch.load(changed, weights_only=False)
+    assert a["step"] == b["step"] == 60
+    diff = (a["params"] - b["params"]).abs().max().item()
+    assert diff <= 1e-5, f"max abs parameter difference {diff}"
+
+
 def test_a_failure_during_a_reconfiguration_is_survived(tmp_path: object) -> None:
     """Rank 1 dies at step 15; rank 2 dies the moment generation 2 is relayed, while the
     survivors are joining it. Generation 2 never completes, so generation 3 takes its

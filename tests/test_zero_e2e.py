@@ -21,14 +21,14 @@ Victims = int | list[int] | Callable[[pb.StatusResponse], list[int]] | None
 
 
 def run(
-    workdir: str, job: dict[str, object], kill_rank: Victims
+    workdir: str, job: dict[str, object], kill_rank: Victims, workers: int = 4
 ) -> tuple[pb.StatusResponse, dict[str, int]]:
-    """Run 4 workers; kill `kill_rank` (one rank, several, or those a function picks
-    from the first plan) when it reports step 15."""
+    """Run `workers` workers; kill `kill_rank` (one rank, several, or those a function
+    picks from the first plan) when it reports step 15."""
     cluster = Cluster(workdir, job={**JOB, **job})
     try:
-        cluster.start_controller(min_workers=4)
-        for i in range(4):
+        cluster.start_controller(min_workers=workers)
+        for i in range(workers):
             cluster.start_agent(f"node{i}")
         first = cluster.wait_for("the first plan", lambda s: s.generation >= 1 and s.step >= 1, 90)
         if callable(kill_rank):
