@@ -599,6 +599,10 @@ class Worker:
             return EXIT_NO_PLAN
         while plan is not None:
             if self.my_assignment(plan) is None:
+                if self.generation == 0:
+                    # a spare: wait, ready, for a plan that gives it a lost worker's place
+                    plan = self.plans.wait_newer(plan.generation, self.cfg.idle_timeout_s)
+                    continue
                 log.info("generation %d does not include this worker; leaving", plan.generation)
                 return EXIT_OK
             try:

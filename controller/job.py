@@ -560,6 +560,7 @@ class JobController:
                 reason=reason,
                 holders=holders,
                 snapshots=self.job.buddy_snapshots,
+                max_workers=self.config.max_workers,
             )
         except PlanError as exc:
             self._fail(f"cannot plan generation {generation}: {exc}")

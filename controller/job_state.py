@@ -22,6 +22,9 @@ class ControllerConfig:
     """How often agents heartbeat (must be well under lease_ttl_s)."""
     min_workers: int = 1
     """Ready workers needed before the first generation is planned."""
+    max_workers: int = 0
+    """Workers to train with (0: every ready one); the rest wait as spares and take
+    a lost worker's exact place, so the layout does not change."""
     settle_s: float = 1.0
     """After min_workers are ready, wait this long for more before planning."""
     coalesce_s: float = 0.05
@@ -41,6 +44,10 @@ class ControllerConfig:
             )
         if self.min_workers < 1:
             raise ValueError(f"min_workers={self.min_workers} must be at least 1")
+        if self.max_workers and self.max_workers < self.min_workers:
+            raise ValueError(
+                f"max_workers={self.max_workers} is below min_workers={self.min_workers}"
+            )
         if self.settle_s < 0 or self.coalesce_s < 0 or self.takeover_grace_s < 0:
             raise ValueError("settle_s, coalesce_s and takeover_grace_s must be >= 0")
 

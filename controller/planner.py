@@ -123,6 +123,7 @@ def make_hybrid_plan(
     reason: str,
     holders: set[str] | None = None,
     snapshots: bool = True,
+    max_workers: int = 0,
 ) -> HybridLayout:
     """The next pipeline x data parallel layout, moving as little state as possible.
 
@@ -135,6 +136,9 @@ def make_hybrid_plan(
 
     `holders`: survivors whose state is valid (they completed joining the previous
     generation); default all survivors. Others keep their place but are not sources.
+    `max_workers`: plan at most this many (0: all); the others wait as spares. A
+    spare or joiner planned while a member is lost takes that member's exact place
+    (rank, stage, interval), so the layout and the computation stay the same.
     """
     if zero not in (0, 1, 2):
         raise PlanError(f"zero={zero} must be 0, 1 or 2")
@@ -146,12 +150,13 @@ def make_hybrid_plan(
     units = len(profile.unit_costs)
     by_id = {m.worker_id: m for m in members}
     if previous is None:
-        order = sorted(members)
+        order = sorted(members)[: max_workers or None]
         count = min(stages, len(order), units)
         if count < 1:
             raise PlanError(f"stages={stages} must be at least 1")
         groups = [list(range(*even_split(len(order), count, s))) for s in range(count)]
         holder = None
+        same_stages = False
         dropped: tuple[str, ...] = ()
     else:
         if generation <= previous.generation:
@@ -162,15 +167,25 @@ def make_hybrid_plan(
         survivors = [w for w in old_ids if w in by_id]
         kept = set(survivors)
         newcomers = sorted(m for m in members if m.worker_id not in kept)
-        order = [by_id[w] for w in survivors] + newcomers
-        new_rank = {w: r for r, w in enumerate(survivors)}
+        if max_workers:
+            newcomers = newcomers[: max(0, max_workers - len(survivors))]
+        # newcomers first fill the places of lost members, in rank order
+        slots: list[str | None] = [w if w in kept else None for w in old_ids]
+        replacing = iter(newcomers)
+        for i, w in enumerate(slots):
+            if w is None:
+                slots[i] = next((m.worker_id for m in replacing), None)
+        placed = [w for w in slots if w is not None]
+        extra = newcomers[len(placed) - len(survivors) :]
+        order = [by_id[w] for w in placed] + extra
+        new_rank = {w: r for r, w in enumerate(placed)}
         # (ranks, the previous stage it continues or -1 for a new one)
         staged: list[tuple[list[int], int]] = []
         for s, stage in enumerate(previous.stages):
-            ranks = [new_rank[old_ids[r]] for r in stage.ranks if old_ids[r] in new_rank]
+            ranks = [new_rank[w] for r in stage.ranks if (w := slots[r]) is not None]
             if ranks:
                 staged.append((ranks, s))
-        pending = list(range(len(survivors), len(survivors) + len(newcomers)))
+        pending = list(range(len(placed), len(placed) + len(extra)))
         if not staged:
             staged = [([pending.pop(0)] if pending else [], -1)]
         # joiners first restore the pipeline depth the job asked for (a stage lost
@@ -186,9 +201,10 @@ def make_hybrid_plan(
             at = loads.index(max(loads)) + 1
             staged.insert(at, ([pending.pop(0)], -1))
         groups = [ranks for ranks, _ in staged]
+        same_stages = [old for _, old in staged] == list(range(len(previous.stages)))
         holder = [-1] * units
-        for new_s, (_, old_s) in enumerate(staged):
-            if old_s >= 0:
+        for new_s, (ranks, old_s) in enumerate(staged):
+            if old_s >= 0 and any(order[r].worker_id in kept for r in ranks):
                 for u in range(*previous.stages[old_s].units):
                     holder[u] = new_s
         for joiner in pending:
@@ -199,9 +215,18 @@ def make_hybrid_plan(
         raise PlanError("a stage has no workers after planning")
     if len(groups) > units:
         raise PlanError(f"{len(groups)} stages cannot share {units} layer units")
-    ranges = balance_stages(
-        profile.unit_costs, degrees, unit_bytes=profile.unit_numel, holder=holder
-    )
+    if (
+        previous is not None
+        and same_stages
+        and degrees == [len(st.ranks) for st in previous.stages]
+    ):
+        # nobody's share changed (a lost member replaced in place): keep the layers
+        # where they are, so the computation is the same as before
+        ranges = [st.units for st in previous.stages]
+    else:
+        ranges = balance_stages(
+            profile.unit_costs, degrees, unit_bytes=profile.unit_numel, holder=holder
+        )
     layout_stages = tuple(
         StageLayout(units=r, ranks=tuple(sorted(g))) for r, g in zip(ranges, groups, strict=True)
     )

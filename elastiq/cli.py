@@ -123,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     local = LocalRunConfig(
         workers=args.workers,
         workers_per_node=args.workers_per_node,
+        spare_nodes=args.spare_nodes,
         store=envvars.resolve(args.store, envvars.STORE, "embedded", str),
         chaos=[ChaosSpec.parse(c) for c in args.chaos],
         liveness_timeout_s=args.liveness_timeout,
@@ -143,6 +144,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         lease_ttl_s=args.lease_ttl,
         heartbeat_interval_s=args.heartbeat_interval,
         min_workers=args.min_workers,
+        max_workers=args.max_workers,
         settle_s=args.settle,
         takeover_grace_s=args.takeover_grace,
     )
@@ -282,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(run)
     run.add_argument("--workers", type=int, default=4)
     run.add_argument("--workers-per-node", type=int, default=1)
+    run.add_argument(
+        "--spare-nodes", type=int, default=0, help="extra nodes whose workers stand by as spares"
+    )
     run.add_argument("--store", default=None, help="embedded (default) or etcd://host:port")
     run.add_argument(
         "--chaos",
@@ -304,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--store", default=None, help="embedded[:///path] or etcd://host:port")
     ctl.add_argument("--token", default=None)
     ctl.add_argument("--min-workers", type=int, default=1)
+    ctl.add_argument(
+        "--max-workers", type=int, default=0, help="train with at most N; the rest are spares"
+    )
     ctl.add_argument("--settle", type=float, default=1.0)
     ctl.add_argument("--lease-ttl", type=float, default=3.0)
     ctl.add_argument("--heartbeat-interval", type=float, default=0.5)

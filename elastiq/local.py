@@ -78,6 +78,8 @@ class LocalRunConfig:
     """Total worker processes."""
     workers_per_node: int = 1
     """Workers per agent (node); workers must be a multiple of it."""
+    spare_nodes: int = 0
+    """Extra agents whose workers wait as spares and replace lost workers in place."""
     store: str = "embedded"
     """Controller store URL."""
     chaos: list[ChaosSpec] = field(default_factory=list)
@@ -98,6 +100,8 @@ class LocalRunConfig:
     """Prometheus port of the controller (-1 off, 0 any free port)."""
 
     def __post_init__(self) -> None:
+        if self.spare_nodes < 0:
+            raise ValueError(f"spare_nodes={self.spare_nodes} must be >= 0")
         if self.workers < 1 or self.workers_per_node < 1:
             raise ValueError("workers and workers_per_node must be at least 1")
         if self.workers % self.workers_per_node:
@@ -252,6 +256,7 @@ async def run_local_async(
         ControllerConfig(
             token=token,
             min_workers=local.workers,
+            max_workers=local.workers if local.spare_nodes else 0,
             settle_s=0.0,
             lease_ttl_s=local.lease_ttl_s,
             heartbeat_interval_s=min(0.5, local.lease_ttl_s / 3),
@@ -264,7 +269,7 @@ async def run_local_async(
     os.makedirs(os.path.dirname(run_file), exist_ok=True)
     with open(run_file, "w", encoding="utf-8") as fh:
         json.dump({"controller": address, "token": token, "pid": os.getpid()}, fh)
-    nodes = local.workers // local.workers_per_node
+    nodes = local.workers // local.workers_per_node + local.spare_nodes
     agents: list[subprocess.Popen[bytes]] = []
     logs: list[Any] = []
     started = time.monotonic()

@@ -139,3 +139,17 @@ def test_measured_costs_replace_the_parameter_count_proxy() -> None:
     # balancing follows the measurement: the cheap embedding joins the first block
     g1 = make_hybrid_plan(refs(2), profile, None, 1, stages=2, zero=0, reason="t")
     assert g1.stages[0].units == (0, 2)
+
+
+def test_a_spare_takes_a_lost_workers_exact_place() -> None:
+    """With max_workers, extra members wait as spares; on a loss a spare gets the lost
+    rank, stage and interval, and nothing else moves."""
+    members = refs(5)
+    g1 = make_hybrid_plan(members, PROFILE, None, 1, stages=2, zero=1, reason="t", max_workers=4)
+    assert g1.world_size == 4 and "w0004" not in g1.worker_ids()
+    left = [m for m in members if m.worker_id != "w0001"]
+    g2 = make_hybrid_plan(left, PROFILE, g1, 2, stages=2, zero=1, reason="t", max_workers=4)
+    assert g2.worker_ids() == ["w0000", "w0004", "w0002", "w0003"]
+    assert [(st.units, st.ranks) for st in g2.stages] == [(st.units, st.ranks) for st in g1.stages]
+    assert not g2.lost and {m.dst_rank for m in g2.moves} == {1}
+    assert any(m.via == "buddy" and m.what == "moments" for m in g2.moves)
