@@ -62,7 +62,7 @@ case "${1:-}" in
     "$PY" -m ruff check .
     "$PY" -m ruff format --check .
     typecheck
-    exec "$PY" -m pytest -q "${@:2}"
+    exec "$PY" -m pytest -q --durations=12 "${@:2}"
     ;;
   *) echo "usage: bash dev.sh setup|demo|test [args]" >&2; exit 2 ;;
 esac

@@ -127,6 +127,12 @@ class TrainState:
             )
         self._restore_snapshot()
 
+    def adopt_step(self, step: int) -> None:
+        """This state was just overwritten with another rank's state of `step`."""
+        self.step = step
+        self.opt.step_count = step
+        self._snap_step = -1
+
     def undo_partial_update(self) -> None:
         """Undo an update whose all-gather did not complete: this rank's interval
         was stepped but the others' were not, a state that belongs to no step."""

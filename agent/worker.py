@@ -272,8 +272,19 @@ class Worker:
         holds_source = self.valid and (
             plan.source_generation == 0 or self.held_generation == plan.source_generation
         )
+        whole = int(
+            holds_source
+            and self.state.unit_range == (0, len(self.cfg.unit_numel()))
+            and (self.state.opt.lo, self.state.opt.hi) == (0, self.state.flat.numel)
+        )
         info = torch.tensor(
-            [self.state.step if holds_source else -1, int(holds_source), int(bool(pieces)), *avail],
+            [
+                self.state.step if holds_source else -1,
+                int(holds_source),
+                int(bool(pieces)),
+                *avail,
+                whole,
+            ],
             dtype=torch.int64,
         )
         table = [[int(x) for x in t] for t in group.allgather(info)]
@@ -300,6 +311,26 @@ class Worker:
                 )
         if not holds_source:
             self.valid = False  # it will receive everything it needs
+        ahead = max(t[0] for t in table if t[1])
+        replicated = plan.zero == 0 and len(plan.stages) == 1
+        if ahead > committed and replicated and all(t[5] for t in table if t[1]):
+            # plain data parallelism and a rank finished the step the others did not
+            # (the lost peer had already sent its part of the reduction): everyone
+            # holds the whole state, so the laggards take it from that rank instead
+            # of the others rolling back (no step is lost)
+            src = next(r for r, t in enumerate(table) if t[1] and t[0] == ahead)
+            total = sum(self.cfg.unit_numel())
+            mine = self.valid and bool(whole)
+            for k in range(3):
+                if mine:
+                    opt = self.state.opt
+                    tensor = (self.state.flat.data, opt.exp_avg, opt.exp_avg_sq)[k]
+                else:  # a newcomer: the plan's moves fill it afterwards
+                    tensor = torch.empty(total)
+                group.broadcast_(tensor, src)
+            if mine:
+                self.state.adopt_step(ahead)
+            return ahead, False
         rolled_back = self.valid and self.state.step > committed
         if self.valid:
             self.state.rollback_to(committed)

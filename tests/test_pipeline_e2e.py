@@ -130,7 +130,7 @@ def test_a_joiner_restores_a_lost_stage_and_training_matches_a_run_without_failu
     as 2 stages that never changed."""
     base = str(tmp_path)
     clean, changed = os.path.join(base, "clean.pt"), os.path.join(base, "changed.pt")
-    job = {**PP2, "steps": 60, "step-delay": 0.03}
+    job = {**PP2, "steps": 60}
     os.makedirs(os.path.join(base, "a"))
     os.makedirs(os.path.join(base, "b"))
     cluster = Cluster(os.path.join(base, "a"), job={**job, "final-params": clean})
@@ -142,6 +142,9 @@ def test_a_joiner_restores_a_lost_stage_and_training_matches_a_run_without_failu
         assert end.phase == "Succeeded", end
     finally:
         cluster.close()
+    # slow steps (no effect on the computation) leave the new agent, whose start
+    # takes seconds on a loaded machine, time to join before the end
+    job = {**job, "step-delay": 0.15}
     cluster = Cluster(os.path.join(base, "b"), job={**job, "final-params": changed})
     try:
         cluster.start_controller(min_workers=2)

@@ -94,10 +94,12 @@ def test_parameters_after_a_join_match_a_run_without_it(tmp_path: object) -> Non
     parameters and its interval from live ranks): same parameters as 4 from the start."""
     base = str(tmp_path)
     clean, joined = os.path.join(base, "clean.pt"), os.path.join(base, "joined.pt")
-    job = {"steps": 60, "step-delay": 0.03}
     os.makedirs(os.path.join(base, "a"))
-    end, _ = run(os.path.join(base, "a"), {**job, "final-params": clean}, None)
+    end, _ = run(os.path.join(base, "a"), {"steps": 60, "final-params": clean}, None)
     assert end.phase == "Succeeded", end
+    # slow steps (no effect on the computation) leave the new agent, whose start
+    # takes seconds on a loaded machine, time to join before the end
+    job = {"steps": 60, "step-delay": 0.15}
     cluster = Cluster(os.path.join(base, "b"), job={**JOB, **job, "final-params": joined})
     os.makedirs(os.path.join(base, "b"))
     try:
