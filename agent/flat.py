@@ -20,10 +20,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from elastiq.lr import lr_at
-
-__all__ = ["AdamWConfig", "FlatAdamW", "FlatParams", "ParamSlot", "lr_at"]
-
 
 @dataclass(frozen=True, slots=True)
 class ParamSlot:

@@ -26,9 +26,10 @@ from torch import nn
 
 from elastiq.agent.comm import Group
 from elastiq.agent.data import SampleOrder
-from elastiq.agent.flat import AdamWConfig, FlatAdamW, FlatParams, lr_at
+from elastiq.agent.flat import AdamWConfig, FlatAdamW, FlatParams
 from elastiq.agent.model import Block, build_unit, num_units
 from elastiq.config import JobConfig
+from elastiq.lr import lr_at
 from elastiq.partition import micro_batches_of
 
 # control slots appended to the gradient buffer

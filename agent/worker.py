@@ -43,7 +43,7 @@ from elastiq.agent.snapshots import SnapshotKeeper
 from elastiq.agent.trainer import TrainState, run_step
 from elastiq.checkpoint import checkfree
 from elastiq.config import JobConfig
-from elastiq.partition import even_split, stage_ranges
+from elastiq.partition import element_offsets, even_split, stage_ranges
 from elastiq.proto import elastiq_pb2 as pb
 
 # named explicitly: run as `python -m`, __name__ would be "__main__", outside the tree
@@ -339,24 +339,13 @@ class Worker:
     def _move_state(self, plan: pb.Plan, group: Group, me: int, committed: int) -> int:
         """Take this rank's place in the new layout: its stage's units (a new state if
         they changed), its ZeRO interval, and the plan's moves; returns bytes received."""
-        view = stage_view(plan, me)
-        stage = plan.stages[view.stage]
-        units = (stage.unit_lo, stage.unit_hi)
         old = self.state
         old_base = old.base
         old_m_lo, _ = old.moment_range
+        # the old moments, kept: a re-split in place replaces them (keeping the overlap)
         old_avg, old_avg_sq = old.opt.exp_avg, old.opt.exp_avg_sq
-        new = old if units == old.unit_range else TrainState(self.cfg, units)
-        degree = view.degree(view.stage)
-        total = new.flat.numel
-        self.intervals = (
-            [even_split(total, degree, j) for j in range(degree)] if plan.zero else None
-        )
-        lo, hi = self.intervals[view.replica] if self.intervals else (0, total)
-        if new is old:
-            old_m_lo, _, old_avg, old_avg_sq = new.set_moment_range(new.base + lo, new.base + hi)
-        else:
-            new.set_moment_range(new.base + lo, new.base + hi)
+        new = self._state_for(plan, me)
+        if new is not old:
             _copy_overlap(old.flat.data, old_base, new.flat.data, new.base)
             _copy_overlap(old_avg, old_m_lo, new.opt.exp_avg, new.moment_range[0])
             _copy_overlap(old_avg_sq, old_m_lo, new.opt.exp_avg_sq, new.moment_range[0])
@@ -394,9 +383,7 @@ class Worker:
         layout sets it to the weighted average, with fresh moments."""
         lo, hi = plan.checkfree_lo, plan.checkfree_hi
         sizes = self.cfg.unit_numel()
-        bounds = [0]
-        for n in sizes:
-            bounds.append(bounds[-1] + n)
+        bounds = element_offsets(sizes)
         n = sizes[lo - 1]
         received = []
         for unit, src in ((lo - 1, plan.checkfree_prev_rank), (hi, plan.checkfree_next_rank)):
@@ -431,11 +418,10 @@ class Worker:
         )
         return 2 * (n + 1) * 4
 
-    def _restore_checkpoint(self, plan: pb.Plan, group: Group, me: int) -> tuple[int, int]:
-        """Every rank loads its share of the plan's checkpoint, in this plan's layout
-        (a stage lost whole, or a resumed job); returns (step, bytes read)."""
-        if not self.cfg.checkpoint_url:
-            raise StateLost(f"plan {plan.generation} restores a checkpoint; none is configured")
+    def _state_for(self, plan: pb.Plan, me: int) -> TrainState:
+        """A state shaped for rank `me` of `plan`: its stage's units (the current state
+        when they did not change) owning its ZeRO interval's moments; sets
+        `self.intervals`. What the new shape does not cover yet is filled by the caller."""
         view = stage_view(plan, me)
         stage = plan.stages[view.stage]
         units = (stage.unit_lo, stage.unit_hi)
@@ -447,6 +433,14 @@ class Worker:
         )
         lo, hi = self.intervals[view.replica] if self.intervals else (0, total)
         new.set_moment_range(new.base + lo, new.base + hi)
+        return new
+
+    def _restore_checkpoint(self, plan: pb.Plan, group: Group, me: int) -> tuple[int, int]:
+        """Every rank loads its share of the plan's checkpoint, in this plan's layout
+        (a stage lost whole, or a resumed job); returns (step, bytes read)."""
+        if not self.cfg.checkpoint_url:
+            raise StateLost(f"plan {plan.generation} restores a checkpoint; none is configured")
+        new = self._state_for(plan, me)
         step, nbytes = plan.checkpoint_step, 0
         while True:
             try:

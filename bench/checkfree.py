@@ -43,6 +43,7 @@ from elastiq.agent.data import SampleOrder, load_corpus
 from elastiq.agent.trainer import TrainState, run_step
 from elastiq.checkpoint.checkfree import average, weights
 from elastiq.config import JobConfig, ModelConfig
+from elastiq.partition import element_offsets
 
 METHODS = ("none", "checkfree", "equal_average", "copy", "random", "rollback_10", "rollback_50")
 
@@ -65,9 +66,7 @@ class Study:
         self.train = SampleOrder(corpus[:cut], cfg.seq_len, cfg.seed)
         self.val = SampleOrder(corpus[cut:], cfg.seq_len, cfg.seed + 1)
         self.sizes = cfg.unit_numel()
-        self.bounds = [0]
-        for n in self.sizes:
-            self.bounds.append(self.bounds[-1] + n)
+        self.bounds = element_offsets(self.sizes)
         pg = dist.ProcessGroupGloo(dist.HashStore(), 0, 1, datetime.timedelta(seconds=60))
         self.group = Group(pg, 0, 1, 1, 60.0, lambda: False)
 

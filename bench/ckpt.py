@@ -91,17 +91,15 @@ def loop(
     checkpoint: Any,
     before_update: Any,
 ) -> list[float]:
-    """Run the loop; returns the seconds held per checkpoint."""
+    """Run the loop; returns the seconds held per checkpoint: its call, plus the
+    waits before later updates (charged to the newest checkpoint)."""
     held: list[float] = []
-    pending = 0.0
     for step in range(1, steps + 1):
         compute(step_s)
         t0 = time.perf_counter()
         before_update()
-        pending += time.perf_counter() - t0
-        if held and pending:
-            held[-1] += pending
-        pending = 0.0
+        if held:
+            held[-1] += time.perf_counter() - t0
         update(state)
         if step % every == 0:
             t0 = time.perf_counter()

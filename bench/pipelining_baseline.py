@@ -21,9 +21,9 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
 from elastiq.agent.data import SampleOrder, load_corpus
-from elastiq.agent.flat import lr_at
 from elastiq.agent.model import build_unit
 from elastiq.config import JobConfig
+from elastiq.lr import lr_at
 
 
 def main() -> None:

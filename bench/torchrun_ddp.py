@@ -23,9 +23,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from elastiq.agent.data import SampleOrder, load_corpus
-from elastiq.agent.flat import lr_at
 from elastiq.agent.model import build_unit, num_units
 from elastiq.config import JobConfig
+from elastiq.lr import lr_at
 from elastiq.partition import even_split
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from elastiq.checkpoint.checkfree import CheckFreeError, sources
 from elastiq.controller.planner import HybridLayout
-from elastiq.controller.reshard import element_offsets
+from elastiq.partition import element_offsets
 
 
 @dataclass(frozen=True, slots=True)

@@ -379,32 +379,24 @@ class JobController:
         if layout.state_source != "lost" and not resuming:
             return layout, 0, None
         found = await self._newest_checkpoint()
-        if resuming:
-            if found is None:
-                self._fail(
-                    f"--resume: no committed checkpoint under {self.job.checkpoint_url!r}; "
-                    "start without --resume, or point checkpoint_url at a job's checkpoints"
-                )
-                return None
-            return (
-                dataclasses.replace(layout, state_source="checkpoint", moves=(), lost=()),
-                found,
-                None,
+        if resuming and found is None:
+            self._fail(
+                f"--resume: no committed checkpoint under {self.job.checkpoint_url!r}; "
+                "start without --resume, or point checkpoint_url at a job's checkpoints"
             )
+            return None
         reached = self._reached_step()
         bound = self.job.checkpoint_max_staleness
-        if found is not None and bound and reached - found > bound:
+        if not resuming and found is not None and bound and reached - found > bound:
             self._event(
                 "checkpoint_stale",
                 f"checkpoint of step {found} is {reached - found} steps behind (bound {bound})",
             )
             found = None
         if found is not None:
-            return (
-                dataclasses.replace(layout, state_source="checkpoint", moves=(), lost=()),
-                found,
-                None,
-            )
+            # every rank loads its share of the checkpoint: no moves, nothing lost
+            restored = dataclasses.replace(layout, state_source="checkpoint", moves=(), lost=())
+            return restored, found, None
         pieces = sorted({(g.what, g.lo, g.hi) for g in layout.lost})
         shown = ", ".join(f"{what} [{lo}, {hi})" for what, lo, hi in pieces[:6])
         why = ""

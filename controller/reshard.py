@@ -56,14 +56,6 @@ class Lost:
     hi: int
 
 
-def element_offsets(unit_numel: Sequence[int]) -> list[int]:
-    """U: U[u] is the first global element of unit u; U[-1] the total."""
-    offsets = [0]
-    for n in unit_numel:
-        offsets.append(offsets[-1] + n)
-    return offsets
-
-
 def holdings(
     stages: Sequence[tuple[tuple[int, int], Sequence[int]]],
     unit_numel: Sequence[int],

@@ -77,6 +77,14 @@ def stage_buddies(nodes: Sequence[str], stage_ranks: Sequence[Sequence[int]]) ->
     return out
 
 
+def element_offsets(unit_numel: Sequence[int]) -> list[int]:
+    """U: U[u] is the first global element of unit u; U[-1] the total."""
+    offsets = [0]
+    for n in unit_numel:
+        offsets.append(offsets[-1] + n)
+    return offsets
+
+
 def stage_ranges(
     stages: Sequence[tuple[tuple[int, int], Sequence[int]]],
     unit_numel: Sequence[int],
@@ -86,9 +94,7 @@ def stage_ranges(
 
     A stage holding units [a, b) holds parameters [U[a], U[b]) on every replica; its
     moments are the same range (ZeRO-0) or its even split over the replicas."""
-    offsets = [0]
-    for n in unit_numel:
-        offsets.append(offsets[-1] + n)
+    offsets = element_offsets(unit_numel)
     out = {}
     for (a, b), ranks in stages:
         lo, hi = offsets[a], offsets[b]
