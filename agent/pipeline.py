@@ -1,11 +1,13 @@
 """One training step of a pipeline stage replica: 1F1B over its micro-batches.
 
-Each rank runs its operations from `schedule.rank_ops` in slot order. A forward
-receives its input activation from the replica of the previous stage that handled
-that micro-batch (token ids at the first stage), runs this stage's units and sends
-the output on. The last stage computes the loss (per-sample mean, divided by the
-global batch). A backward receives the output's gradient (or starts from the
-loss) and sends the input's gradient back. Tags are 2*micro-batch (+1 for
+Each rank runs its operations from `schedule.rank_ops` in slot order. A micro-
+batch follows its route, a list of hops (every stage once, in order; CheckFree+
+makes odd micro-batches go back and forth). A forward of a hop receives its input
+activation from the replica of the previous hop's stage that handled that
+micro-batch (token ids at the first hop), runs the hop's units and sends the
+output on. The last hop computes the loss (per-sample mean, divided by the global
+batch). A backward receives the output's gradient (or starts from the loss) and
+sends the input's gradient back. Tags are 2*(micro-batch*hops + hop) (+1 for
 gradients), so messages between two ranks are never confused; sends do not block
 and are completed at the end, which keeps the slot order deadlock-free.
 
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 
 from elastiq.agent.comm import Group
 from elastiq.agent.data import SampleOrder
-from elastiq.agent.schedule import peer_replica, rank_ops
+from elastiq.agent.schedule import Hop, peer_replica, rank_ops, route
 from elastiq.agent.trainer import (
     LOSS_SUM,
     NORM_SQ,
@@ -48,6 +50,8 @@ class StageView:
     replica: int
     stage_ranks: tuple[tuple[int, ...], ...]
     """Global ranks of each stage, in replica order."""
+    routes: tuple[tuple[Hop, ...], ...] = ()
+    """Each micro-batch's hops (empty: every stage once, in order)."""
 
     @property
     def stages(self) -> int:
@@ -59,6 +63,22 @@ class StageView:
     def peer(self, stage: int, micro_batch: int, micro_batches: int) -> int:
         """The global rank of `stage` that handles `micro_batch`."""
         return self.stage_ranks[stage][peer_replica(micro_batch, micro_batches, self.degree(stage))]
+
+    def hop_stages(self) -> tuple[tuple[int, ...], ...] | None:
+        """The routes as stages per hop (None: the plain route)."""
+        if not self.routes:
+            return None
+        return tuple(tuple(h.stage for h in r) for r in self.routes)
+
+
+def stage_routes(
+    stage_units: list[tuple[int, int]], orders: list[tuple[int, ...]]
+) -> tuple[tuple[Hop, ...], ...]:
+    """Each micro-batch's route through stages holding `stage_units`, given its unit
+    order; empty when every route is the plain one (every stage's units, in order)."""
+    routes = tuple(route(order, stage_units) for order in orders)
+    plain = route(range(stage_units[0][0], stage_units[-1][1]), stage_units)
+    return () if all(r == plain for r in routes) else routes
 
 
 def run_pipeline_step(
@@ -77,25 +97,32 @@ def run_pipeline_step(
     flat = state.flat
     flat.zero_grad()
     total, m, s = cfg.micro_batches, cfg.micro_batch, view.stage
-    last = s == view.stages - 1
     shape = (m, cfg.seq_len, cfg.model.dim)
     base = (step - 1) * cfg.global_batch
-    saved: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    hop_stages = view.hop_stages()
+    if hop_stages is None:
+        hop_stages = (tuple(range(view.stages)),) * total
+    hops = max(len(r) for r in hop_stages)
+    saved: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}
     sends: list[tuple[torch.Tensor, Any]] = []
     loss_sum, samples = 0.0, 0
-    for op in rank_ops(view.stages, total, s, view.degree(s), view.replica):
-        mb = op.micro_batch
+    for op in rank_ops(view.stages, total, s, view.degree(s), view.replica, view.hop_stages()):
+        mb, h = op.micro_batch, op.hop
+        path = hop_stages[mb]
+        last = h == len(path) - 1
+        units = view.routes[mb][h].units if view.routes else None
         first = base + mb * m
+        tag = 2 * (mb * hops + h)
         if op.kind == "F":
             inp: torch.Tensor | None = None
-            if s == 0:
+            if h == 0:
                 x = order.samples(first, m)[:, :-1]
             else:
                 inp = torch.empty(shape)
-                world.recv(inp, view.peer(s - 1, mb, total), 2 * mb)
+                world.recv(inp, view.peer(path[h - 1], mb, total), tag)
                 inp.requires_grad_(True)
                 x = inp
-            out = state.forward_units(x, step, first, m)
+            out = state.forward_units(x, step, first, m, units)
             if last:
                 targets = order.samples(first, m)[:, 1:]
                 per = (
@@ -107,22 +134,23 @@ def run_pipeline_step(
                 )
                 loss_sum += float(per.detach().sum())
                 samples += m
-                saved[mb] = (inp, per.sum() / cfg.global_batch)
+                saved[(mb, h)] = (inp, per.sum() / cfg.global_batch)
             else:
                 payload = out.detach().contiguous()
-                sends.append((payload, world.isend(payload, view.peer(s + 1, mb, total), 2 * mb)))
-                saved[mb] = (inp, out)
+                dst = view.peer(path[h + 1], mb, total)
+                sends.append((payload, world.isend(payload, dst, tag + 2)))
+                saved[(mb, h)] = (inp, out)
         else:
-            inp, out = saved.pop(mb)
+            inp, out = saved.pop((mb, h))
             if last:
                 out.backward()
             else:
                 grad = torch.empty(shape)
-                world.recv(grad, view.peer(s + 1, mb, total), 2 * mb + 1)
+                world.recv(grad, view.peer(path[h + 1], mb, total), tag + 3)
                 out.backward(grad)
             if inp is not None and inp.grad is not None:
                 g = inp.grad.contiguous()
-                sends.append((g, world.isend(g, view.peer(s - 1, mb, total), 2 * mb + 1)))
+                sends.append((g, world.isend(g, view.peer(path[h - 1], mb, total), tag + 1)))
     world.wait_p2p([work for _, work in sends], "pipeline sends")
     if saved:
         raise RuntimeError(f"micro-batches {sorted(saved)} ran forward but not backward")

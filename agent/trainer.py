@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +59,7 @@ class TrainState:
             raise ValueError(f"unit range {self.unit_range} is not within 0..{total}")
         self.unit_ids = list(range(a, b))
         self._unit_time: dict[int, float] = {}
-        self._unit_calls = 0
+        self._unit_calls: dict[int, int] = {}
         self.units = nn.ModuleList(
             build_unit(cfg.model, u, cfg.seq_len, cfg.seed) for u in self.unit_ids
         )
@@ -154,14 +154,14 @@ class TrainState:
 
     # computation ------------------------------------------------------------------
     def _dropout_masks(
-        self, step: int, first_sample: int, count: int
+        self, step: int, first_sample: int, count: int, units: Sequence[int]
     ) -> dict[int, list[torch.Tensor]]:
         """Masks keyed by (seed, step, sample, layer): identical under any layout."""
         p = self.cfg.model.dropout
         shape = (self.cfg.seq_len, self.cfg.model.dim)
         masks: dict[int, list[torch.Tensor]] = {}
-        for u, unit in zip(self.unit_ids, self.units, strict=True):
-            if not isinstance(unit, Block):
+        for u in units:
+            if not isinstance(self.units[u - self.unit_range[0]], Block):
                 continue
             pair = []
             for which in range(2):
@@ -176,30 +176,47 @@ class TrainState:
         return masks
 
     def forward_units(
-        self, h: torch.Tensor, step: int, first_sample: int, count: int
+        self,
+        h: torch.Tensor,
+        step: int,
+        first_sample: int,
+        count: int,
+        units: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """This stage's units applied to `h` (token ids at the first stage)."""
-        masks = self._dropout_masks(step, first_sample, count) if self.cfg.model.dropout > 0 else {}
-        for u, unit in zip(self.unit_ids, self.units, strict=True):
+        """This stage's `units` (default all, in order; CheckFree+ swaps some on odd
+        micro-batches) applied to `h` (token ids when the embedding is first)."""
+        order = self.unit_ids if units is None else units
+        masks = (
+            self._dropout_masks(step, first_sample, count, order)
+            if self.cfg.model.dropout > 0
+            else {}
+        )
+        a = self.unit_range[0]
+        for u in order:
+            unit = self.units[u - a]
             start = time.perf_counter()
             h = unit(h, masks.get(u)) if isinstance(unit, Block) else unit(h)
             self._unit_time[u] = self._unit_time.get(u, 0.0) + time.perf_counter() - start
-        self._unit_calls += 1
+            self._unit_calls[u] = self._unit_calls.get(u, 0) + 1
         return h
 
     def take_unit_costs(self) -> dict[int, float]:
         """Seconds of forward+backward per micro-batch for each of this stage's units
         since the last call (backward counted as twice the forward, as for matmuls)."""
-        if not self._unit_calls:
-            return {}
-        costs = {u: 3 * t / self._unit_calls for u, t in self._unit_time.items()}
-        self._unit_time, self._unit_calls = {}, 0
+        costs = {u: 3 * t / self._unit_calls[u] for u, t in self._unit_time.items()}
+        self._unit_time, self._unit_calls = {}, {}
         return costs
 
-    def loss_of(self, tokens: torch.Tensor, step: int, first_sample: int) -> torch.Tensor:
+    def loss_of(
+        self,
+        tokens: torch.Tensor,
+        step: int,
+        first_sample: int,
+        units: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Per-sample mean token losses of a micro-batch [m, seq_len+1]."""
         x, y = tokens[:, :-1], tokens[:, 1:]
-        h = self.forward_units(x, step, first_sample, tokens.shape[0])
+        h = self.forward_units(x, step, first_sample, tokens.shape[0], units)
         per_token = F.cross_entropy(h.reshape(-1, h.shape[-1]), y.reshape(-1), reduction="none")
         return per_token.view(tokens.shape[0], -1).mean(dim=1)
 
@@ -213,6 +230,7 @@ def run_step(
     intervals: list[tuple[int, int]] | None = None,
     zero: int = 0,
     before_reduce: Callable[[], None] | None = None,
+    orders: Sequence[Sequence[int]] | None = None,
 ) -> StepResult:
     """Forward/backward this rank's micro-batches of `step`, reduce, clip, update.
 
@@ -220,14 +238,16 @@ def run_step(
     coordinates (ZeRO-1/2). ZeRO-1 reduces whole gradients; ZeRO-2 reduce-scatters them
     so each rank keeps only its interval's. Either way each rank updates its interval
     and the parameters are all-gathered. `before_reduce` runs after backward, before
-    the reduction (where the previous step's snapshot transfer is completed)."""
+    the reduction (where the previous step's snapshot transfer is completed).
+    `orders`: each micro-batch's unit order (default: in order)."""
     cfg = state.cfg
     flat = state.flat
     flat.zero_grad()
     base = (step - 1) * cfg.global_batch
     for mb in micro_batches_of(cfg.micro_batches, group.world, group.rank):
         first = base + mb * cfg.micro_batch
-        losses = state.loss_of(order.samples(first, cfg.micro_batch), step, first)
+        units = orders[mb] if orders is not None else None
+        losses = state.loss_of(order.samples(first, cfg.micro_batch), step, first, units)
         (losses.sum() / cfg.global_batch).backward()
         flat.extra[LOSS_SUM] += float(losses.detach().sum())
         flat.extra[SAMPLES] += cfg.micro_batch

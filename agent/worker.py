@@ -34,16 +34,19 @@ from google.protobuf import json_format
 
 from elastiq import fs, logs
 from elastiq.agent.channel import Channel
+from elastiq.agent.checkfree_rebuild import rebuild_lost_units
 from elastiq.agent.checkpointing import WorkerCheckpoints
 from elastiq.agent.comm import CollectiveFailed, Group, RendezvousClient, Superseded
 from elastiq.agent.data import SampleOrder, load_corpus
+from elastiq.agent.edge_copies import EdgeCopies
 from elastiq.agent.migrate import apply_moves
-from elastiq.agent.pipeline import StageView, run_pipeline_step
+from elastiq.agent.pipeline import StageView, run_pipeline_step, stage_routes
+from elastiq.agent.schedule import Hop
 from elastiq.agent.snapshots import SnapshotKeeper
 from elastiq.agent.trainer import TrainState, run_step
 from elastiq.checkpoint import checkfree
 from elastiq.config import JobConfig
-from elastiq.partition import element_offsets, even_split, stage_ranges
+from elastiq.partition import edge_copy_routes, element_offsets, even_split, stage_ranges
 from elastiq.proto import elastiq_pb2 as pb
 
 # named explicitly: run as `python -m`, __name__ would be "__main__", outside the tree
@@ -117,6 +120,7 @@ class Worker:
         self.view: StageView | None = None
         self.intervals: list[tuple[int, int]] | None = None
         self.snapshots = SnapshotKeeper()
+        self.edge_copies = EdgeCopies()
         self.checkpoints = WorkerCheckpoints(cfg)
         # the generation whose layout this worker's state matches (last completed join)
         self.held_generation = 0
@@ -196,7 +200,7 @@ class Worker:
             self.cfg.rendezvous_timeout_s,
             lambda: self.plans.aborts(plan.generation),
         )
-        view = stage_view(plan, mine.rank)
+        view = stage_view(plan, mine.rank, self.cfg)
         if view.stages == 1:
             stage_group = group
         else:
@@ -366,57 +370,13 @@ class Worker:
 
         moved = apply_moves(group, plan.moves, me, source, target)
         if plan.state_source == "checkfree":
-            moved += self._rebuild_checkfree(plan, group, old, new)
+            moved += rebuild_lost_units(plan, group, old, new, self.edge_copies)
         self.state = new
         if not self.valid:
             self.state.step = committed
             self.state.opt.step_count = committed
         self._adopt(plan, group, committed)
         return moved
-
-    def _rebuild_checkfree(
-        self, plan: pb.Plan, group: Group, old: TrainState, new: TrainState
-    ) -> int:
-        """Layer units [checkfree_lo, checkfree_hi) exist nowhere: the plan's two
-        source ranks broadcast the bordering blocks (from their pre-join state) and
-        their stages' last gradient norms; every rank holding a lost unit in the new
-        layout sets it to the weighted average, with fresh moments."""
-        lo, hi = plan.checkfree_lo, plan.checkfree_hi
-        sizes = self.cfg.unit_numel()
-        bounds = element_offsets(sizes)
-        n = sizes[lo - 1]
-        received = []
-        for unit, src in ((lo - 1, plan.checkfree_prev_rank), (hi, plan.checkfree_next_rank)):
-            buf = torch.empty(n + 1)
-            if group.rank == src:
-                at = bounds[unit] - old.base
-                buf[:n].copy_(old.flat.data[at : at + n])
-                buf[n] = old.stage_grad_norm
-            group.broadcast_(buf, src)
-            received.append(buf)
-        prev, nxt = received
-        a, b = checkfree.weights(float(nxt[n]), float(prev[n]))
-        rebuilt = checkfree.average(nxt[:n], prev[:n], a, b)
-        m_lo, m_hi = new.moment_range
-        for unit in range(lo, hi):
-            g_lo, g_hi = bounds[unit], bounds[unit + 1]
-            if not new.base <= g_lo < new.base + new.flat.numel:
-                continue
-            new.flat.data[g_lo - new.base : g_hi - new.base].copy_(rebuilt)
-            c, d = max(g_lo, m_lo), min(g_hi, m_hi)
-            if c < d:
-                new.opt.exp_avg[c - m_lo : d - m_lo].zero_()
-                new.opt.exp_avg_sq[c - m_lo : d - m_lo].zero_()
-        log.warning(
-            "CheckFree: layer units [%d, %d) rebuilt from units %d and %d (weights %.4g, %.4g)",
-            lo,
-            hi,
-            lo - 1,
-            hi,
-            a,
-            b,
-        )
-        return 2 * (n + 1) * 4
 
     def _state_for(self, plan: pb.Plan, me: int) -> TrainState:
         """A state shaped for rank `me` of `plan`: its stage's units (the current state
@@ -474,6 +434,9 @@ class Worker:
             # the new buddies hold nothing yet: give them the committed state now
             self._start_snapshot(group, committed)
             self.snapshots.finish(group)
+        # likewise the keepers of the CheckFree+ copies of the embedding and the head
+        self._start_edge_copies(group, committed)
+        self.edge_copies.finish(group)
 
     @staticmethod
     def _snapshots_on(plan: pb.Plan) -> bool:
@@ -505,6 +468,24 @@ class Worker:
             self.state.opt.exp_avg_sq,
         )
         self.snapshots.start(group, step, plan.buddy[me], (m_lo, m_hi), tensors, wards)
+
+    def _start_edge_copies(self, group: Group, step: int) -> None:
+        """CheckFree+: send the embedding or the head this rank holds to its keepers."""
+        plan = self.plan
+        if plan is None or not self.cfg.checkfree_plus:
+            return
+        sizes = self.cfg.unit_numel()
+        routes = edge_copy_routes([list(st.ranks) for st in plan.stages], len(sizes))
+        if not routes:
+            return
+        bounds = element_offsets(sizes)
+        state = self.state
+        mine = {
+            u: state.flat.data[bounds[u] - state.base : bounds[u + 1] - state.base]
+            for u in (0, len(sizes) - 1)
+            if u in state.unit_ids
+        }
+        self.edge_copies.start(group, step, routes, sizes, mine)
 
     def _write_final_params(self) -> None:
         """Rank 0 writes the whole model's parameters in global order; the first
@@ -554,6 +535,7 @@ class Worker:
                     before_reduce=lambda: self._before_reduce(group),
                 )
             else:
+                routes = self.view.routes if self.view is not None else ()
                 result = run_step(
                     self.state,
                     group,
@@ -563,8 +545,10 @@ class Worker:
                     self.intervals,
                     zero,
                     before_reduce=lambda: self._before_reduce(group),
+                    orders=[r[0].units for r in routes] if routes else None,
                 )
             self._start_snapshot(group, step)
+            self._start_edge_copies(group, step)
             if self.view is not None:
                 self.checkpoints.maybe_save(
                     self.state,
@@ -605,6 +589,7 @@ class Worker:
                     raise CollectiveFailed("a peer announced a new generation that never arrived")
                 return plan
         self.snapshots.finish(group)
+        self.edge_copies.finish(group)
         self.checkpoints.finish(self.cfg.collective_timeout_s)
         return None
 
@@ -612,6 +597,7 @@ class Worker:
         """After backward, before the reduction that precedes the update: the last
         moment the previous step's snapshot and checkpoint copies may still run."""
         self.snapshots.finish(group)
+        self.edge_copies.finish(group)
         self.checkpoints.wait_for_copies()
 
     def run(self) -> int:
@@ -649,6 +635,7 @@ class Worker:
             except (Superseded, CollectiveFailed) as exc:
                 self.group = None
                 self.snapshots.abandon()
+                self.edge_copies.abandon()
                 log.warning("generation %d interrupted: %s", self.generation, exc)
                 self.event("interrupted", str(exc))
                 plan = self.plans.wait_newer(self.generation, 120.0)
@@ -662,12 +649,21 @@ class Worker:
         return EXIT_OK
 
 
-def stage_view(plan: pb.Plan, rank: int) -> StageView:
-    """Where `rank` sits in the plan's pipeline."""
+def stage_view(plan: pb.Plan, rank: int, cfg: JobConfig | None = None) -> StageView:
+    """Where `rank` sits in the plan's pipeline, and (given the job config) each
+    micro-batch's route when CheckFree+ swaps blocks."""
     stage_ranks = tuple(tuple(st.ranks) for st in plan.stages)
+    routes: tuple[tuple[Hop, ...], ...] = ()
+    if cfg is not None and cfg.checkfree_plus and (plan.swap_first or plan.swap_last):
+        groups = checkfree.SwapGroups(
+            blocks=cfg.model.n_layers, first=plan.swap_first, last=plan.swap_last
+        )
+        units = len(cfg.unit_numel())
+        orders = [checkfree.unit_order(units, mb, groups) for mb in range(cfg.micro_batches)]
+        routes = stage_routes([(st.unit_lo, st.unit_hi) for st in plan.stages], orders)
     for s, ranks in enumerate(stage_ranks):
         if rank in ranks:
-            return StageView(s, ranks.index(rank), stage_ranks)
+            return StageView(s, ranks.index(rank), stage_ranks, routes)
     raise ValueError(f"plan {plan.generation} puts rank {rank} in no stage")
 
 

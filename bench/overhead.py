@@ -7,6 +7,11 @@ on). Step time is the median over steps after a warm-up, measured by each side's
 own per-step wall clock. overhead = elastiq / plain (target <= 1.10).
 For pipelines, PP2 (2 workers) against torch.distributed.pipelining's
 Schedule1F1B on the same units (bench/pipelining_baseline.py).
+
+Repetitions are interleaved (round k runs every configuration once), because this
+VM drifts by more than the target's margin over a long benchmark: a ratio of two
+runs made minutes apart measures the drift. Each overhead is the median over
+rounds of the ratio within a round.
 Prints progress lines, then one JSON object on the last line.
 """
 
@@ -98,18 +103,11 @@ def pipelining_step_times(steps: int, stages: int) -> list[float]:
     )
 
 
-def _median_of(reps: int, measure: Any, warmup: int) -> tuple[float, list[float]]:
-    """Median over repetitions of each run's median step time (this machine is noisy:
-    the same run has varied by 25% from one repetition to the next)."""
-    per_rep = [round(statistics.median(measure()[warmup:]), 5) for _ in range(reps)]
-    return round(statistics.median(per_rep), 5), per_rep
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     n, w, r = args.steps, args.warmup, args.reps
     runs = {
@@ -119,17 +117,24 @@ def main() -> None:
         "pipelining_pp2": lambda: pipelining_step_times(n, 2),
         "elastiq_pp2": lambda: elastiq_step_times(n, 0, stages=2, workers=2),
     }
+    per_rep: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(r):
+        for name, measure in runs.items():
+            per_rep[name].append(round(statistics.median(measure()[w:]), 5))
+            print(f"round {rep + 1}/{r} {name}: median step {per_rep[name][-1]:.4f}s", flush=True)
     result: dict[str, Any] = {}
-    for name, measure in runs.items():
-        median, per_rep = _median_of(r, measure, w)
-        result[f"{name}_step_s"] = median
-        result[f"{name}_reps_s"] = per_rep
-        print(f"{name}: median step {median:.4f}s (per rep {per_rep})", flush=True)
-    result["overhead_zero0"] = round(result["elastiq_zero0_step_s"] / result["ddp_step_s"], 3)
-    result["overhead_zero1"] = round(result["elastiq_zero1_step_s"] / result["ddp_step_s"], 3)
-    result["overhead_pp2"] = round(
-        result["elastiq_pp2_step_s"] / result["pipelining_pp2_step_s"], 3
-    )
+    for name, values in per_rep.items():
+        result[f"{name}_step_s"] = round(statistics.median(values), 5)
+        result[f"{name}_reps_s"] = values
+    pairs = {
+        "overhead_zero0": ("elastiq_zero0", "ddp"),
+        "overhead_zero1": ("elastiq_zero1", "ddp"),
+        "overhead_pp2": ("elastiq_pp2", "pipelining_pp2"),
+    }
+    for key, (mine, plain) in pairs.items():
+        ratios = [a / b for a, b in zip(per_rep[mine], per_rep[plain], strict=True)]
+        result[key] = round(statistics.median(ratios), 3)
+        result[f"{key}_per_round"] = [round(x, 3) for x in ratios]
     result["target"] = 1.10
     print(json.dumps(result))
 

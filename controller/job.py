@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterable
 
 from elastiq.checkpoint import catalog
-from elastiq.checkpoint.checkfree import CheckFreeError
+from elastiq.checkpoint.checkfree import CheckFreeError, SwapGroups
 from elastiq.config import JobConfig
-from elastiq.controller.checkfree_plan import CheckFreeDirective, plan_checkfree
+from elastiq.controller.checkfree_plan import CheckFreeDirective, plan_checkfree, swap_groups_of
 from elastiq.controller.job_state import ControllerConfig, NodeState, PendingRecovery, WorkerState
 from elastiq.controller.metrics import ControllerMetrics
 from elastiq.controller.planner import (
@@ -81,6 +81,8 @@ class JobController:
         self.recoveries: list[pb.Recovery] = []
         # layer units ever rebuilt by CheckFree (trained at a scaled learning rate)
         self.lr_scaled_units: set[int] = set()
+        # CheckFree+ swap groups, fixed by the first plan's layout for the job's life
+        self.swap: SwapGroups | None = None
         self._pending: PendingRecovery | None = None
         self._replan_task: asyncio.Task[None] | None = None
         self._replan_reasons: list[str] = []
@@ -102,6 +104,10 @@ class JobController:
             plan = pb.Plan.FromString(kv.value)
             self.layout = plan_to_layout(plan)
             self.lr_scaled_units.update(plan.lr_scaled_units)
+            if self.job.checkfree_plus:
+                self.swap = SwapGroups(
+                    blocks=self.job.model.n_layers, first=plan.swap_first, last=plan.swap_last
+                )
             self.completed = self.layout
             self.plan = plan
             self._plan_revision = kv.mod_revision
@@ -402,7 +408,9 @@ class JobController:
         why = ""
         if self.job.checkfree and source is not None:
             try:
-                directive = plan_checkfree(layout, source, self.job.unit_numel(), holders)
+                directive = plan_checkfree(
+                    layout, source, self.job.unit_numel(), holders, self.swap
+                )
             except CheckFreeError as exc:
                 why = f"; CheckFree cannot rebuild it: {exc}"
             else:
@@ -410,8 +418,9 @@ class JobController:
                 self._event(
                     "checkfree",
                     f"generation {generation}: layer units [{directive.lo}, {directive.hi}) "
-                    f"exist nowhere; rebuilt from units {directive.lo - 1} and {directive.hi} "
-                    "(CheckFree: the model is now an approximation)",
+                    f"exist nowhere; rebuilt from {directive.sources} "
+                    f"({'CheckFree+' if directive.copies else 'CheckFree'}: the model is now "
+                    "an approximation)",
                 )
                 return dataclasses.replace(layout, state_source="checkfree", lost=()), 0, directive
         where = (
@@ -540,6 +549,12 @@ class JobController:
         generation = self.generation + 1
         source = self._source_layout()
         holders = self._holders(source)
+        if source is None and self.layout is not None and self.config.max_workers:
+            # no generation completed yet, so the planner starts afresh: a spare that
+            # became ready late must not displace a member of the plan in flight
+            current = set(self.layout.worker_ids())
+            members = sorted(members, key=lambda m: (m.worker_id not in current, m))
+            members = sorted(members[: self.config.max_workers])
         self.profile = measured_profile(self.job.unit_numel(), self.unit_costs)
         try:
             layout = make_hybrid_plan(
@@ -557,6 +572,12 @@ class JobController:
         except PlanError as exc:
             self._fail(f"cannot plan generation {generation}: {exc}")
             return
+        if self.job.checkfree_plus and self.swap is None:
+            try:
+                self.swap = swap_groups_of(layout, self.job.model.n_layers)
+            except CheckFreeError as exc:
+                self._fail(f"--checkfree-plus with this layout: {exc}")
+                return
         filled = await self._fill_lost_state(layout, source, holders, generation)
         if filled is None:
             return
@@ -587,9 +608,15 @@ class JobController:
             plan.checkfree_lo, plan.checkfree_hi = checkfree.lo, checkfree.hi
             plan.checkfree_prev_rank = checkfree.prev_rank
             plan.checkfree_next_rank = checkfree.next_rank
-            self.lr_scaled_units.update(range(checkfree.lo, checkfree.hi))
+            for unit, src_unit, src_rank in checkfree.copies:
+                plan.checkfree_copies.add(unit=unit, src_unit=src_unit, src_rank=src_rank)
+            # rebuilt blocks train faster; a copied edge unit is its own last weights
+            edges = {0, len(self.job.unit_numel()) - 1} if checkfree.copies else set()
+            self.lr_scaled_units.update(set(range(checkfree.lo, checkfree.hi)) - edges)
         plan.lr_scaled_units.extend(sorted(self.lr_scaled_units))
         plan.lr_scale = self.job.checkfree_lr_scale
+        if self.swap is not None:
+            plan.swap_first, plan.swap_last = self.swap.first, self.swap.last
         ok = await self.store.compare_and_set(
             self.prefix + "plan", plan.SerializeToString(), self._plan_revision
         )

@@ -63,6 +63,12 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--checkfree-lr-scale", type=float, default=1.1)
     g.add_argument(
+        "--checkfree-plus",
+        action="store_true",
+        help="with --checkfree: swap edge stages' blocks on odd micro-batches and keep "
+        "copies of the embedding and head, so a lost first or last stage can be rebuilt",
+    )
+    g.add_argument(
         "--resume",
         action="store_true",
         help="start from the newest committed checkpoint (any worker count)",
@@ -92,6 +98,7 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
         buddy_snapshots=not args.no_buddy_snapshots,
         checkfree=args.checkfree,
         checkfree_lr_scale=args.checkfree_lr_scale,
+        checkfree_plus=args.checkfree_plus,
         model=ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads),
     )
 
@@ -234,6 +241,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"checkfree: layer units {list(status.plan.lr_scaled_units)} were rebuilt from "
             f"their neighbours (the model is approximated; lr x{status.plan.lr_scale:g})"
+        )
+    if status.plan.swap_first or status.plan.swap_last:
+        print(
+            f"checkfree+: odd micro-batches swap the first {status.plan.swap_first} and the "
+            f"last {status.plan.swap_last} blocks with their neighbours; stages 1 and "
+            f"{max(len(status.plan.stages) - 2, 0)} keep copies of the embedding and the head"
         )
     print(
         f"{'rank':>4}  {'worker':<20} {'node':<12} {'state':<9} {'step':>6} {'loss':>8} {'pid':>7}"

@@ -111,6 +111,11 @@ class JobConfig:
     checkpoint), rebuild it from its neighbours (an approximation) instead of failing."""
     checkfree_lr_scale: float = 1.1
     """Learning-rate multiplier of CheckFree-rebuilt layers from then on."""
+    checkfree_plus: bool = False
+    """CheckFree+ (needs checkfree and 2+ stages): odd micro-batches run the first
+    and the last stage's blocks swapped with their neighbours', and the neighbouring
+    stages keep copies of the embedding and the head, so a lost first or last stage
+    can be rebuilt too. Costs extra activation transfers on odd micro-batches."""
     idle_timeout_s: float = 900.0
     """A worker with no plan to act on (before its first, or after the last step)
     exits after this long."""
@@ -158,6 +163,12 @@ class JobConfig:
             )
         if self.checkpoint_max_staleness < 0 or self.checkfree_lr_scale <= 0:
             raise ValueError("checkpoint_max_staleness must be >= 0, checkfree_lr_scale > 0")
+        if self.checkfree_plus and (not self.checkfree or self.pipeline_stages < 2):
+            raise ValueError(
+                "checkfree_plus rebuilds a lost first or last stage from the next one: it "
+                f"needs checkfree on and pipeline_stages >= 2 (got checkfree={self.checkfree}, "
+                f"pipeline_stages={self.pipeline_stages})"
+            )
         if self.idle_timeout_s <= 0:
             raise ValueError(f"idle_timeout_s={self.idle_timeout_s} must be positive")
 

@@ -105,3 +105,21 @@ def stage_ranges(
                 moments = (lo + s, lo + e)
             out[rank] = ((lo, hi), moments)
     return out
+
+
+def edge_copy_routes(
+    stage_ranks: Sequence[Sequence[int]], num_units: int
+) -> list[tuple[int, int, int]]:
+    """CheckFree+: (unit, sender, keeper) of every kept copy of the embedding (unit 0,
+    kept by every replica of stage 1) and the head (the last unit, kept by every
+    replica of stage S-2). Keeper i gets it from replica i mod d of the edge stage.
+    None with one stage: no neighbour can keep it."""
+    stages = len(stage_ranks)
+    if stages < 2:
+        return []
+    out = []
+    for unit, edge, keeper in ((0, 0, 1), (num_units - 1, stages - 1, stages - 2)):
+        senders = stage_ranks[edge]
+        for i, rank in enumerate(stage_ranks[keeper]):
+            out.append((unit, senders[i % len(senders)], rank))
+    return out

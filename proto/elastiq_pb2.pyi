@@ -191,7 +191,7 @@ class StateMove(_message.Message):
     def __init__(self, what: _Optional[str] = ..., src_rank: _Optional[int] = ..., dst_rank: _Optional[int] = ..., lo: _Optional[int] = ..., hi: _Optional[int] = ..., via: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy", "source_generation", "checkpoint_step", "checkfree_lo", "checkfree_hi", "checkfree_prev_rank", "checkfree_next_rank", "lr_scaled_units", "lr_scale")
+    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy", "source_generation", "checkpoint_step", "checkfree_lo", "checkfree_hi", "checkfree_prev_rank", "checkfree_next_rank", "lr_scaled_units", "lr_scale", "swap_first", "swap_last", "checkfree_copies")
     JOB_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,9 @@ class Plan(_message.Message):
     CHECKFREE_NEXT_RANK_FIELD_NUMBER: _ClassVar[int]
     LR_SCALED_UNITS_FIELD_NUMBER: _ClassVar[int]
     LR_SCALE_FIELD_NUMBER: _ClassVar[int]
+    SWAP_FIRST_FIELD_NUMBER: _ClassVar[int]
+    SWAP_LAST_FIELD_NUMBER: _ClassVar[int]
+    CHECKFREE_COPIES_FIELD_NUMBER: _ClassVar[int]
     job: str
     generation: int
     rendezvous: str
@@ -234,7 +237,20 @@ class Plan(_message.Message):
     checkfree_next_rank: int
     lr_scaled_units: _containers.RepeatedScalarFieldContainer[int]
     lr_scale: float
-    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ..., source_generation: _Optional[int] = ..., checkpoint_step: _Optional[int] = ..., checkfree_lo: _Optional[int] = ..., checkfree_hi: _Optional[int] = ..., checkfree_prev_rank: _Optional[int] = ..., checkfree_next_rank: _Optional[int] = ..., lr_scaled_units: _Optional[_Iterable[int]] = ..., lr_scale: _Optional[float] = ...) -> None: ...
+    swap_first: int
+    swap_last: int
+    checkfree_copies: _containers.RepeatedCompositeFieldContainer[CheckFreeCopy]
+    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ..., source_generation: _Optional[int] = ..., checkpoint_step: _Optional[int] = ..., checkfree_lo: _Optional[int] = ..., checkfree_hi: _Optional[int] = ..., checkfree_prev_rank: _Optional[int] = ..., checkfree_next_rank: _Optional[int] = ..., lr_scaled_units: _Optional[_Iterable[int]] = ..., lr_scale: _Optional[float] = ..., swap_first: _Optional[int] = ..., swap_last: _Optional[int] = ..., checkfree_copies: _Optional[_Iterable[_Union[CheckFreeCopy, _Mapping]]] = ...) -> None: ...
+
+class CheckFreeCopy(_message.Message):
+    __slots__ = ("unit", "src_unit", "src_rank")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    SRC_UNIT_FIELD_NUMBER: _ClassVar[int]
+    SRC_RANK_FIELD_NUMBER: _ClassVar[int]
+    unit: int
+    src_unit: int
+    src_rank: int
+    def __init__(self, unit: _Optional[int] = ..., src_unit: _Optional[int] = ..., src_rank: _Optional[int] = ...) -> None: ...
 
 class ChaosCommand(_message.Message):
     __slots__ = ("action", "worker_id", "rank", "at_step", "id", "at_generation")

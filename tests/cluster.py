@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from elastiq import rpc
@@ -184,3 +185,61 @@ def planned(status: pb.StatusResponse) -> dict[str, int]:
     """worker id -> pid of the members of the current plan."""
     ranks = {a.worker_id for a in status.plan.assignments}
     return {m.worker_id: m.pid for m in status.members if m.worker_id in ranks}
+
+
+JOB: dict[str, object] = {"steps": 40, "zero": 1}
+"""What `run` trains unless told otherwise (on top of `Cluster`'s defaults)."""
+
+
+Victims = int | list[int] | Callable[[pb.StatusResponse], list[int]] | None
+
+
+def run(
+    workdir: str, job: dict[str, object], kill_rank: Victims, workers: int = 4
+) -> tuple[pb.StatusResponse, dict[str, int]]:
+    """Run `workers` workers; kill `kill_rank` (one rank, several, or those a function
+    picks from the first plan) when it reports step 15."""
+    cluster = Cluster(workdir, job={**JOB, **job})
+    try:
+        cluster.start_controller(min_workers=workers)
+        for i in range(workers):
+            cluster.start_agent(f"node{i}")
+        first = cluster.wait_for("the first plan", lambda s: s.generation >= 1 and s.step >= 1, 90)
+        if callable(kill_rank):
+            victims = kill_rank(first)
+        else:
+            victims = [kill_rank] if isinstance(kill_rank, int) else (kill_rank or [])
+        for victim in victims:
+            cluster.call(
+                "Admin",
+                pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=victim, at_step=15),
+            )
+        end = cluster.wait_for(
+            "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180
+        )
+        return end, planned(first)
+    finally:
+        cluster.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A finished run without failure: its final parameters (a torch.save file) and
+    its checkpoint root (a checkpoint every 10 steps)."""
+
+    params: str
+    checkpoints: str
+
+
+ReferenceRuns = Callable[..., Reference]
+"""The `failure_free` fixture: (job, workers=4) -> Reference."""
+
+
+def run_reference(workdir: str, job: dict[str, object], workers: int) -> Reference:
+    """Run `job` on `workers` workers without failure; see `Reference`."""
+    params, root = os.path.join(workdir, "clean.pt"), os.path.join(workdir, "ckpt")
+    extra = {"final-params": params, "checkpoint-url": root, "checkpoint-every": 10}
+    end, _ = run(workdir, {**job, **extra}, None, workers)
+    if end.phase != "Succeeded":
+        raise RuntimeError(f"the failure-free reference run of {job} did not succeed: {end}")
+    return Reference(params, root)

@@ -1,7 +1,9 @@
-"""Shared fixtures: a real etcd on free loopback ports, and process hygiene helpers."""
+"""Shared fixtures: a real etcd on free loopback ports, process hygiene helpers, and
+failure-free reference runs shared by every end-to-end test that compares with one."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -10,6 +12,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
+from tests.cluster import JOB, Reference, ReferenceRuns, run_reference
 
 
 def free_port() -> int:
@@ -92,3 +96,20 @@ def etcd_server(tmp_path: object) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def failure_free(tmp_path_factory: pytest.TempPathFactory) -> ReferenceRuns:
+    """`failure_free(job, workers=4)`: a run of `job` without any failure, made once
+    per session for each (job, workers) and shared: the same PP2 reference serves
+    five tests. It saves a checkpoint every 10 steps, which does not change the
+    computation, for the tests that resume from one."""
+    made: dict[str, Reference] = {}
+
+    def get(job: dict[str, object], workers: int = 4) -> Reference:
+        key = json.dumps([{**JOB, **job}, workers], sort_keys=True)
+        if key not in made:
+            made[key] = run_reference(str(tmp_path_factory.mktemp("failure-free")), job, workers)
+        return made[key]
+
+    return get

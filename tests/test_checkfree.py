@@ -113,12 +113,18 @@ def _losses(step_log: str) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_a_middle_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_recovers(
-    tmp_path: object,
+@pytest.mark.parametrize(
+    ("victim", "plus"),
+    [(1, False), (0, True)],
+    ids=["middle-stage", "first-stage-checkfree-plus"],
+)
+def test_a_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_recovers(
+    tmp_path: object, victim: int, plus: bool
 ) -> None:
-    """PP3 on 3 workers, no buddy snapshots, no checkpoints: kill the middle stage's
-    only worker at step 100. The job goes on at 2 workers and the loss is back within
-    10% of its pre-failure value within 200 steps."""
+    """PP3 on 3 workers, no buddy snapshots, no checkpoints: kill one stage's only
+    worker at step 100 (the middle one: CheckFree; the first one, embedding and all:
+    CheckFree+). The job goes on at 2 workers and the loss is back within 10% of its
+    pre-failure value within 200 steps."""
     step_log = os.path.join(str(tmp_path), "steps")
     job = JobConfig(
         job="checkfree-e2e",
@@ -129,12 +135,13 @@ def test_a_middle_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_rec
         pipeline_stages=3,
         buddy_snapshots=False,
         checkfree=True,
+        checkfree_plus=plus,
         step_log=step_log,
         model=ModelConfig(dim=32, n_layers=4, n_heads=2),
     )
     statuses: list[pb.StatusResponse] = []
     local = LocalRunConfig(
-        workers=3, run_dir=str(tmp_path), chaos=[ChaosSpec("kill-worker", rank=1, step=100)]
+        workers=3, run_dir=str(tmp_path), chaos=[ChaosSpec("kill-worker", rank=victim, step=100)]
     )
     summary = asyncio.run(run_local_async(job, local, out=io.StringIO(), on_status=statuses.append))
     assert summary["phase"] == "Succeeded", summary
@@ -143,6 +150,14 @@ def test_a_middle_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_rec
     assert list(final.plan.lr_scaled_units) and math.isclose(final.plan.lr_scale, 1.1)
     assert any(e.kind == "checkfree" for e in final.events)
     assert "checkfree" in [st.source for st in statuses_checkfree_plan(statuses)]
+    rebuild = next(st.plan for st in statuses if st.plan.state_source == "checkfree")
+    if plus:
+        assert (final.plan.swap_first, final.plan.swap_last) == (1, 1)
+        # the embedding from the copy stage 1 kept, block 1 from its swapped partner 2
+        assert [(c.unit, c.src_unit) for c in rebuild.checkfree_copies] == [(0, 0), (1, 2)]
+        assert list(final.plan.lr_scaled_units) == [1]
+    else:
+        assert not rebuild.checkfree_copies and rebuild.checkfree_lo == 2
     losses = _losses(step_log)
     before = sum(losses[s] for s in range(91, 101)) / 10
     windows = [sum(losses[s + k] for k in range(10)) / 10 for s in range(101, 292)]

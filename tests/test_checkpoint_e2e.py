@@ -13,7 +13,7 @@ import torch
 from elastiq.checkpoint import catalog
 from elastiq.checkpoint.manifest import step_dir
 from elastiq.proto import elastiq_pb2 as pb
-from tests.test_zero_e2e import run
+from tests.cluster import ReferenceRuns, run
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +27,15 @@ def _diff(a_path: str, b_path: str) -> float:
 
 
 def test_a_resumed_job_at_another_layout_trains_like_one_that_never_stopped(
-    tmp_path: object,
+    tmp_path: object, failure_free: ReferenceRuns
 ) -> None:
     """Saved by 4 workers as PP2 x DP2 with ZeRO-1; resumed from step 20 by 3 workers
     as DP3 with ZeRO-0 (a universal restore, no conversion)."""
     base = str(tmp_path)
+    reference = failure_free(PP2)
+    clean, resumed = reference.params, os.path.join(base, "resumed.pt")
     root = os.path.join(base, "ckpt")
-    clean, resumed = os.path.join(base, "clean.pt"), os.path.join(base, "resumed.pt")
-    os.makedirs(os.path.join(base, "a"))
-    job = {**PP2, "checkpoint-url": root, "checkpoint-every": 10, "final-params": clean}
-    end, _ = run(os.path.join(base, "a"), job, None)
-    assert end.phase == "Succeeded", end
+    shutil.copytree(reference.checkpoints, root)  # the reference is shared: change a copy
     assert catalog.committed(root) == [20, 30, 40]
     for step in (30, 40):  # as if the job had stopped after step 20
         shutil.rmtree(os.path.join(root, step_dir(step)))
@@ -58,16 +56,14 @@ def _stage0_and_a_buddy(first: pb.StatusResponse) -> list[int]:
     return [*stage0, first.plan.buddy[stage0[0]]]
 
 
-def test_a_loss_no_buddy_covers_is_restored_from_the_checkpoint(tmp_path: object) -> None:
+def test_a_loss_no_buddy_covers_is_restored_from_the_checkpoint(
+    tmp_path: object, failure_free: ReferenceRuns
+) -> None:
     base = str(tmp_path)
     root = os.path.join(base, "ckpt")
-    clean, failed = os.path.join(base, "clean.pt"), os.path.join(base, "failed.pt")
-    os.makedirs(os.path.join(base, "a"))
-    os.makedirs(os.path.join(base, "b"))
-    end, _ = run(os.path.join(base, "a"), {**PP2, "final-params": clean}, None)
-    assert end.phase == "Succeeded", end
+    clean, failed = failure_free(PP2).params, os.path.join(base, "failed.pt")
     job = {**PP2, "checkpoint-url": root, "checkpoint-every": 10, "final-params": failed}
-    end, _ = run(os.path.join(base, "b"), job, _stage0_and_a_buddy)
+    end, _ = run(base, job, _stage0_and_a_buddy)
     assert end.phase == "Succeeded", end
     assert end.plan.world_size == 1 and end.plan.state_source == "checkpoint"
     assert end.plan.checkpoint_step in (10, 20)

@@ -11,8 +11,9 @@ import torch.distributed as dist
 
 from elastiq.agent.comm import Group
 from elastiq.agent.data import SampleOrder
-from elastiq.agent.pipeline import StageView, run_pipeline_step
+from elastiq.agent.pipeline import StageView, run_pipeline_step, stage_routes
 from elastiq.agent.trainer import TrainState
+from elastiq.checkpoint.checkfree import SwapGroups, unit_order
 from elastiq.partition import even_split
 from tests.test_trainer import CFG, train
 from tests.threaded import run_ranks
@@ -20,7 +21,12 @@ from tests.threaded import run_ranks
 STEPS = 3
 
 
-def train_pipeline(units: list[tuple[int, int]], degrees: list[int], zero: int) -> torch.Tensor:
+def train_pipeline(
+    units: list[tuple[int, int]],
+    degrees: list[int],
+    zero: int,
+    orders: list[tuple[int, ...]] | None = None,
+) -> torch.Tensor:
     torch.manual_seed(0)
     corpus = torch.randint(0, 256, (20_000,), dtype=torch.uint8)  # as tests/test_trainer.py
     world = sum(degrees)
@@ -49,7 +55,8 @@ def train_pipeline(units: list[tuple[int, int]], degrees: list[int], zero: int) 
             lo, hi = intervals[replica]
             state.set_moment_range(state.base + lo, state.base + hi)
         order = SampleOrder(corpus, CFG.seq_len, CFG.seed)
-        view = StageView(s, replica, tuple(stage_ranks))
+        routes = stage_routes(units, orders) if orders else ()
+        view = StageView(s, replica, tuple(stage_ranks), routes)
         for step in range(1, STEPS + 1):
             run_pipeline_step(state, wg, sg, view, order, step, False, intervals, zero)
         results[rank] = state.flat.data.clone()
@@ -77,3 +84,28 @@ def test_pipeline_layouts_train_like_a_single_process(
     assert piped.shape == single.shape
     diff = (piped - single).abs().max().item()
     assert diff <= 1e-5, f"max abs difference {diff}"
+
+
+@pytest.mark.parametrize(
+    ("units", "degrees", "zero"),
+    [
+        ([(0, 2), (2, 4)], [1, 1], 0),  # odd micro-batches: 0 | 2 | 1 | 3 across two stages
+        ([(0, 2), (2, 4)], [2, 1], 1),
+        ([(0, 1), (1, 3), (3, 4)], [1, 2, 1], 1),
+    ],
+)
+def test_checkfree_plus_swapped_routes_train_like_a_single_process_with_the_same_order(
+    units: list[tuple[int, int]], degrees: list[int], zero: int
+) -> None:
+    """Odd micro-batches run block 2 before block 1, which sends them back and forth
+    between stages; the result is the same model function as one process running the
+    same unit orders, and not the plain one."""
+    groups = SwapGroups(blocks=2, first=1, last=1)
+    orders = [unit_order(4, mb, groups) for mb in range(CFG.micro_batches)]
+    assert orders[1] == (0, 2, 1, 3)
+    single = train(1, STEPS, orders)[0]
+    piped = train_pipeline(units, degrees, zero, orders)
+    diff = (piped - single).abs().max().item()
+    assert diff <= 1e-5, f"max abs difference {diff}"
+    plain = train(1, STEPS)[0]
+    assert (plain - single).abs().max().item() > 1e-4, "the swapped order changed nothing"

@@ -23,7 +23,9 @@ CFG = JobConfig(
 )
 
 
-def train(world: int, steps: int = 3) -> list[torch.Tensor]:
+def train(
+    world: int, steps: int = 3, orders: list[tuple[int, ...]] | None = None
+) -> list[torch.Tensor]:
     torch.manual_seed(0)
     corpus = torch.randint(0, 256, (20_000,), dtype=torch.uint8)
     store = dist.HashStore()
@@ -37,7 +39,7 @@ def train(world: int, steps: int = 3) -> list[torch.Tensor]:
         state = TrainState(CFG)
         order = SampleOrder(corpus, CFG.seq_len, CFG.seed)
         for step in range(1, steps + 1):
-            run_step(state, group, order, step, want_switch=False)
+            run_step(state, group, order, step, want_switch=False, orders=orders)
         results[rank] = state.flat.data.clone()
 
     run_ranks(world, rank_main)

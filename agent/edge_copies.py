@@ -1,0 +1,95 @@
+"""CheckFree+ copies of the embedding and the head, kept by the neighbouring stage.
+
+A lost first stage takes the embedding with it, and the embedding has no
+same-shaped neighbour it could be rebuilt from; the head neither. Under CheckFree+
+the replicas of stage 1 keep a copy of the embedding's parameters and those of
+stage S-2 a copy of the head's (`partition.edge_copy_routes`), refreshed every
+committed step. The transfer starts after the update and completes before the
+next step's reduction, behind forward/backward, like the buddy snapshots (the
+slices sent are not modified before then). A copy becomes usable only once
+complete; the previous one is kept until then, so a keeper always holds the
+copy of the committed step or of the one before it. Copies carry no optimizer
+state: a rebuilt edge starts with fresh moments, like CheckFree's rebuilt blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from elastiq.agent.comm import Group
+
+log = logging.getLogger(__name__)
+
+TAG = 1 << 23
+
+
+@dataclass(slots=True)
+class _Pending:
+    step: int
+    works: list[Any]
+    incoming: list[tuple[int, torch.Tensor]]
+
+
+@dataclass(slots=True)
+class EdgeCopies:
+    """Copies this rank keeps ({unit: (step, parameters)}) and the transfer in flight."""
+
+    held: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    pending: _Pending | None = None
+    _spare: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def start(
+        self,
+        group: Group,
+        step: int,
+        routes: list[tuple[int, int, int]],
+        unit_numel: list[int],
+        unit_params: dict[int, torch.Tensor],
+    ) -> None:
+        """Send the edge units this rank holds (`unit_params`, views into its
+        parameters) to their keepers; receive the copies this rank keeps."""
+        works: list[Any] = []
+        incoming: list[tuple[int, torch.Tensor]] = []
+        me = group.rank
+        for unit, sender, keeper in routes:
+            tag = TAG + (1 if unit else 0)
+            if sender == me and keeper != me:
+                works.append(group.isend(unit_params[unit], keeper, tag))
+            elif keeper == me:
+                buf = self._buffer(unit, unit_numel[unit])
+                works.append(group.irecv(buf, sender, tag))
+                incoming.append((unit, buf))
+        self.pending = _Pending(step, works, incoming) if works else None
+
+    def finish(self, group: Group) -> None:
+        """Complete the transfer in flight; the copies received become the kept ones."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        group.wait_p2p(pending.works, f"edge copies of step {pending.step}")
+        for unit, buf in pending.incoming:
+            old = self.held.get(unit)
+            if old is not None and old[1].numel() == buf.numel():
+                self._spare[unit] = old[1]
+            self.held[unit] = (pending.step, buf)
+
+    def abandon(self) -> None:
+        """A failure interrupted the transfer: what it was receiving is incomplete."""
+        if self.pending is not None:
+            for unit, buf in self.pending.incoming:
+                self._spare[unit] = buf
+        self.pending = None
+
+    def get(self, unit: int) -> tuple[int, torch.Tensor]:
+        """(step, parameters) of the kept copy of `unit`."""
+        if unit not in self.held:
+            raise KeyError(f"this rank keeps no copy of layer unit {unit}")
+        return self.held[unit]
+
+    def _buffer(self, unit: int, n: int) -> torch.Tensor:
+        spare = self._spare.pop(unit, None)
+        return spare if spare is not None and spare.numel() == n else torch.empty(n)
