@@ -14,15 +14,19 @@ one failure schedule is shared by every method:
 - copy: the neighbouring block is copied (the previous one; the next for the
   first block);
 - random: the block is re-initialised;
+- checkfree_plus: trained the CheckFree+ way (every odd micro-batch runs block 2
+  before block 1 and block 6 before block 5); a lost first or last block is the
+  copy of its swapped partner, any other block is rebuilt as by checkfree;
 - rollback_10 / rollback_50: the whole state rolls back to the last checkpoint
   (taken every 10 / 50 steps) and the lost steps are recomputed; the measured time
   of each save and reload is charged (torch.save into host memory: the cheapest
   checkpoint there is, so rollback is shown at its best).
 
-The first and last blocks have one block neighbour only, so every rebuild rule
-copies it there. Each method runs until S steps are committed. Prints JSON on the
-last line: validation loss after S steps, and wall-clock seconds until the
-validation loss (every 10 steps) first reaches the target.
+The first and last blocks have one block neighbour only, so every other rebuild
+rule copies it there, from a neighbour that never ran in its place. Each method
+runs until S steps are committed. Prints JSON on the last line: validation loss
+after S steps, and wall-clock seconds until the validation loss (every 10 steps)
+first reaches the target.
 """
 
 from __future__ import annotations
@@ -41,11 +45,20 @@ import torch.distributed as dist
 from elastiq.agent.comm import Group
 from elastiq.agent.data import SampleOrder, load_corpus
 from elastiq.agent.trainer import TrainState, run_step
-from elastiq.checkpoint.checkfree import average, weights
+from elastiq.checkpoint.checkfree import SwapGroups, average, unit_order, weights
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.partition import element_offsets
 
-METHODS = ("none", "checkfree", "equal_average", "copy", "random", "rollback_10", "rollback_50")
+METHODS = (
+    "none",
+    "checkfree",
+    "checkfree_plus",
+    "equal_average",
+    "copy",
+    "random",
+    "rollback_10",
+    "rollback_50",
+)
 
 
 def schedule(steps: int, blocks: int, p: float, seed: int) -> dict[int, list[int]]:
@@ -96,10 +109,13 @@ class Study:
         target = self.block(state, u)
         if method == "random":
             target.normal_(0.0, 0.02, generator=gen)
+        elif method == "checkfree_plus" and (prev is None or nxt is None):
+            target.copy_(self.block(state, u + 1 if prev is None else u - 1))  # swapped partner
         elif method == "copy" or prev is None or nxt is None:
             target.copy_(self.block(state, prev if prev is not None else nxt))  # type: ignore[arg-type]
         else:
-            a, b = weights(norms[nxt], norms[prev]) if method == "checkfree" else (1.0, 1.0)
+            weighted = method in ("checkfree", "checkfree_plus")
+            a, b = weights(norms[nxt], norms[prev]) if weighted else (1.0, 1.0)
             target.copy_(average(self.block(state, nxt), self.block(state, prev), a, b))
         lo, hi = self.bounds[u], self.bounds[u + 1]
         state.opt.exp_avg[lo:hi].zero_()
@@ -117,10 +133,15 @@ class Study:
         t0 = time.perf_counter()
         step, applied = 0, 0
         pending = dict(failures)
+        orders = None
+        if method == "checkfree_plus":
+            groups = SwapGroups(blocks=self.cfg.model.n_layers, first=1, last=1)
+            units = len(self.sizes)
+            orders = [unit_order(units, mb, groups) for mb in range(self.cfg.micro_batches)]
         while step < steps:
             step += 1
             applied += 1
-            run_step(state, self.group, self.train, step, want_switch=False)
+            run_step(state, self.group, self.train, step, want_switch=False, orders=orders)
             norms = self.unit_norms(state)
             if every and step % every == 0:
                 t = time.perf_counter()
@@ -145,7 +166,7 @@ class Study:
             elif lost:
                 for u in lost:
                     self.rebuild(state, method, u, norms, gen)
-                    if method == "checkfree":
+                    if method in ("checkfree", "checkfree_plus"):
                         scaled.add(u)
                 state.scale_lr_of_units(sorted(scaled), 1.1)
             if step % 10 == 0 and not lost:
@@ -175,7 +196,7 @@ def main() -> None:
         job="bench-checkfree",
         steps=args.steps,
         global_batch=16,
-        micro_batch=16,
+        micro_batch=8,  # two micro-batches: CheckFree+ swaps the second
         seq_len=64,
         lr=3e-3,
         warmup_steps=20,
@@ -209,6 +230,7 @@ def main() -> None:
         },
         "ordering_holds": {
             "checkfree<=copy": _le(order.get("checkfree"), order.get("copy")),
+            "checkfree_plus<=checkfree": _le(order.get("checkfree_plus"), order.get("checkfree")),
             "copy<random": _lt(order.get("copy"), order.get("random")),
         },
     }
