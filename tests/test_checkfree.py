@@ -122,13 +122,13 @@ def test_a_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_recovers(
     tmp_path: object, victim: int, plus: bool
 ) -> None:
     """PP3 on 3 workers, no buddy snapshots, no checkpoints: kill one stage's only
-    worker at step 100 (the middle one: CheckFree; the first one, embedding and all:
+    worker at step 60 (the middle one: CheckFree; the first one, embedding and all:
     CheckFree+). The job goes on at 2 workers and the loss is back within 10% of its
-    pre-failure value within 200 steps."""
+    pre-failure value within the 120 steps that follow (the issue allows 200)."""
     step_log = os.path.join(str(tmp_path), "steps")
     job = JobConfig(
         job="checkfree-e2e",
-        steps=300,
+        steps=180,
         global_batch=16,
         micro_batch=4,
         seq_len=32,
@@ -141,7 +141,7 @@ def test_a_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_recovers(
     )
     statuses: list[pb.StatusResponse] = []
     local = LocalRunConfig(
-        workers=3, run_dir=str(tmp_path), chaos=[ChaosSpec("kill-worker", rank=victim, step=100)]
+        workers=3, run_dir=str(tmp_path), chaos=[ChaosSpec("kill-worker", rank=victim, step=60)]
     )
     summary = asyncio.run(run_local_async(job, local, out=io.StringIO(), on_status=statuses.append))
     assert summary["phase"] == "Succeeded", summary
@@ -159,6 +159,6 @@ def test_a_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_recovers(
     else:
         assert not rebuild.checkfree_copies and rebuild.checkfree_lo == 2
     losses = _losses(step_log)
-    before = sum(losses[s] for s in range(91, 101)) / 10
-    windows = [sum(losses[s + k] for k in range(10)) / 10 for s in range(101, 292)]
+    before = sum(losses[s] for s in range(51, 61)) / 10
+    windows = [sum(losses[s + k] for k in range(10)) / 10 for s in range(61, 172)]
     assert min(windows) <= 1.1 * before, (before, windows[:5], min(windows))
