@@ -78,10 +78,9 @@ class EdgeCopies:
             self.held[unit] = (pending.step, buf)
 
     def abandon(self) -> None:
-        """A failure interrupted the transfer: what it was receiving is incomplete."""
-        if self.pending is not None:
-            for unit, buf in self.pending.incoming:
-                self._spare[unit] = buf
+        """A failure interrupted the transfer: what it was receiving is incomplete.
+        Its buffers are dropped, not reused: a receive on the abandoned group may
+        still write into them."""
         self.pending = None
 
     def get(self, unit: int) -> tuple[int, torch.Tensor]:

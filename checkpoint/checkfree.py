@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # tensors are only passed through: the controller runs without torch
+    import torch
 
 EPS = 1e-8
 

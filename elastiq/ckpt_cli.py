@@ -2,7 +2,9 @@
 
 Kept apart from cli.py, which only registers these subcommands. Long work (verify,
 convert) draws a progress bar on stderr and ends with a one-line summary; exit
-code 1 when verification finds a problem, 2 on bad input.
+code 1 when verification finds a problem, 2 on bad input. The checkpoint library
+(and torch with it) is imported only when a ckpt command runs: `elastiq agent` and
+`elastiq controller` start through the same CLI and need neither.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from elastiq.checkpoint import convert
 from elastiq.checkpoint.manifest import ManifestError
-from elastiq.checkpoint.restore import NoCheckpoint, describe
+
+if TYPE_CHECKING:
+    from elastiq.checkpoint.convert import Progress
 
 
-def _bar(label: str) -> convert.Progress:
+def _bar(label: str) -> Progress:
     start = time.monotonic()
 
     def show(done: int, total: int) -> None:
@@ -35,6 +39,9 @@ def _bar(label: str) -> convert.Progress:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from elastiq.checkpoint import convert
+    from elastiq.checkpoint.restore import describe
+
     root, step = convert.locate(args.url)
     info = describe(root, step)
     if args.json:
@@ -50,6 +57,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from elastiq.checkpoint import convert
+
     verdict = convert.verify(args.url, _bar("verify"))
     for problem in verdict.problems:
         print(f"  FAIL {problem}")
@@ -62,6 +71,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from elastiq.checkpoint import convert
+
     kind = args.source_format or convert.detect(args.src)
     t0 = time.monotonic()
     if kind == "elastiq":
@@ -79,6 +90,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _guarded(func: object) -> object:
     def run(args: argparse.Namespace) -> int:
+        from elastiq.checkpoint.restore import NoCheckpoint
+
         try:
             return func(args)  # type: ignore[operator]
         except (NoCheckpoint, ManifestError, FileNotFoundError) as exc:

@@ -4,14 +4,21 @@ a lost first or last stage is rebuilt from its swapped partner (pure, microsecon
 
 from __future__ import annotations
 
-import pytest
+import datetime
 
+import pytest
+import torch
+import torch.distributed as dist
+
+from elastiq.agent.comm import Group
+from elastiq.agent.edge_copies import EdgeCopies
 from elastiq.agent.schedule import Hop, route
 from elastiq.checkpoint.checkfree import CheckFreeError, SwapGroups, edge_sources, unit_order
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.controller.checkfree_plan import plan_checkfree
 from elastiq.controller.planner import WorkerRef, make_hybrid_plan, measured_profile
 from elastiq.partition import edge_copy_routes
+from tests.threaded import run_ranks
 
 # 4 blocks: units 0 (embedding), 1..4 (blocks), 5 (head)
 PP3 = SwapGroups(blocks=4, first=1, last=1)
@@ -100,3 +107,30 @@ def test_a_lost_edge_stage_is_planned_from_surviving_partners_and_keepers(victim
     # without that survivor (it joined no generation) neither partner nor copy is left
     with pytest.raises(CheckFreeError, match="no surviving worker"):
         plan_checkfree(second, first, CFG.unit_numel(), holders - {middle}, PP3)
+
+
+def test_keepers_hold_complete_copies_of_the_embedding_and_the_head() -> None:
+    """PP2 on real gloo groups (one thread per rank): after two steps' transfers the
+    keeper of each edge unit holds the sender's parameters of the newest step."""
+    sizes = [6, 4, 4, 5]  # embedding, two blocks, head
+    routes = edge_copy_routes([[0], [1]], len(sizes))
+    store = dist.HashStore()
+    held: dict[int, tuple[int, torch.Tensor]] = {}
+    sent: dict[int, torch.Tensor] = {}
+
+    def rank_main(rank: int) -> None:
+        pg = dist.ProcessGroupGloo(store, rank, 2, datetime.timedelta(seconds=30))
+        group = Group(pg, rank, 2, 1, 30.0, lambda: False)
+        copies = EdgeCopies()
+        unit = 0 if rank == 0 else 3
+        for step in (1, 2):
+            params = torch.full((sizes[unit],), float(10 * step + unit))
+            copies.start(group, step, routes, sizes, {unit: params})
+            copies.finish(group)
+            sent[unit] = params
+        held.update(copies.held)
+
+    run_ranks(2, rank_main)
+    assert sorted(held) == [0, 3]
+    for unit, (step, params) in held.items():
+        assert step == 2 and torch.equal(params, sent[unit])

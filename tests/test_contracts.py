@@ -106,3 +106,14 @@ def test_modules_stay_well_under_800_lines() -> None:
         for path in _sources(part):
             lines = len(path.read_text(encoding="utf-8").splitlines())
             assert lines < 800, f"{part}/{path.name} has {lines} lines"
+
+
+def test_the_controller_and_agent_processes_start_without_importing_torch() -> None:
+    """`elastiq agent` and `elastiq controller` run through the CLI; importing torch
+    there cost 1.3 s of CPU per process, which delays every agent that joins."""
+    code = (
+        "import sys, elastiq.cli, elastiq.controller.server, elastiq.agent.agent; "
+        "sys.exit(3 if 'torch' in sys.modules else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()[-2000:] or "torch was imported"
