@@ -115,15 +115,15 @@ def _losses(step_log: str) -> dict[int, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("victim", "plus"),
-    [(1, False), (0, True)],
-    ids=["middle-stage", "first-stage-checkfree-plus"],
+    [(1, False), (0, True), (2, True)],
+    ids=["middle-stage", "first-stage-checkfree-plus", "last-stage-checkfree-plus"],
 )
 def test_a_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_recovers(
     tmp_path: object, victim: int, plus: bool
 ) -> None:
     """PP3 on 3 workers, no buddy snapshots, no checkpoints: kill one stage's only
-    worker at step 60 (the middle one: CheckFree; the first one, embedding and all:
-    CheckFree+). The job goes on at 2 workers and the loss is back within 10% of its
+    worker at step 60 (the middle one: CheckFree; the first one, embedding and all,
+    or the last one, head and all: CheckFree+). The job goes on at 2 workers and the loss is back within 10% of its
     pre-failure value within the 120 steps that follow (the issue allows 200)."""
     step_log = os.path.join(str(tmp_path), "steps")
     job = JobConfig(
@@ -153,9 +153,12 @@ def test_a_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_recovers(
     rebuild = next(st.plan for st in statuses if st.plan.state_source == "checkfree")
     if plus:
         assert (final.plan.swap_first, final.plan.swap_last) == (1, 1)
-        # the embedding from the copy stage 1 kept, block 1 from its swapped partner 2
-        assert [(c.unit, c.src_unit) for c in rebuild.checkfree_copies] == [(0, 0), (1, 2)]
-        assert list(final.plan.lr_scaled_units) == [1]
+        # first stage: the embedding from the copy stage 1 kept, block 1 from its
+        # swapped partner 2; last stage: the head from stage 1's copy, block 4 from 3
+        edge, block, partner = (0, 1, 2) if victim == 0 else (5, 4, 3)
+        copies = [(c.unit, c.src_unit) for c in rebuild.checkfree_copies]
+        assert copies == [(edge, edge), (block, partner)]
+        assert list(final.plan.lr_scaled_units) == [block]
     else:
         assert not rebuild.checkfree_copies and rebuild.checkfree_lo == 2
     losses = _losses(step_log)
