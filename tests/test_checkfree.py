@@ -123,8 +123,9 @@ def test_a_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_recovers(
 ) -> None:
     """PP3 on 3 workers, no buddy snapshots, no checkpoints: kill one stage's only
     worker at step 60 (the middle one: CheckFree; the first one, embedding and all,
-    or the last one, head and all: CheckFree+). The job goes on at 2 workers and the loss is back within 10% of its
-    pre-failure value within the 120 steps that follow (the issue allows 200)."""
+    or the last one, head and all: CheckFree+). The job goes on at 2 workers and the
+    loss is back within 10% of its pre-failure value within the 120 steps that
+    follow (the issue allows 200)."""
     step_log = os.path.join(str(tmp_path), "steps")
     job = JobConfig(
         job="checkfree-e2e",
