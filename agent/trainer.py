@@ -75,6 +75,9 @@ class TrainState:
         # this stage's gradient norm at the last step, after clipping (CheckFree
         # weighs a lost neighbour's rebuild by it); NaN until measured
         self.stage_grad_norm = float("nan")
+        # (step, clip factor, lr) of the last update: a buddy replays its ward's
+        # update of that step from them (agent/snapshots.py)
+        self.last_update = (0, 1.0, 0.0)
         self._staging = torch.empty(0)
         self._snap_params = torch.empty_like(self.flat.data)
         self._snap_avg = torch.empty_like(self.opt.exp_avg)
@@ -302,6 +305,7 @@ def apply_update(
     state.stage_grad_norm = math.sqrt(stage_sq) * factor if stage_sq >= 0 else float("nan")
     state.snapshot()
     lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps)
+    state.last_update = (step, factor, lr)
     state.opt.step(flat.data, flat.grad, lr)
     if zero and intervals and group.world > 1:
         try:

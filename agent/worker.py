@@ -469,6 +469,39 @@ class Worker:
         )
         self.snapshots.start(group, step, plan.buddy[me], (m_lo, m_hi), tensors, wards)
 
+    def _keep_ward_gradients(self, group: Group, step: int) -> None:
+        """Data parallelism with ZeRO-1: keep each ward's interval of the reduced
+        gradient of `step`, so that its update can be replayed if it dies before its
+        snapshot of `step` arrives (agent/snapshots.py, "Replay")."""
+        plan = self.plan
+        if plan is None or plan.zero != 1 or len(plan.stages) != 1 or not self.intervals:
+            return
+        if not self._snapshots_on(plan):
+            return
+        state = self.state
+        done, factor, lr = state.last_update
+        if done != step:
+            return
+        for r in range(plan.world_size):
+            if plan.buddy[r] != group.rank or r == group.rank:
+                continue
+            lo, hi = self.intervals[r]
+            scaled = [
+                (max(a, lo) - lo, min(b, hi) - lo, k)
+                for a, b, k in state.opt.lr_scaled
+                if max(a, lo) < min(b, hi)
+            ]
+            self.snapshots.keep_gradient(
+                plan.assignments[r].worker_id,
+                step,
+                state.flat.grad[lo:hi],
+                state.base + lo,
+                factor,
+                lr,
+                state.opt.cfg,
+                scaled,
+            )
+
     def _start_edge_copies(self, group: Group, step: int) -> None:
         """CheckFree+: send the embedding or the head this rank holds to its keepers."""
         plan = self.plan
@@ -548,6 +581,7 @@ class Worker:
                     orders=[r[0].units for r in routes] if routes else None,
                 )
             self._start_snapshot(group, step)
+            self._keep_ward_gradients(group, step)
             self._start_edge_copies(group, step)
             if self.view is not None:
                 self.checkpoints.maybe_save(
