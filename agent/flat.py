@@ -108,17 +108,21 @@ class FlatAdamW:
         self.lo, self.hi = lo, hi
         return old
 
+    def scaled_within(self, lo: int, hi: int) -> list[tuple[int, int, float]]:
+        """The learning-rate scaled ranges that meet [lo, hi), relative to lo."""
+        return [
+            (max(a, lo) - lo, min(b, hi) - lo, k)
+            for a, b, k in self.lr_scaled
+            if max(a, lo) < min(b, hi)
+        ]
+
     def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
         """Update params[lo:hi] in place from grads (the same interval)."""
         c = self.cfg
         self.step_count += 1
         p = params[self.lo : self.hi]
         g = grads[self.lo : self.hi]
-        scaled = [
-            (slice(max(a, self.lo) - self.lo, min(b, self.hi) - self.lo), k)
-            for a, b, k in self.lr_scaled
-            if max(a, self.lo) < min(b, self.hi)
-        ]
+        scaled = [(slice(a, b), k) for a, b, k in self.scaled_within(self.lo, self.hi)]
         if c.weight_decay:
             p.mul_(1 - lr * c.weight_decay)
             for s, k in scaled:

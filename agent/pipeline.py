@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from elastiq.agent.comm import Group
 from elastiq.agent.data import SampleOrder
-from elastiq.agent.schedule import Hop, peer_replica, rank_ops, route
+from elastiq.agent.schedule import Hop, peer_replica, plain_hops, rank_ops, route
 from elastiq.agent.trainer import (
     LOSS_SUM,
     NORM_SQ,
@@ -99,14 +99,13 @@ def run_pipeline_step(
     total, m, s = cfg.micro_batches, cfg.micro_batch, view.stage
     shape = (m, cfg.seq_len, cfg.model.dim)
     base = (step - 1) * cfg.global_batch
-    hop_stages = view.hop_stages()
-    if hop_stages is None:
-        hop_stages = (tuple(range(view.stages)),) * total
+    routed = view.hop_stages()
+    hop_stages = routed if routed is not None else plain_hops(view.stages, total)
     hops = max(len(r) for r in hop_stages)
     saved: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}
     sends: list[tuple[torch.Tensor, Any]] = []
     loss_sum, samples = 0.0, 0
-    for op in rank_ops(view.stages, total, s, view.degree(s), view.replica, view.hop_stages()):
+    for op in rank_ops(view.stages, total, s, view.degree(s), view.replica, routed):
         mb, h = op.micro_batch, op.hop
         path = hop_stages[mb]
         last = h == len(path) - 1

@@ -121,6 +121,8 @@ class Worker:
         self.intervals: list[tuple[int, int]] | None = None
         self.snapshots = SnapshotKeeper()
         self.edge_copies = EdgeCopies()
+        self._edge_routes: list[tuple[int, int, int]] = []
+        self._edge_params: dict[int, torch.Tensor] = {}
         self.checkpoints = WorkerCheckpoints(cfg)
         # the generation whose layout this worker's state matches (last completed join)
         self.held_generation = 0
@@ -435,6 +437,7 @@ class Worker:
             self._start_snapshot(group, committed)
             self.snapshots.finish(group)
         # likewise the keepers of the CheckFree+ copies of the embedding and the head
+        self._plan_edge_copies(plan)
         self._start_edge_copies(group, committed)
         self.edge_copies.finish(group)
 
@@ -455,11 +458,7 @@ class Worker:
             self.cfg.unit_numel(),
             plan.zero,
         )
-        wards = [
-            (plan.assignments[r].worker_id, r, ranges[r][1])
-            for r in range(plan.world_size)
-            if plan.buddy[r] == me and r != me
-        ]
+        wards = [(plan.assignments[r].worker_id, r, ranges[r][1]) for r in _wards(plan, me)]
         m_lo, m_hi = self.state.moment_range
         base = self.state.base
         tensors = (
@@ -482,15 +481,8 @@ class Worker:
         done, factor, lr = state.last_update
         if done != step:
             return
-        for r in range(plan.world_size):
-            if plan.buddy[r] != group.rank or r == group.rank:
-                continue
+        for r in _wards(plan, group.rank):
             lo, hi = self.intervals[r]
-            scaled = [
-                (max(a, lo) - lo, min(b, hi) - lo, k)
-                for a, b, k in state.opt.lr_scaled
-                if max(a, lo) < min(b, hi)
-            ]
             self.snapshots.keep_gradient(
                 plan.assignments[r].worker_id,
                 step,
@@ -499,26 +491,30 @@ class Worker:
                 factor,
                 lr,
                 state.opt.cfg,
-                scaled,
+                state.opt.scaled_within(lo, hi),
             )
 
-    def _start_edge_copies(self, group: Group, step: int) -> None:
-        """CheckFree+: send the embedding or the head this rank holds to its keepers."""
-        plan = self.plan
-        if plan is None or not self.cfg.checkfree_plus:
+    def _plan_edge_copies(self, plan: pb.Plan) -> None:
+        """CheckFree+: who sends which edge unit to whom in this generation, and the
+        views of the edge units this rank holds (fixed until the next join)."""
+        self._edge_routes, self._edge_params = [], {}
+        if not self.cfg.checkfree_plus:
             return
         sizes = self.cfg.unit_numel()
-        routes = edge_copy_routes([list(st.ranks) for st in plan.stages], len(sizes))
-        if not routes:
-            return
+        self._edge_routes = edge_copy_routes([list(st.ranks) for st in plan.stages], len(sizes))
         bounds = element_offsets(sizes)
         state = self.state
-        mine = {
+        self._edge_params = {
             u: state.flat.data[bounds[u] - state.base : bounds[u + 1] - state.base]
             for u in (0, len(sizes) - 1)
             if u in state.unit_ids
         }
-        self.edge_copies.start(group, step, routes, sizes, mine)
+
+    def _start_edge_copies(self, group: Group, step: int) -> None:
+        """CheckFree+: send the embedding or the head this rank holds to its keepers."""
+        if self._edge_routes:
+            sizes = self.cfg.unit_numel()
+            self.edge_copies.start(group, step, self._edge_routes, sizes, self._edge_params)
 
     def _write_final_params(self) -> None:
         """Rank 0 writes the whole model's parameters in global order; the first
@@ -681,6 +677,11 @@ class Worker:
                 self.event("state_lost", str(exc))
                 return EXIT_STATE_LOST
         return EXIT_OK
+
+
+def _wards(plan: pb.Plan, me: int) -> list[int]:
+    """The ranks whose buddy `me` is (whose snapshots it keeps)."""
+    return [r for r in range(plan.world_size) if plan.buddy[r] == me and r != me]
 
 
 def stage_view(plan: pb.Plan, rank: int, cfg: JobConfig | None = None) -> StageView:

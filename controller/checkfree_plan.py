@@ -91,14 +91,13 @@ def _holder(
     layout: HybridLayout, source: HybridLayout, unit: int, holders: Collection[str] | None
 ) -> int:
     """A new rank that validly held `unit` in the source layout."""
-    new_rank = {w.worker_id: r for r, w in enumerate(layout.workers)}
     for stage in source.stages:
         if not stage.units[0] <= unit < stage.units[1]:
             continue
         for old in stage.ranks:
-            worker = source.workers[old].worker_id
-            if worker in new_rank and (holders is None or worker in holders):
-                return new_rank[worker]
+            rank = _surviving_rank(layout, source.workers[old].worker_id, holders)
+            if rank is not None:
+                return rank
     raise CheckFreeError(f"no surviving worker holds layer unit {unit}, a CheckFree source")
 
 
@@ -110,12 +109,11 @@ def _copy_keeper(
     holders: Collection[str] | None,
 ) -> int:
     """A new rank that kept the copy of edge `unit` in the source layout."""
-    new_rank = {w.worker_id: r for r, w in enumerate(layout.workers)}
     stage_ranks = [list(st.ranks) for st in source.stages]
     for kept, _sender, keeper in edge_copy_routes(stage_ranks, num_units):
-        worker = source.workers[keeper].worker_id
-        if kept == unit and worker in new_rank and (holders is None or worker in holders):
-            return new_rank[worker]
+        rank = _surviving_rank(layout, source.workers[keeper].worker_id, holders)
+        if kept == unit and rank is not None:
+            return rank
     what = "embedding" if unit == 0 else "head"
     raise CheckFreeError(f"no surviving worker keeps the CheckFree+ copy of the {what}")
 
@@ -134,3 +132,12 @@ def swap_groups_of(layout: HybridLayout, blocks: int) -> SwapGroups:
         first=first_units[1] - first_units[0] - 1,
         last=last_units[1] - last_units[0] - 1,
     )
+
+
+def _surviving_rank(
+    layout: HybridLayout, worker: str, holders: Collection[str] | None
+) -> int | None:
+    """`worker`'s rank in the new layout if it is there and holds valid state."""
+    if holders is not None and worker not in holders:
+        return None
+    return next((r for r, w in enumerate(layout.workers) if w.worker_id == worker), None)
