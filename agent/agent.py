@@ -292,6 +292,16 @@ class Agent:
                 )
             elif message["kind"] == "state_lost":
                 self.report(pb.WORKER_FAILED, worker, message.get("detail", "")[:500])
+        elif kind == "chaos-fired":
+            what = "kill-before-snapshot"
+            log.warning("chaos: %s on %s at step %d", what, worker.worker_id, message["step"])
+            self.report(
+                pb.CHAOS_INJECTED,
+                worker,
+                what,
+                wall_time=float(message["wall"]),
+                step=int(message["step"]),
+            )
         elif kind == "finished":
             worker.state = "finished"
             worker.step = int(message["step"])
@@ -355,7 +365,8 @@ class Agent:
                 if target is None or target.state == "gone":
                     self.chaos.remove(command)
                     continue
-                due = target.step >= command.at_step
+                # the worker times kill-before-snapshot itself: arm it at once
+                due = command.action == pb.KILL_BEFORE_SNAPSHOT or target.step >= command.at_step
             if command.at_generation:
                 due = self.plan is not None and self.plan.generation >= command.at_generation
             if not due:
@@ -372,6 +383,15 @@ class Agent:
             os.kill(os.getpid(), signal.SIGKILL)
             return
         target = self.workers[command.worker_id]
+        if command.action == pb.KILL_BEFORE_SNAPSHOT:
+            step = max(command.at_step, target.step + 1)
+            target.send({"type": "chaos", "die_after_update_of": step})
+            log.warning(
+                "chaos: %s will kill itself after its update of step %d, before its snapshot",
+                target.worker_id,
+                step,
+            )
+            return  # reported when the worker fires it
         if command.action == pb.KILL_WORKER:
             target.signal(signal.SIGKILL)
             what = "kill-worker"

@@ -1,9 +1,10 @@
 """The agent <-> worker channel: JSON lines over a pair of inherited pipes.
 
-Agent to worker: `config` (once), `plan`, `chaos_hang` is not sent (the agent
-signals the process), `shutdown`. Worker to agent: `ready`, `alive` (liveness,
-from a thread, so a worker blocked in a collective still counts as alive while a
-SIGSTOPped one does not), `step`, `event`, `finished`. One writer lock per end;
+Agent to worker: `config` (once), `plan`, `chaos` (kill-before-snapshot, which only
+the worker can time; other faults are signals from the agent), `shutdown`. Worker
+to agent: `ready`, `alive` (liveness, from a thread, so a worker blocked in a
+collective still counts as alive while a SIGSTOPped one does not), `step`,
+`event`, `chaos-fired`, `finished`. One writer lock per end;
 a closed pipe reads as EOF (None).
 """
 

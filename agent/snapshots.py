@@ -11,12 +11,14 @@ docs/design.md, "Snapshot steps").
 No tensor is copied on the sending side: the slices sent are not modified until
 the next update, which comes after the transfer completes.
 
-Replay (data parallelism, ZeRO-1): a ward that dies after its update of step s
+Replay (ZeRO-1): a ward that dies after its update of step s
 but before its snapshot of s arrives would cost every survivor a step (they hold
 s, its buddy only s-1). But after the allreduce the buddy holds the ward's
 interval of the reduced gradient of s too. It keeps a copy, with the step's clip
 factor and learning rate, and can then serve step s by replaying the ward's
-AdamW update from snapshot s-1: the same operations on the same numbers.
+AdamW update from snapshot s-1: the same operations on the same numbers. Under
+pipelines (ZeRO-1) the buddy is on another stage; a replica of the ward's stage
+keeps the gradient instead and hands it over at the join (agent/gradient_handoff.py).
 """
 
 from __future__ import annotations
@@ -140,6 +142,12 @@ class SnapshotKeeper:
         buf = old.grad if old is not None and old.grad.numel() == grad.numel() else None
         buf = buf.copy_(grad) if buf is not None else grad.clone()
         self.gradients[ward_id] = KeptGradient(step, lo, hi, buf, factor, lr, opt, lr_scaled)
+        self._replayed.clear()
+
+    def accept_gradient(self, ward_id: str, kept: KeptGradient) -> None:
+        """A ward's gradient kept by another rank, handed over for a replay
+        (agent/gradient_handoff.py)."""
+        self.gradients[ward_id] = kept
         self._replayed.clear()
 
     def steps_covering(self, pieces: list[tuple[int, int]]) -> set[int]:

@@ -24,6 +24,7 @@ import argparse
 import io
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ import torch
 from google.protobuf import json_format
 
 from elastiq import fs, logs
+from elastiq.agent.buddies import Buddies
 from elastiq.agent.channel import Channel
 from elastiq.agent.checkfree_rebuild import rebuild_lost_units
 from elastiq.agent.checkpointing import WorkerCheckpoints
@@ -42,11 +44,10 @@ from elastiq.agent.edge_copies import EdgeCopies
 from elastiq.agent.migrate import apply_moves
 from elastiq.agent.pipeline import StageView, run_pipeline_step, stage_routes
 from elastiq.agent.schedule import Hop
-from elastiq.agent.snapshots import SnapshotKeeper
 from elastiq.agent.trainer import TrainState, run_step
 from elastiq.checkpoint import checkfree
 from elastiq.config import JobConfig
-from elastiq.partition import edge_copy_routes, element_offsets, even_split, stage_ranges
+from elastiq.partition import edge_copy_routes, element_offsets, even_split
 from elastiq.proto import elastiq_pb2 as pb
 
 # named explicitly: run as `python -m`, __name__ would be "__main__", outside the tree
@@ -119,10 +120,11 @@ class Worker:
         self.stage_group: Group | None = None
         self.view: StageView | None = None
         self.intervals: list[tuple[int, int]] | None = None
-        self.snapshots = SnapshotKeeper()
+        self.buddies = Buddies(cfg.unit_numel())
         self.edge_copies = EdgeCopies()
         self._edge_routes: list[tuple[int, int, int]] = []
         self._edge_params: dict[int, torch.Tensor] = {}
+        self._die_after_update_of = 0  # chaos kill-before-snapshot: the step, 0 if unarmed
         self.checkpoints = WorkerCheckpoints(cfg)
         # the generation whose layout this worker's state matches (last completed join)
         self.held_generation = 0
@@ -151,6 +153,8 @@ class Worker:
             if message.get("type") == "plan":
                 plan = json_format.ParseDict(message["plan"], pb.Plan())
                 self.plans.offer(plan)
+            elif message.get("type") == "chaos":
+                self._die_after_update_of = int(message["die_after_update_of"])
 
     def _alive(self) -> None:
         while not self.plans.shutdown:
@@ -269,10 +273,11 @@ class Worker:
         Each rank reports its applied step, whether its state is valid, and, if the
         plan has it serve pieces from buddy snapshots, the snapshot steps it holds for
         them. The committed step is the lowest valid step, and no later than the
-        newest snapshot a buddy can serve."""
+        newest snapshot a buddy can serve. A buddy one step behind (its ward died
+        before its snapshot arrived) first gets the ward's kept gradient to replay
+        that step from (ZeRO-1), so that nobody rolls back."""
         pieces = [(m.lo, m.hi) for m in plan.moves if m.src_rank == me and m.via == "buddy"]
-        avail = sorted(self.snapshots.steps_covering(pieces))[-2:] if pieces else []
-        avail = [-1] * (2 - len(avail)) + avail
+        avail = self.buddies.steps_covering(pieces)
         # a worker whose last join was interrupted before it changed anything still
         # holds the source layout's state; anything else is not a valid source
         holds_source = self.valid and (
@@ -300,6 +305,9 @@ class Worker:
                 f"(every holder of the previous generation is gone)"
             )
         committed = min(t[0] for t in table if t[1])
+        needy = {r for r, t in enumerate(table) if t[2] and max(t[3], t[4]) < committed}
+        if needy and plan.zero == 1:
+            self._hand_over_gradients(plan, group, table, needy, pieces, holds_source)
         for t in table:
             if t[2]:
                 committed = min(committed, max(t[3], t[4]))
@@ -342,6 +350,27 @@ class Worker:
             self.state.rollback_to(committed)
         return committed, rolled_back
 
+    def _hand_over_gradients(
+        self,
+        plan: pb.Plan,
+        group: Group,
+        table: list[list[int]],
+        needy: set[int],
+        pieces: list[tuple[int, int]],
+        holds_source: bool,
+    ) -> None:
+        """ZeRO-1: the buddies in `needy` lag the step the survivors reached; they get
+        kept gradients to replay from (agent/buddies.py), then every rank learns the
+        buddies' steps again."""
+        source = self.plan if holds_source else None
+        if source is not None and source.generation != plan.source_generation:
+            source = None
+        holders = [bool(t[1]) for t in table]
+        self.buddies.hand_over(source, plan, group, holders, needy, self.state)
+        steps = group.allgather(torch.tensor(self.buddies.steps_covering(pieces)))
+        for t, mine in zip(table, steps, strict=True):
+            t[3], t[4] = int(mine[0]), int(mine[1])
+
     def _move_state(self, plan: pb.Plan, group: Group, me: int, committed: int) -> int:
         """Take this rank's place in the new layout: its stage's units (a new state if
         they changed), its ZeRO interval, and the plan's moves; returns bytes received."""
@@ -359,7 +388,7 @@ class Worker:
 
         def source(what: str, a: int, b: int, via: str) -> list[torch.Tensor]:
             if via == "buddy":
-                return self.snapshots.piece(what, a, b, committed)
+                return self.buddies.piece(what, a, b, committed)
             if what == "params":
                 return [old.flat.data[a - old_base : b - old_base]]
             return [old_avg[a - old_m_lo : b - old_m_lo], old_avg_sq[a - old_m_lo : b - old_m_lo]]
@@ -431,68 +460,11 @@ class Worker:
         self.valid = True
         self.plan = plan
         self.state.scale_lr_of_units(list(plan.lr_scaled_units), plan.lr_scale or 1.0)
-        self.snapshots.clear()
-        if self._snapshots_on(plan):
-            # the new buddies hold nothing yet: give them the committed state now
-            self._start_snapshot(group, committed)
-            self.snapshots.finish(group)
+        self.buddies.adopt(plan, group, self.state, committed)
         # likewise the keepers of the CheckFree+ copies of the embedding and the head
         self._plan_edge_copies(plan)
         self._start_edge_copies(group, committed)
         self.edge_copies.finish(group)
-
-    @staticmethod
-    def _snapshots_on(plan: pb.Plan) -> bool:
-        """Buddies are needed when some rank holds state no other live rank has:
-        ZeRO intervals, or stages (a stage can be lost whole)."""
-        needed = bool(plan.zero) or len(plan.stages) > 1
-        return needed and any(b >= 0 for b in plan.buddy)
-
-    def _start_snapshot(self, group: Group, step: int) -> None:
-        plan = self.plan
-        if plan is None or not self._snapshots_on(plan):
-            return
-        me = group.rank
-        ranges = stage_ranges(
-            [((st.unit_lo, st.unit_hi), list(st.ranks)) for st in plan.stages],
-            self.cfg.unit_numel(),
-            plan.zero,
-        )
-        wards = [(plan.assignments[r].worker_id, r, ranges[r][1]) for r in _wards(plan, me)]
-        m_lo, m_hi = self.state.moment_range
-        base = self.state.base
-        tensors = (
-            self.state.flat.data[m_lo - base : m_hi - base],
-            self.state.opt.exp_avg,
-            self.state.opt.exp_avg_sq,
-        )
-        self.snapshots.start(group, step, plan.buddy[me], (m_lo, m_hi), tensors, wards)
-
-    def _keep_ward_gradients(self, group: Group, step: int) -> None:
-        """Data parallelism with ZeRO-1: keep each ward's interval of the reduced
-        gradient of `step`, so that its update can be replayed if it dies before its
-        snapshot of `step` arrives (agent/snapshots.py, "Replay")."""
-        plan = self.plan
-        if plan is None or plan.zero != 1 or len(plan.stages) != 1 or not self.intervals:
-            return
-        if not self._snapshots_on(plan):
-            return
-        state = self.state
-        done, factor, lr = state.last_update
-        if done != step:
-            return
-        for r in _wards(plan, group.rank):
-            lo, hi = self.intervals[r]
-            self.snapshots.keep_gradient(
-                plan.assignments[r].worker_id,
-                step,
-                state.flat.grad[lo:hi],
-                state.base + lo,
-                factor,
-                lr,
-                state.opt.cfg,
-                state.opt.scaled_within(lo, hi),
-            )
 
     def _plan_edge_copies(self, plan: pb.Plan) -> None:
         """CheckFree+: who sends which edge unit to whom in this generation, and the
@@ -576,8 +548,10 @@ class Worker:
                     before_reduce=lambda: self._before_reduce(group),
                     orders=[r[0].units for r in routes] if routes else None,
                 )
-            self._start_snapshot(group, step)
-            self._keep_ward_gradients(group, step)
+            if self._die_after_update_of and step >= self._die_after_update_of:
+                self._die_before_snapshot(step)
+            self.buddies.start(group, step, self.state)
+            self.buddies.keep_gradients(step, self.state, self.intervals)
             self._start_edge_copies(group, step)
             if self.view is not None:
                 self.checkpoints.maybe_save(
@@ -618,15 +592,22 @@ class Worker:
                 if plan is None:
                     raise CollectiveFailed("a peer announced a new generation that never arrived")
                 return plan
-        self.snapshots.finish(group)
+        self.buddies.finish(group)
         self.edge_copies.finish(group)
         self.checkpoints.finish(self.cfg.collective_timeout_s)
         return None
 
+    def _die_before_snapshot(self, step: int) -> None:
+        """Chaos kill-before-snapshot: the update of `step` is applied here and in
+        every peer, and nothing of this rank's interval of it has left the process."""
+        log.warning("chaos: killing myself after my update of step %d, before its snapshot", step)
+        self.channel.send({"type": "chaos-fired", "step": step, "wall": time.time()})
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def _before_reduce(self, group: Group) -> None:
         """After backward, before the reduction that precedes the update: the last
         moment the previous step's snapshot and checkpoint copies may still run."""
-        self.snapshots.finish(group)
+        self.buddies.finish(group)
         self.edge_copies.finish(group)
         self.checkpoints.wait_for_copies()
 
@@ -664,7 +645,7 @@ class Worker:
                     plan = self.plans.wait_newer(self.generation, self.cfg.idle_timeout_s)
             except (Superseded, CollectiveFailed) as exc:
                 self.group = None
-                self.snapshots.abandon()
+                self.buddies.abandon()
                 self.edge_copies.abandon()
                 log.warning("generation %d interrupted: %s", self.generation, exc)
                 self.event("interrupted", str(exc))
@@ -677,11 +658,6 @@ class Worker:
                 self.event("state_lost", str(exc))
                 return EXIT_STATE_LOST
         return EXIT_OK
-
-
-def _wards(plan: pb.Plan, me: int) -> list[int]:
-    """The ranks whose buddy `me` is (whose snapshots it keeps)."""
-    return [r for r in range(plan.world_size) if plan.buddy[r] == me and r != me]
 
 
 def stage_view(plan: pb.Plan, rank: int, cfg: JobConfig | None = None) -> StageView:

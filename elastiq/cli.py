@@ -268,7 +268,12 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     from elastiq import rpc
     from elastiq.proto import elastiq_pb2 as pb
 
-    actions = {"kill-worker": pb.KILL_WORKER, "kill-node": pb.KILL_NODE, "hang": pb.HANG_WORKER}
+    actions = {
+        "kill-worker": pb.KILL_WORKER,
+        "kill-node": pb.KILL_NODE,
+        "hang": pb.HANG_WORKER,
+        "kill-before-snapshot": pb.KILL_BEFORE_SNAPSHOT,
+    }
     client, token = _client(args)
     request = pb.AdminRequest(token=token, action=actions[args.action], at_step=args.at_step)
     if args.action == "kill-node":
@@ -306,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="fault by (rank, step): kill-worker:rank=2,step=50 | hang:rank=1,step=30 | "
-        "kill-node:node=node1,step=40 (repeatable)",
+        "kill-node:node=node1,step=40 | kill-before-snapshot:rank=1,step=15 (repeatable)",
     )
     run.add_argument("--liveness-timeout", type=float, default=3.0)
     run.add_argument("--summary-json", default="")
@@ -354,7 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--token", default=None)
     chaos.add_argument("--job", default="elastiq")
     chaos_sub = chaos.add_subparsers(dest="action", required=True)
-    for name, what in (("kill-worker", "SIGKILL a worker"), ("hang", "SIGSTOP a worker")):
+    for name, what in (
+        ("kill-worker", "SIGKILL a worker"),
+        ("hang", "SIGSTOP a worker"),
+        (
+            "kill-before-snapshot",
+            "SIGKILL a worker right after its update of --at-step, before its snapshot leaves",
+        ),
+    ):
         p = chaos_sub.add_parser(name, help=what)
         p.add_argument("--rank", type=int, required=True)
         p.add_argument("--at-step", type=int, default=0)

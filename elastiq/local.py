@@ -30,13 +30,19 @@ from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-CHAOS_ACTIONS = {"kill-worker": pb.KILL_WORKER, "hang": pb.HANG_WORKER, "kill-node": pb.KILL_NODE}
+CHAOS_ACTIONS = {
+    "kill-worker": pb.KILL_WORKER,
+    "hang": pb.HANG_WORKER,
+    "kill-node": pb.KILL_NODE,
+    "kill-before-snapshot": pb.KILL_BEFORE_SNAPSHOT,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class ChaosSpec:
     """One scheduled fault: `kill-worker:rank=2,step=50`, `hang:rank=1,step=30`,
-    `kill-node:node=node1,step=40`."""
+    `kill-node:node=node1,step=40`, `kill-before-snapshot:rank=1,step=15` (after its
+    update of step 15, before its snapshot of it leaves)."""
 
     action: str
     rank: int = -1

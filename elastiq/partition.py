@@ -77,6 +77,25 @@ def stage_buddies(nodes: Sequence[str], stage_ranks: Sequence[Sequence[int]]) ->
     return out
 
 
+def gradient_keepers(
+    nodes: Sequence[str], stage_ranks: Sequence[Sequence[int]], buddy: Sequence[int]
+) -> list[int]:
+    """ZeRO-1: the rank that keeps each rank's interval of its stage's reduced gradient
+    every step, so that an update whose snapshot never reached the buddy can be
+    replayed (agent/snapshots.py, "Replay"). The buddy itself when it is a replica of
+    the same stage (it holds that gradient already); otherwise the next replica of the
+    stage, preferably on another node; -1 for a stage with one replica."""
+    out = [-1] * len(nodes)
+    for ranks in stage_ranks:
+        for i, r in enumerate(ranks):
+            others = [ranks[(i + k) % len(ranks)] for k in range(1, len(ranks))]
+            if buddy[r] in others:
+                out[r] = buddy[r]
+            elif others:
+                out[r] = next((c for c in others if nodes[c] != nodes[r]), others[0])
+    return out
+
+
 def element_offsets(unit_numel: Sequence[int]) -> list[int]:
     """U: U[u] is the first global element of unit u; U[-1] the total."""
     offsets = [0]

@@ -13,6 +13,7 @@ class ChaosAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KILL_WORKER: _ClassVar[ChaosAction]
     KILL_NODE: _ClassVar[ChaosAction]
     HANG_WORKER: _ClassVar[ChaosAction]
+    KILL_BEFORE_SNAPSHOT: _ClassVar[ChaosAction]
 
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ CHAOS_UNSPECIFIED: ChaosAction
 KILL_WORKER: ChaosAction
 KILL_NODE: ChaosAction
 HANG_WORKER: ChaosAction
+KILL_BEFORE_SNAPSHOT: ChaosAction
 EVENT_UNSPECIFIED: EventKind
 WORKER_READY: EventKind
 WORKER_EXITED: EventKind

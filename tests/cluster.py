@@ -195,10 +195,16 @@ Victims = int | list[int] | Callable[[pb.StatusResponse], list[int]] | None
 
 
 def run(
-    workdir: str, job: dict[str, object], kill_rank: Victims, workers: int = 4
+    workdir: str,
+    job: dict[str, object],
+    kill_rank: Victims,
+    workers: int = 4,
+    action: pb.ChaosAction = pb.KILL_WORKER,
 ) -> tuple[pb.StatusResponse, dict[str, int]]:
     """Run `workers` workers; kill `kill_rank` (one rank, several, or those a function
-    picks from the first plan) when it reports step 15."""
+    picks from the first plan) when it reports step 15 (`action` KILL_WORKER), or
+    right after its update of step 15, before its snapshot leaves
+    (KILL_BEFORE_SNAPSHOT)."""
     cluster = Cluster(workdir, job={**JOB, **job})
     try:
         cluster.start_controller(min_workers=workers)
@@ -212,7 +218,7 @@ def run(
         for victim in victims:
             cluster.call(
                 "Admin",
-                pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=victim, at_step=15),
+                pb.AdminRequest(token="test-token", action=action, rank=victim, at_step=15),
             )
         end = cluster.wait_for(
             "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180

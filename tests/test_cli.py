@@ -107,3 +107,13 @@ def test_bad_chaos_spec_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     assert bad.returncode == 2 and "must be a multiple of micro_batch=4" in bad.stderr
     none = elastiq("status", "--job", "nothing-here", env={**env, "ELASTIQ_CONTROLLER": ""})
     assert none.returncode != 0 and "no controller" in none.stderr
+
+
+def test_kill_before_snapshot_is_scheduled_by_rank_and_step() -> None:
+    from elastiq.local import CHAOS_ACTIONS, ChaosSpec
+    from elastiq.proto import elastiq_pb2 as pb
+
+    spec = ChaosSpec.parse("kill-before-snapshot:rank=1,step=15")
+    assert (spec.rank, spec.step, CHAOS_ACTIONS[spec.action]) == (1, 15, pb.KILL_BEFORE_SNAPSHOT)
+    with pytest.raises(ValueError, match="kill-before-snapshot needs rank=R"):
+        ChaosSpec.parse("kill-before-snapshot:step=15")

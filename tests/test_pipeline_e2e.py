@@ -37,13 +37,18 @@ def test_every_stage_position_of_pp2_dp2_can_be_lost(tmp_path: object, victim: i
     _assert_recovered_in_place(end, before)
 
 
-def test_pp2_dp2_after_a_loss_matches_a_run_without_failure(
+def test_a_pp2_dp2_worker_lost_before_its_snapshot_left_costs_no_step(
     tmp_path: object, failure_free: ReferenceRuns
 ) -> None:
+    """Rank 1 dies right after its update of step 15, so its buddy on the other stage
+    holds only step 14. Its stage's other replica kept its gradient of 15 and hands it
+    over; the buddy replays the update, nobody rolls back, and the training matches a
+    run without failure."""
     clean = failure_free(PP2).params
     failed = os.path.join(str(tmp_path), "failed.pt")
-    end, before = run(str(tmp_path), {**PP2, "final-params": failed}, 1)
+    end, before = run(str(tmp_path), {**PP2, "final-params": failed}, 1, 4, pb.KILL_BEFORE_SNAPSHOT)
     _assert_recovered_in_place(end, before)
+    assert end.recoveries[0].lost_steps == 0
     a, b = torch.load(clean, weights_only=False), torch.load(failed, weights_only=False)
     assert a["step"] == b["step"] == 40 and a["params"].shape == b["params"].shape
     diff = (a["params"] - b["params"]).abs().max().item()

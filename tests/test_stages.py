@@ -103,3 +103,17 @@ def test_stage_buddies_sit_on_the_next_stage_and_another_node() -> None:
     assert all(stage_of[r] != stage_of[b[r]] for r in range(8))
     # one stage: any rank on another node
     assert stage_buddies(["a", "a", "b"], [[0, 1, 2]]) == [2, 2, 0]
+
+
+def test_gradient_keepers_are_replicas_of_the_same_stage() -> None:
+    from elastiq.partition import gradient_keepers, stage_buddies
+
+    nodes = [f"n{r}" for r in range(8)]
+    stage_ranks = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    keepers = gradient_keepers(nodes, stage_ranks, stage_buddies(nodes, stage_ranks))
+    assert keepers == [1, 0, 3, 2, 5, 4, 7, 6]
+    # a stage of one replica has no keeper; one of three keeps the next on another node
+    nodes = ["a", "b", "b", "c"]
+    assert gradient_keepers(nodes, [[0], [1, 2, 3]], [1, 0, 0, 0]) == [-1, 3, 3, 1]
+    # data parallelism: the buddy is a replica already, and keeps it
+    assert gradient_keepers(["a", "a", "b"], [[0, 1, 2]], [2, 2, 0]) == [2, 2, 0]

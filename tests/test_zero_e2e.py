@@ -46,11 +46,15 @@ def test_any_zero_interval_can_be_lost_and_recovered_without_a_checkpoint(
 def test_parameters_after_a_recovery_match_a_run_without_failure(
     tmp_path: object, zero: int, failure_free: ReferenceRuns
 ) -> None:
+    """ZeRO-1: rank 2 dies right after its update of step 15, before its snapshot
+    leaves; its buddy replays that update from the gradient it kept (no step lost)."""
     clean = failure_free({"zero": zero}).params
     failed = os.path.join(str(tmp_path), "failed.pt")
-    end, before = run(str(tmp_path), {"final-params": failed, "zero": zero}, 2)
+    action = pb.KILL_BEFORE_SNAPSHOT if zero else pb.KILL_WORKER
+    end, before = run(str(tmp_path), {"final-params": failed, "zero": zero}, 2, 4, action)
     if zero:
         _assert_recovered_from_the_buddy(end, before, zero)
+        assert end.recoveries[0].lost_steps == 0
     assert end.phase == "Succeeded" and end.plan.world_size == 3, end
     a = torch.load(clean, weights_only=False)
     b = torch.load(failed, weights_only=False)

@@ -1,0 +1,139 @@
+"""This rank's part in the buddy scheme, one generation at a time.
+
+Where it sits: the worker (agent/worker.py) owns one `Buddies`. It plans the
+generation's routes once at each join (`adopt`), sends this rank's snapshot and
+receives its wards' after every update (`start`, completed by `finish` before the
+next reduction), keeps the gradients a replay needs (`keep_gradients`), and serves
+the join's agreement and moves (`steps_covering`, `hand_over`, `piece`). The
+tensors and the replay live in agent/snapshots.py; the join-time hand-over of kept
+gradients in agent/gradient_handoff.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from elastiq.agent.comm import Group
+from elastiq.agent.gradient_handoff import exchange, plan_handoffs
+from elastiq.agent.snapshots import SnapshotKeeper
+from elastiq.agent.trainer import TrainState
+from elastiq.partition import gradient_keepers, stage_ranges
+from elastiq.proto import elastiq_pb2 as pb
+
+
+def snapshots_needed(plan: pb.Plan) -> bool:
+    """Buddies are needed when some rank holds state no other live rank has: ZeRO
+    intervals, or stages (a stage can be lost whole)."""
+    needed = bool(plan.zero) or len(plan.stages) > 1
+    return needed and any(b >= 0 for b in plan.buddy)
+
+
+class Buddies:
+    """Snapshots sent and kept, and gradients kept for replays, under one plan."""
+
+    def __init__(self, unit_numel: Sequence[int]) -> None:
+        self.keeper = SnapshotKeeper()
+        self._unit_numel = list(unit_numel)
+        self._on = False
+        self._buddy = -1
+        self._wards: list[tuple[str, int, tuple[int, int]]] = []
+        # (worker id, replica) of the ranks whose reduced-gradient interval I keep
+        self._gradient_wards: list[tuple[str, int]] = []
+
+    def adopt(self, plan: pb.Plan, group: Group, state: TrainState, committed: int) -> None:
+        """Route this generation's snapshots and kept gradients, and give the new
+        buddies the committed state at once (they hold nothing of it yet)."""
+        self.keeper.clear()
+        me = group.rank
+        self._on = snapshots_needed(plan)
+        self._buddy = plan.buddy[me] if self._on else -1
+        stages = [((st.unit_lo, st.unit_hi), list(st.ranks)) for st in plan.stages]
+        ranges = stage_ranges(stages, self._unit_numel, plan.zero)
+        ids = [a.worker_id for a in plan.assignments]
+        self._wards = [
+            (ids[r], r, ranges[r][1])
+            for r in range(plan.world_size)
+            if self._on and plan.buddy[r] == me and r != me
+        ]
+        self._gradient_wards = []
+        if self._on and plan.zero == 1:
+            keepers = gradient_keepers(
+                [a.node_id for a in plan.assignments], [r for _, r in stages], list(plan.buddy)
+            )
+            self._gradient_wards = [
+                (ids[r], i)
+                for _, ranks in stages
+                for i, r in enumerate(ranks)
+                if keepers[r] == me and r != me
+            ]
+        self.start(group, committed, state)
+        self.finish(group)
+
+    def start(self, group: Group, step: int, state: TrainState) -> None:
+        """Send my interval of `step` to my buddy; receive my wards' (runs behind the
+        next forward/backward; the slices sent are not modified before `finish`)."""
+        if not self._on:
+            return
+        m_lo, m_hi = state.moment_range
+        tensors = (
+            state.flat.data[m_lo - state.base : m_hi - state.base],
+            state.opt.exp_avg,
+            state.opt.exp_avg_sq,
+        )
+        self.keeper.start(group, step, self._buddy, (m_lo, m_hi), tensors, self._wards)
+
+    def keep_gradients(
+        self, step: int, state: TrainState, intervals: list[tuple[int, int]] | None
+    ) -> None:
+        """ZeRO-1: keep `step`'s reduced gradient of each rank I am the gradient
+        keeper of, so that its update can be replayed if it dies before its
+        snapshot of `step` arrives (agent/snapshots.py, "Replay")."""
+        done, factor, lr = state.last_update
+        if not self._gradient_wards or not intervals or done != step:
+            return
+        for ward, replica in self._gradient_wards:
+            lo, hi = intervals[replica]
+            self.keeper.keep_gradient(
+                ward,
+                step,
+                state.flat.grad[lo:hi],
+                state.base + lo,
+                factor,
+                lr,
+                state.opt.cfg,
+                state.opt.scaled_within(lo, hi),
+            )
+
+    def finish(self, group: Group) -> None:
+        self.keeper.finish(group)
+
+    def abandon(self) -> None:
+        self.keeper.abandon()
+
+    def steps_covering(self, pieces: list[tuple[int, int]]) -> list[int]:
+        """The two newest steps whose snapshots cover every piece (-1 pads)."""
+        avail = sorted(self.keeper.steps_covering(pieces))[-2:] if pieces else []
+        return [-1] * (2 - len(avail)) + avail
+
+    def piece(self, what: str, lo: int, hi: int, step: int) -> list[torch.Tensor]:
+        return self.keeper.piece(what, lo, hi, step)
+
+    def hand_over(
+        self,
+        source: pb.Plan | None,
+        plan: pb.Plan,
+        group: Group,
+        holders: list[bool],
+        needy: set[int],
+        state: TrainState,
+    ) -> int:
+        """Join, ZeRO-1: some buddy lags the step the survivors reached (its ward died
+        before its snapshot arrived). Hand it the ward's kept gradient to replay from
+        (agent/gradient_handoff.py). `source`: the source generation's plan, None if
+        this rank does not hold it (then it takes no part). Returns bytes received."""
+        if source is None:
+            return 0
+        handoffs = plan_handoffs(source, plan, holders, needy, self._unit_numel)
+        return exchange(handoffs, group, self.keeper, state.opt.cfg, len(self._unit_numel))
