@@ -1,7 +1,10 @@
 """Online resharding: lose one worker of a PP x DP job and measure the change.
 
 For PP2xDP2 (4 workers) and PP4xDP2 (8 workers), ZeRO-1: SIGKILL one worker of a
-middle position at step KILL_AT and report
+middle position at step KILL_AT, once as it reports the step (kill-worker: wherever
+its snapshot transfer happens to be) and once right after its update, before its
+snapshot leaves (kill-before-snapshot: the worst moment, which a replay must cover
+for lost_steps to stay 0), and report
 - mttr_s split by phase (detect, plan, deliver, comm_rebuild, migrate, resume),
   from the controller's recovery record;
 - migrated_bytes: what the plan's moves carried (params 4 B/element, moments 8);
@@ -49,7 +52,7 @@ def _tokens_per_s(walls: list[float], tokens_per_step: int) -> float | None:
     return round(tokens_per_step / statistics.median(gaps), 1) if gaps else None
 
 
-def measure(layout: str, steps: int, kill_at: int, warmup: int) -> dict[str, Any]:
+def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> dict[str, Any]:
     import asyncio
 
     stages, workers, victim = LAYOUTS[layout]
@@ -61,7 +64,7 @@ def measure(layout: str, steps: int, kill_at: int, warmup: int) -> dict[str, Any
             local = LocalRunConfig(
                 workers=workers,
                 run_dir=tmp,
-                chaos=[ChaosSpec("kill-worker", rank=victim, step=kill_at)],
+                chaos=[ChaosSpec(fault, rank=victim, step=kill_at)],
             )
             return await run_local_async(cfg, local, out=quiet, on_status=_keep(captured))
 
@@ -115,11 +118,14 @@ def main() -> None:
     parser.add_argument("--kill-at", type=int, default=45)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--layouts", default="PP2xDP2,PP4xDP2")
+    parser.add_argument("--faults", default="kill-worker,kill-before-snapshot")
     args = parser.parse_args()
     result = {}
     for layout in args.layouts.split(","):
-        result[layout] = measure(layout, args.steps, args.kill_at, args.warmup)
-        print(f"{layout}: {json.dumps(result[layout])}", flush=True)
+        for fault in args.faults.split(","):
+            key = layout if fault == "kill-worker" else f"{layout} {fault}"
+            result[key] = measure(layout, fault, args.steps, args.kill_at, args.warmup)
+            print(f"{key}: {json.dumps(result[key])}", flush=True)
     result["targets"] = {"post_change_efficiency": 0.90, "lost_steps": 0, "mttr_s": 3.0}
     print(json.dumps(result))
 
