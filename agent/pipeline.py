@@ -9,7 +9,9 @@ output on. The last hop computes the loss (per-sample mean, divided by the globa
 batch). A backward receives the output's gradient (or starts from the loss) and
 sends the input's gradient back. Tags are 2*(micro-batch*hops + hop) (+1 for
 gradients), so messages between two ranks are never confused; sends do not block
-and are completed at the end, which keeps the slot order deadlock-free.
+and are completed at the end, which keeps the slot order deadlock-free. Every
+receive of the step is posted before the first operation, so its data arrives
+while this rank computes (gloo progresses transfers in its own thread).
 
 Then the stage's data-parallel replicas reduce their gradients (ZeRO-0/1
 allreduce, ZeRO-2 reduce-scatter) in the stage group. One small allreduce over the
@@ -20,7 +22,7 @@ norm squared), so the clip uses the global norm, as in a single process.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from elastiq.agent.comm import Group
 from elastiq.agent.data import SampleOrder
-from elastiq.agent.schedule import Hop, peer_replica, plain_hops, rank_ops, route
+from elastiq.agent.schedule import Hop, Op, peer_replica, plain_hops, rank_ops, route
 from elastiq.agent.trainer import (
     LOSS_SUM,
     NORM_SQ,
@@ -105,7 +107,11 @@ def run_pipeline_step(
     saved: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}
     sends: list[tuple[torch.Tensor, Any]] = []
     loss_sum, samples = 0.0, 0
-    for op in rank_ops(view.stages, total, s, view.degree(s), view.replica, routed):
+    ops = rank_ops(view.stages, total, s, view.degree(s), view.replica, routed)
+    # every receive of the step is posted up front: gloo moves the data in its own
+    # thread while this one computes, so a receive is usually complete when needed
+    inbox = [_post_receive(world, view, op, hop_stages, hops, total, shape) for op in ops]
+    for op, posted in zip(ops, inbox, strict=True):
         mb, h = op.micro_batch, op.hop
         path = hop_stages[mb]
         last = h == len(path) - 1
@@ -114,11 +120,10 @@ def run_pipeline_step(
         tag = 2 * (mb * hops + h)
         if op.kind == "F":
             inp: torch.Tensor | None = None
-            if h == 0:
+            if posted is None:
                 x = order.samples(first, m)[:, :-1]
             else:
-                inp = torch.empty(shape)
-                world.recv(inp, view.peer(path[h - 1], mb, total), tag)
+                inp = _received(world, posted)
                 inp.requires_grad_(True)
                 x = inp
             out = state.forward_units(x, step, first, m, units)
@@ -141,12 +146,10 @@ def run_pipeline_step(
                 saved[(mb, h)] = (inp, out)
         else:
             inp, out = saved.pop((mb, h))
-            if last:
+            if posted is None:
                 out.backward()
             else:
-                grad = torch.empty(shape)
-                world.recv(grad, view.peer(path[h + 1], mb, total), tag + 3)
-                out.backward(grad)
+                out.backward(_received(world, posted))
             if inp is not None and inp.grad is not None:
                 g = inp.grad.contiguous()
                 sends.append((g, world.isend(g, view.peer(path[h - 1], mb, total), tag + 1)))
@@ -185,3 +188,35 @@ def run_pipeline_step(
         switch=bool(flat.extra[SWITCH] > 0),
         samples=int(flat.extra[SAMPLES]),
     )
+
+
+def _post_receive(
+    world: Group,
+    view: StageView,
+    op: Op,
+    hop_stages: Sequence[Sequence[int]],
+    hops: int,
+    total: int,
+    shape: tuple[int, int, int],
+) -> tuple[torch.Tensor, Any] | None:
+    """Start the receive `op` needs (None if it needs none): a forward's input
+    activation from the previous hop, or a backward's output gradient from the next."""
+    mb, h = op.micro_batch, op.hop
+    path = hop_stages[mb]
+    tag = 2 * (mb * hops + h)
+    if op.kind == "F":
+        if h == 0:
+            return None
+        src = view.peer(path[h - 1], mb, total)
+    else:
+        if h == len(path) - 1:
+            return None
+        src, tag = view.peer(path[h + 1], mb, total), tag + 3
+    buf = torch.empty(shape)
+    return buf, world.irecv(buf, src, tag)
+
+
+def _received(world: Group, posted: tuple[torch.Tensor, Any]) -> torch.Tensor:
+    buf, work = posted
+    world.wait_p2p([work], "pipeline receive")
+    return buf
