@@ -461,7 +461,8 @@ class Worker:
         self.plan = plan
         self.state.scale_lr_of_units(list(plan.lr_scaled_units), plan.lr_scale or 1.0)
         self.buddies.adopt(plan, group, self.state, committed)
-        # likewise the keepers of the CheckFree+ copies of the embedding and the head
+        # as for the buddies: the keepers of the CheckFree+ copies of the embedding
+        # and the head hold nothing of this generation yet
         self._plan_edge_copies(plan)
         self._start_edge_copies(group, committed)
         self.edge_copies.finish(group)
