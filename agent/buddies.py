@@ -4,7 +4,7 @@ Where it sits: the worker (agent/worker.py) owns one `Buddies`. It plans the
 generation's routes once at each join (`adopt`), sends this rank's snapshot and
 receives its wards' after every update (`start`, completed by `finish` before the
 next reduction), keeps the gradients a replay needs (`keep_gradients`), and serves
-the join's agreement and moves (`steps_covering`, `hand_over`, `piece`). The
+the join's agreement and moves (`newest_steps_covering`, `hand_over`, `piece`). The
 tensors and the replay live in agent/snapshots.py; the join-time hand-over of kept
 gradients in agent/gradient_handoff.py.
 """
@@ -112,7 +112,7 @@ class Buddies:
     def abandon(self) -> None:
         self.keeper.abandon()
 
-    def steps_covering(self, pieces: list[tuple[int, int]]) -> list[int]:
+    def newest_steps_covering(self, pieces: list[tuple[int, int]]) -> list[int]:
         """The two newest steps whose snapshots cover every piece (-1 pads)."""
         avail = sorted(self.keeper.steps_covering(pieces))[-2:] if pieces else []
         return [-1] * (2 - len(avail)) + avail

@@ -277,7 +277,7 @@ class Worker:
         before its snapshot arrived) first gets the ward's kept gradient to replay
         that step from (ZeRO-1), so that nobody rolls back."""
         pieces = [(m.lo, m.hi) for m in plan.moves if m.src_rank == me and m.via == "buddy"]
-        avail = self.buddies.steps_covering(pieces)
+        avail = self.buddies.newest_steps_covering(pieces)
         # a worker whose last join was interrupted before it changed anything still
         # holds the source layout's state; anything else is not a valid source
         holds_source = self.valid and (
@@ -367,7 +367,7 @@ class Worker:
             source = None
         holders = [bool(t[1]) for t in table]
         self.buddies.hand_over(source, plan, group, holders, needy, self.state)
-        steps = group.allgather(torch.tensor(self.buddies.steps_covering(pieces)))
+        steps = group.allgather(torch.tensor(self.buddies.newest_steps_covering(pieces)))
         for t, mine in zip(table, steps, strict=True):
             t[3], t[4] = int(mine[0]), int(mine[1])
 

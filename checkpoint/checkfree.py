@@ -98,8 +98,7 @@ class SwapGroups:
     def __post_init__(self) -> None:
         if self.first < 0 or self.last < 0:
             raise CheckFreeError(f"swap groups of {self.first} and {self.last} blocks")
-        one_pair = self.first == self.last and 2 * self.first == self.blocks
-        if not one_pair and 2 * (self.first + self.last) > self.blocks:
+        if not self.one_pair and 2 * (self.first + self.last) > self.blocks:
             raise CheckFreeError(
                 f"CheckFree+ swaps the first {self.first} blocks with the next {self.first} "
                 f"and the last {self.last} with the {self.last} before them, but the model has "
@@ -110,6 +109,7 @@ class SwapGroups:
 
     @property
     def one_pair(self) -> bool:
+        """Two stages of equal blocks: A and Z are one group, swapped once."""
         return self.first == self.last and 2 * self.first == self.blocks
 
 

@@ -266,16 +266,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_chaos(args: argparse.Namespace) -> int:
     from elastiq import rpc
+    from elastiq.local import CHAOS_ACTIONS
     from elastiq.proto import elastiq_pb2 as pb
 
-    actions = {
-        "kill-worker": pb.KILL_WORKER,
-        "kill-node": pb.KILL_NODE,
-        "hang": pb.HANG_WORKER,
-        "kill-before-snapshot": pb.KILL_BEFORE_SNAPSHOT,
-    }
     client, token = _client(args)
-    request = pb.AdminRequest(token=token, action=actions[args.action], at_step=args.at_step)
+    action = CHAOS_ACTIONS[args.action]
+    request = pb.AdminRequest(token=token, action=action, at_step=args.at_step)
     if args.action == "kill-node":
         request.node_id = args.node
     else:
