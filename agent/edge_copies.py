@@ -10,6 +10,10 @@ slices sent are not modified before then). A copy becomes usable only once
 complete; the previous one is kept until then, so a keeper always holds the
 copy of the committed step or of the one before it. Copies carry no optimizer
 state: a rebuilt edge starts with fresh moments, like CheckFree's rebuilt blocks.
+
+Where it sits: the worker (agent/worker.py) owns one `EdgeCopies`, shaped like its
+`Buddies`: routed once per join (`adopt`), started after every update, finished
+before the next reduction; the CheckFree+ rebuild reads the kept copies (`get`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from typing import Any
 import torch
 
 from elastiq.agent.comm import Group
+from elastiq.agent.trainer import TrainState
+from elastiq.partition import edge_copy_routes, element_offsets
+from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +43,57 @@ class _Pending:
 
 @dataclass(slots=True)
 class EdgeCopies:
-    """Copies this rank keeps ({unit: (step, parameters)}) and the transfer in flight."""
+    """Copies this rank keeps ({unit: (step, parameters)}), this generation's routes,
+    and the transfer in flight. `enabled`: CheckFree+ is on (otherwise nothing moves)."""
 
+    enabled: bool = False
     held: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
     pending: _Pending | None = None
+    _routes: list[tuple[int, int, int]] = field(default_factory=list)
+    _unit_numel: list[int] = field(default_factory=list)
+    _params: dict[int, torch.Tensor] = field(default_factory=dict)
     _spare: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def start(
+    def adopt(self, plan: pb.Plan, group: Group, state: TrainState, committed: int) -> None:
+        """Route this generation's copies, and give the new keepers the committed
+        edges at once (they hold nothing of this generation yet)."""
+        sizes = state.cfg.unit_numel()
+        routes: list[tuple[int, int, int]] = []
+        params: dict[int, torch.Tensor] = {}
+        if self.enabled:
+            routes = edge_copy_routes([list(st.ranks) for st in plan.stages], len(sizes))
+            bounds = element_offsets(sizes)
+            params = {
+                u: state.flat.data[bounds[u] - state.base : bounds[u + 1] - state.base]
+                for u in (0, len(sizes) - 1)
+                if u in state.unit_ids
+            }
+        self.route(routes, sizes, params)
+        self.start(group, committed)
+        self.finish(group)
+
+    def route(
         self,
-        group: Group,
-        step: int,
         routes: list[tuple[int, int, int]],
         unit_numel: list[int],
         unit_params: dict[int, torch.Tensor],
     ) -> None:
-        """Send the edge units this rank holds (`unit_params`, views into its
-        parameters) to their keepers; receive the copies this rank keeps."""
+        """(unit, sender, keeper) of every copy, and the edge units this rank holds
+        (`unit_params`, views into its parameters), fixed until the next join."""
+        self._routes, self._unit_numel, self._params = routes, unit_numel, unit_params
+
+    def start(self, group: Group, step: int) -> None:
+        """Send the edge units this rank holds to their keepers; receive the copies
+        this rank keeps."""
         works: list[Any] = []
         incoming: list[tuple[int, torch.Tensor]] = []
         me = group.rank
-        for unit, sender, keeper in routes:
+        for unit, sender, keeper in self._routes:
             tag = TAG + (1 if unit else 0)
             if sender == me and keeper != me:
-                works.append(group.isend(unit_params[unit], keeper, tag))
+                works.append(group.isend(self._params[unit], keeper, tag))
             elif keeper == me:
-                buf = self._buffer(unit, unit_numel[unit])
+                buf = self._buffer(unit, self._unit_numel[unit])
                 works.append(group.irecv(buf, sender, tag))
                 incoming.append((unit, buf))
         self.pending = _Pending(step, works, incoming) if works else None

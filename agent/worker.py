@@ -47,7 +47,7 @@ from elastiq.agent.schedule import Hop
 from elastiq.agent.trainer import TrainState, run_step
 from elastiq.checkpoint import checkfree
 from elastiq.config import JobConfig
-from elastiq.partition import edge_copy_routes, element_offsets, even_split
+from elastiq.partition import even_split
 from elastiq.proto import elastiq_pb2 as pb
 
 # named explicitly: run as `python -m`, __name__ would be "__main__", outside the tree
@@ -121,9 +121,7 @@ class Worker:
         self.view: StageView | None = None
         self.intervals: list[tuple[int, int]] | None = None
         self.buddies = Buddies(cfg.unit_numel())
-        self.edge_copies = EdgeCopies()
-        self._edge_routes: list[tuple[int, int, int]] = []
-        self._edge_params: dict[int, torch.Tensor] = {}
+        self.edge_copies = EdgeCopies(enabled=cfg.checkfree_plus)
         self._die_after_update_of = 0  # chaos kill-before-snapshot: the step, 0 if unarmed
         self.checkpoints = WorkerCheckpoints(cfg)
         # the generation whose layout this worker's state matches (last completed join)
@@ -461,33 +459,7 @@ class Worker:
         self.plan = plan
         self.state.scale_lr_of_units(list(plan.lr_scaled_units), plan.lr_scale or 1.0)
         self.buddies.adopt(plan, group, self.state, committed)
-        # as for the buddies: the keepers of the CheckFree+ copies of the embedding
-        # and the head hold nothing of this generation yet
-        self._plan_edge_copies(plan)
-        self._start_edge_copies(group, committed)
-        self.edge_copies.finish(group)
-
-    def _plan_edge_copies(self, plan: pb.Plan) -> None:
-        """CheckFree+: who sends which edge unit to whom in this generation, and the
-        views of the edge units this rank holds (fixed until the next join)."""
-        self._edge_routes, self._edge_params = [], {}
-        if not self.cfg.checkfree_plus:
-            return
-        sizes = self.cfg.unit_numel()
-        self._edge_routes = edge_copy_routes([list(st.ranks) for st in plan.stages], len(sizes))
-        bounds = element_offsets(sizes)
-        state = self.state
-        self._edge_params = {
-            u: state.flat.data[bounds[u] - state.base : bounds[u + 1] - state.base]
-            for u in (0, len(sizes) - 1)
-            if u in state.unit_ids
-        }
-
-    def _start_edge_copies(self, group: Group, step: int) -> None:
-        """CheckFree+: send the embedding or the head this rank holds to its keepers."""
-        if self._edge_routes:
-            sizes = self.cfg.unit_numel()
-            self.edge_copies.start(group, step, self._edge_routes, sizes, self._edge_params)
+        self.edge_copies.adopt(plan, group, self.state, committed)
 
     def _write_final_params(self) -> None:
         """Rank 0 writes the whole model's parameters in global order; the first
@@ -553,7 +525,7 @@ class Worker:
                 self._die_before_snapshot(step)
             self.buddies.start(group, step, self.state)
             self.buddies.keep_gradients(step, self.state, self.intervals)
-            self._start_edge_copies(group, step)
+            self.edge_copies.start(group, step)
             if self.view is not None:
                 self.checkpoints.maybe_save(
                     self.state,

@@ -125,7 +125,8 @@ def test_keepers_hold_complete_copies_of_the_embedding_and_the_head() -> None:
         unit = 0 if rank == 0 else 3
         for step in (1, 2):
             params = torch.full((sizes[unit],), float(10 * step + unit))
-            copies.start(group, step, routes, sizes, {unit: params})
+            copies.route(routes, sizes, {unit: params})
+            copies.start(group, step)
             copies.finish(group)
             sent[unit] = params
         held.update(copies.held)
