@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         "kill-node:node=node1,step=40 | kill-before-snapshot:rank=1,step=15 (repeatable)",
     )
     run.add_argument("--liveness-timeout", type=float, default=3.0)
-    run.add_argument("--summary-json", default="")
+    run.add_argument(
+        "--summary-json", default="", help="also write the end-of-run summary as JSON here"
+    )
     run.add_argument("--metrics-port", type=int, default=-1)
     run.set_defaults(func=cmd_run)
 

@@ -37,7 +37,7 @@ class EtcdServer:
         binary = shutil.which("etcd")
         if binary is None:
             raise RuntimeError(
-                "etcd is not installed: run `bash dev.sh setup` (Debian etcd-server)"
+                "etcd is not installed: run `bash dev.sh setup test` (Debian etcd-server)"
             )
         client = f"http://127.0.0.1:{self.port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
