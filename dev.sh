@@ -133,7 +133,7 @@ setup() {
   fi
   if ! install_is_current "$extra"; then
     step "installing elastiq${extra:+ with $extra}" pip_install -e ".$extra"
-    step "checking the install" "$VPY" -c 'import elastiq.controller.server, elastiq.agent.worker'
+    step "checking the install" "$VPY" -c 'import elastiq.controller.server, elastiq.agent.runtime.worker'
     record_install "$extra"
   fi
 }

@@ -1,6 +1,6 @@
 """Worker processes as the agent sees them: spawn, message pump, signals.
 
-Each worker is a child process `python -m elastiq.agent.worker` with two
+Each worker is a child process `python -m elastiq.agent.runtime.worker` with two
 inherited pipes (see channel.py). A reader thread per worker hands its
 messages to the agent's event loop. The worker arranges to die with its agent
 (PR_SET_PDEATHSIG), so losing the agent loses its workers, as losing a node would.
@@ -79,7 +79,7 @@ def spawn_worker(
         [
             sys.executable,
             "-m",
-            "elastiq.agent.worker",
+            "elastiq.agent.runtime.worker",
             "--read-fd",
             str(to_worker_r),
             "--write-fd",

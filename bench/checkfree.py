@@ -42,9 +42,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from elastiq.agent.comm import Group
-from elastiq.agent.data import SampleOrder, load_corpus
-from elastiq.agent.trainer import TrainState, run_step
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
+from elastiq.agent.runtime.trainer import TrainState, run_step
 from elastiq.checkpoint.checkfree import SwapGroups, average, unit_order, weights
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.partition import element_offsets

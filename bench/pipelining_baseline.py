@@ -20,8 +20,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
-from elastiq.agent.data import SampleOrder, load_corpus
-from elastiq.agent.model import build_unit
+from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
+from elastiq.agent.runtime.models.decoder import build_unit
 from elastiq.config import JobConfig
 from elastiq.lr import lr_at
 

@@ -22,8 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from elastiq.agent.data import SampleOrder, load_corpus
-from elastiq.agent.model import build_unit, num_units
+from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
+from elastiq.agent.runtime.models.decoder import build_unit, num_units
 from elastiq.config import JobConfig
 from elastiq.lr import lr_at
 from elastiq.partition import even_split

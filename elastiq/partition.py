@@ -82,7 +82,7 @@ def gradient_keepers(
 ) -> list[int]:
     """ZeRO-1: the rank that keeps each rank's interval of its stage's reduced gradient
     every step, so that an update whose snapshot never reached the buddy can be
-    replayed (agent/snapshots.py, "Replay"). The buddy itself when it is a replica of
+    replayed (agent/runtime/snapshots.py, "Replay"). The buddy itself when it is a replica of
     the same stage (it holds that gradient already); otherwise the next replica of the
     stage, preferably on another node; -1 for a stage with one replica."""
     out = [-1] * len(nodes)

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from elastiq.agent.flat import AdamWConfig, FlatAdamW
+from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW
 from elastiq.checkpoint.checkfree import CheckFreeError, average, sources, weights
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.controller.checkfree_plan import plan_checkfree

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from elastiq.agent.comm import Group
-from elastiq.agent.edge_copies import EdgeCopies
-from elastiq.agent.schedule import Hop, route
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.edge_copies import EdgeCopies
+from elastiq.agent.runtime.schedule import Hop, route
 from elastiq.checkpoint.checkfree import CheckFreeError, SwapGroups, edge_sources, unit_order
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.controller.checkfree_plan import plan_checkfree

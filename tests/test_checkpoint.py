@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from elastiq import fs
-from elastiq.agent.checkpointing import extra_state, pieces, requests, restore, save_share
-from elastiq.agent.trainer import TrainState
+from elastiq.agent.runtime.checkpointing import extra_state, pieces, requests, restore, save_share
+from elastiq.agent.runtime.trainer import TrainState
 from elastiq.checkpoint import catalog
 from elastiq.checkpoint.engine import CheckpointConfig, CheckpointEngine, Piece
 from elastiq.checkpoint.manifest import (

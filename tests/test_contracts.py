@@ -39,7 +39,7 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 
 def _sources(part: str) -> list[pathlib.Path]:
-    return [p for p in (ROOT / part).glob("*.py") if not p.name.startswith("elastiq_pb2")]
+    return [p for p in (ROOT / part).rglob("*.py") if not p.name.startswith("elastiq_pb2")]
 
 
 def test_controller_and_agent_do_not_import_each_other_or_the_cli() -> None:

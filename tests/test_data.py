@@ -5,7 +5,7 @@ from __future__ import annotations
 import fsspec
 import torch
 
-from elastiq.agent.data import SampleOrder, load_corpus
+from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
 
 
 def test_each_epoch_visits_every_chunk_exactly_once() -> None:

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from elastiq.agent.comm import Group
-from elastiq.agent.data import SampleOrder
-from elastiq.agent.pipeline import StageView, run_pipeline_step, stage_routes
-from elastiq.agent.trainer import TrainState
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.data.byte_corpus import SampleOrder
+from elastiq.agent.runtime.pipeline import StageView, run_pipeline_step, stage_routes
+from elastiq.agent.runtime.trainer import TrainState
 from elastiq.checkpoint.checkfree import SwapGroups, unit_order
 from elastiq.partition import even_split
 from tests.test_trainer import CFG, train

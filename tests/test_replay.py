@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from elastiq.agent.comm import Group
-from elastiq.agent.flat import AdamWConfig, FlatAdamW
-from elastiq.agent.gradient_handoff import Handoff, decode, encode, exchange, plan_handoffs
-from elastiq.agent.snapshots import KeptGradient, Snapshot, SnapshotKeeper
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW
+from elastiq.agent.runtime.gradient_handoff import Handoff, decode, encode, exchange, plan_handoffs
+from elastiq.agent.runtime.snapshots import KeptGradient, Snapshot, SnapshotKeeper
 from elastiq.partition import stage_buddies
 from elastiq.proto import elastiq_pb2 as pb
 from tests.threaded import run_ranks

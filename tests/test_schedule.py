@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from elastiq.agent.schedule import plain_hops, rank_ops
+from elastiq.agent.runtime.schedule import plain_hops, rank_ops
 from elastiq.partition import replica_of
 
 

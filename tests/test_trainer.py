@@ -7,9 +7,9 @@ import datetime
 import torch
 import torch.distributed as dist
 
-from elastiq.agent.comm import CollectiveFailed, Group
-from elastiq.agent.data import SampleOrder
-from elastiq.agent.trainer import TrainState, run_step
+from elastiq.agent.runtime.comm import CollectiveFailed, Group
+from elastiq.agent.runtime.data.byte_corpus import SampleOrder
+from elastiq.agent.runtime.trainer import TrainState, run_step
 from elastiq.config import JobConfig, ModelConfig
 from tests.threaded import run_ranks
 

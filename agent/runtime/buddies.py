@@ -1,12 +1,12 @@
 """This rank's part in the buddy scheme, one generation at a time.
 
-Where it sits: the worker (agent/worker.py) owns one `Buddies`. It plans the
+Where it sits: the worker (agent/runtime/worker.py) owns one `Buddies`. It plans the
 generation's routes once at each join (`adopt`), sends this rank's snapshot and
 receives its wards' after every update (`start`, completed by `finish` before the
 next reduction), keeps the gradients a replay needs (`keep_gradients`), and serves
 the join's agreement and moves (`newest_steps_covering`, `hand_over`, `piece`). The
-tensors and the replay live in agent/snapshots.py; the join-time hand-over of kept
-gradients in agent/gradient_handoff.py.
+tensors and the replay live in agent/runtime/snapshots.py; the join-time hand-over of kept
+gradients in agent/runtime/gradient_handoff.py.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import torch
 
-from elastiq.agent.comm import Group
-from elastiq.agent.gradient_handoff import exchange, plan_handoffs
-from elastiq.agent.snapshots import SnapshotKeeper
-from elastiq.agent.trainer import TrainState
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.gradient_handoff import exchange, plan_handoffs
+from elastiq.agent.runtime.snapshots import SnapshotKeeper
+from elastiq.agent.runtime.trainer import TrainState
 from elastiq.partition import gradient_keepers, stage_ranges
 from elastiq.proto import elastiq_pb2 as pb
 
@@ -89,7 +89,7 @@ class Buddies:
     ) -> None:
         """ZeRO-1: keep `step`'s reduced gradient of each rank I am the gradient
         keeper of, so that its update can be replayed if it dies before its
-        snapshot of `step` arrives (agent/snapshots.py, "Replay")."""
+        snapshot of `step` arrives (agent/runtime/snapshots.py, "Replay")."""
         done, factor, lr = state.last_update
         if not self._gradient_wards or not intervals or done != step:
             return
@@ -131,7 +131,7 @@ class Buddies:
     ) -> int:
         """Join, ZeRO-1: some buddy lags the step the survivors reached (its ward died
         before its snapshot arrived). Hand it the ward's kept gradient to replay from
-        (agent/gradient_handoff.py). `source`: the source generation's plan, None if
+        (agent/runtime/gradient_handoff.py). `source`: the source generation's plan, None if
         this rank does not hold it (then it takes no part). Returns bytes received."""
         if source is None:
             return 0

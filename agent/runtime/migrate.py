@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from elastiq.agent.comm import Group
+from elastiq.agent.runtime.comm import Group
 from elastiq.proto import elastiq_pb2 as pb
 
 #: (what, lo, hi, via) -> the tensors that hold those elements, in a fixed order

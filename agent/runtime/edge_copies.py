@@ -11,7 +11,7 @@ complete; the previous one is kept until then, so a keeper always holds the
 copy of the committed step or of the one before it. Copies carry no optimizer
 state: a rebuilt edge starts with fresh moments, like CheckFree's rebuilt blocks.
 
-Where it sits: the worker (agent/worker.py) owns one `EdgeCopies`, shaped like its
+Where it sits: the worker (agent/runtime/worker.py) owns one `EdgeCopies`, shaped like its
 `Buddies`: routed once per join (`adopt`), started after every update, finished
 before the next reduction; the CheckFree+ rebuild reads the kept copies (`get`).
 """
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from elastiq.agent.comm import Group
-from elastiq.agent.trainer import TrainState
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.trainer import TrainState
 from elastiq.partition import edge_copy_routes, element_offsets
 from elastiq.proto import elastiq_pb2 as pb
 

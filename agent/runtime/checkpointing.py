@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from elastiq.agent.trainer import TrainState
+from elastiq.agent.runtime.trainer import TrainState
 from elastiq.checkpoint.engine import CheckpointConfig, CheckpointEngine, Piece
 from elastiq.checkpoint.restore import LoadReport, Request, load_newest
 from elastiq.config import JobConfig

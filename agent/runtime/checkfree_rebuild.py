@@ -13,9 +13,9 @@ import logging
 
 import torch
 
-from elastiq.agent.comm import Group
-from elastiq.agent.edge_copies import EdgeCopies
-from elastiq.agent.trainer import TrainState
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.edge_copies import EdgeCopies
+from elastiq.agent.runtime.trainer import TrainState
 from elastiq.checkpoint import checkfree
 from elastiq.partition import element_offsets
 from elastiq.proto import elastiq_pb2 as pb

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from elastiq.agent.comm import Group
-from elastiq.agent.data import SampleOrder
-from elastiq.agent.schedule import Hop, Op, peer_replica, plain_hops, rank_ops, route
-from elastiq.agent.trainer import (
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.data.byte_corpus import SampleOrder
+from elastiq.agent.runtime.schedule import Hop, Op, peer_replica, plain_hops, rank_ops, route
+from elastiq.agent.runtime.trainer import (
     LOSS_SUM,
     NORM_SQ,
     SAMPLES,

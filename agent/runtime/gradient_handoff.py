@@ -1,11 +1,11 @@
 """Join-time hand-over of kept gradients: how a pipeline's ZeRO-1 update is replayed.
 
-Where it sits: the worker's step agreement (agent/worker.py, `_agree`) calls it in a
+Where it sits: the worker's step agreement (agent/runtime/worker.py, `_agree`) calls it in a
 join, between its two allgathers. It moves tensors only between survivors that hold
 the source generation's state, which all know the source plan.
 
 Why: data parallelism replays a lost ward's update of step s at its buddy, which
-holds the ward's interval of the reduced gradient anyway (agent/snapshots.py,
+holds the ward's interval of the reduced gradient anyway (agent/runtime/snapshots.py,
 "Replay"). Under pipelines the buddy sits on the next stage, so that a stage lost
 whole still has its snapshots, and it has no gradient of its ward's stage. A replica
 of the ward's stage, its gradient keeper (`elastiq.partition.gradient_keepers`),
@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from elastiq.agent.comm import Group
-from elastiq.agent.flat import AdamWConfig
-from elastiq.agent.snapshots import KeptGradient, SnapshotKeeper
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.flat import AdamWConfig
+from elastiq.agent.runtime.snapshots import KeptGradient, SnapshotKeeper
 from elastiq.partition import gradient_keepers, stage_ranges
 from elastiq.proto import elastiq_pb2 as pb
 

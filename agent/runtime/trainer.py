@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elastiq.agent.comm import Group
-from elastiq.agent.data import SampleOrder
-from elastiq.agent.flat import AdamWConfig, FlatAdamW, FlatParams
-from elastiq.agent.model import Block, build_unit, num_units
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.data.byte_corpus import SampleOrder
+from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW, FlatParams
+from elastiq.agent.runtime.models.decoder import Block, build_unit, num_units
 from elastiq.config import JobConfig
 from elastiq.lr import lr_at
 from elastiq.partition import micro_batches_of
@@ -76,7 +76,7 @@ class TrainState:
         # weighs a lost neighbour's rebuild by it); NaN until measured
         self.stage_grad_norm = float("nan")
         # (step, clip factor, lr) of the last update: a buddy replays its ward's
-        # update of that step from them (agent/snapshots.py)
+        # update of that step from them (agent/runtime/snapshots.py)
         self.last_update = (0, 1.0, 0.0)
         self._staging = torch.empty(0)
         self._snap_params = torch.empty_like(self.flat.data)

@@ -15,7 +15,7 @@ Lifecycle: read the job config from the agent, build the model and data, say
 - on a failed or superseded collective: wait for a newer plan and join it. The
   process, its tensors and its data are kept: only the communicator is rebuilt.
 
-Run by the agent as `python -m elastiq.agent.worker --read-fd R --write-fd W`.
+Run by the agent as `python -m elastiq.agent.runtime.worker --read-fd R --write-fd W`.
 """
 
 from __future__ import annotations
@@ -34,24 +34,24 @@ import torch
 from google.protobuf import json_format
 
 from elastiq import fs, logs
-from elastiq.agent.buddies import Buddies
 from elastiq.agent.channel import Channel
-from elastiq.agent.checkfree_rebuild import rebuild_lost_units
-from elastiq.agent.checkpointing import WorkerCheckpoints
-from elastiq.agent.comm import CollectiveFailed, Group, RendezvousClient, Superseded
-from elastiq.agent.data import SampleOrder, load_corpus
-from elastiq.agent.edge_copies import EdgeCopies
-from elastiq.agent.migrate import apply_moves
-from elastiq.agent.pipeline import StageView, run_pipeline_step, stage_routes
-from elastiq.agent.schedule import Hop
-from elastiq.agent.trainer import TrainState, run_step
+from elastiq.agent.runtime.buddies import Buddies
+from elastiq.agent.runtime.checkfree_rebuild import rebuild_lost_units
+from elastiq.agent.runtime.checkpointing import WorkerCheckpoints
+from elastiq.agent.runtime.comm import CollectiveFailed, Group, RendezvousClient, Superseded
+from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
+from elastiq.agent.runtime.edge_copies import EdgeCopies
+from elastiq.agent.runtime.migrate import apply_moves
+from elastiq.agent.runtime.pipeline import StageView, run_pipeline_step, stage_routes
+from elastiq.agent.runtime.schedule import Hop
+from elastiq.agent.runtime.trainer import TrainState, run_step
 from elastiq.checkpoint import checkfree
 from elastiq.config import JobConfig
 from elastiq.partition import even_split
 from elastiq.proto import elastiq_pb2 as pb
 
 # named explicitly: run as `python -m`, __name__ would be "__main__", outside the tree
-log = logging.getLogger("elastiq.agent.worker")
+log = logging.getLogger("elastiq.agent.runtime.worker")
 
 ALIVE_INTERVAL_S = 0.25
 EXIT_OK, EXIT_CONFIG, EXIT_STATE_LOST, EXIT_NO_PLAN = 0, 2, 3, 4
@@ -358,7 +358,7 @@ class Worker:
         holds_source: bool,
     ) -> None:
         """ZeRO-1: the buddies in `needy` lag the step the survivors reached; they get
-        kept gradients to replay from (agent/buddies.py), then every rank learns the
+        kept gradients to replay from (agent/runtime/buddies.py), then every rank learns the
         buddies' steps again."""
         source = self.plan if holds_source else None
         if source is not None and source.generation != plan.source_generation:
@@ -704,5 +704,5 @@ if __name__ == "__main__":
     sys.stdout.flush()
     sys.stderr.flush()
     # skip interpreter teardown: destroying a group with a stuck operation would wait
-    # for its timeout (see agent/comm.py)
+    # for its timeout (see agent/runtime/comm.py)
     os._exit(exit_code)

@@ -18,7 +18,7 @@ interval of the reduced gradient of s too. It keeps a copy, with the step's clip
 factor and learning rate, and can then serve step s by replaying the ward's
 AdamW update from snapshot s-1: the same operations on the same numbers. Under
 pipelines (ZeRO-1) the buddy is on another stage; a replica of the ward's stage
-keeps the gradient instead and hands it over at the join (agent/gradient_handoff.py).
+keeps the gradient instead and hands it over at the join (agent/runtime/gradient_handoff.py).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from elastiq.agent.comm import Group
-from elastiq.agent.flat import AdamWConfig, FlatAdamW
+from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class SnapshotKeeper:
 
     def accept_gradient(self, ward_id: str, kept: KeptGradient) -> None:
         """A ward's gradient kept by another rank, handed over for a replay
-        (agent/gradient_handoff.py)."""
+        (agent/runtime/gradient_handoff.py)."""
         self.gradients[ward_id] = kept
         self._replayed.clear()
 
