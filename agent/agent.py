@@ -23,8 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import json_format
-
 from elastiq import rpc
 from elastiq.agent.workers import WorkerProcess, spawn_worker, stop_workers
 from elastiq.proto import elastiq_pb2 as pb
@@ -94,12 +92,12 @@ class Agent:
                 address=socket.gethostname(),
             )
             for w in self.workers.values():
-                if w.state != "gone":
+                if not w.gone:
                     request.workers.add(
                         worker_id=w.worker_id,
                         slot=w.slot,
                         pid=w.pid,
-                        state=w.state,
+                        phase=w.phase,
                         generation=w.generation,
                         step=w.step,
                     )
@@ -158,7 +156,7 @@ class Agent:
                 token=self.config.token, node_id=self.config.node_id, lease_id=self.lease
             )
             for w in self.workers.values():
-                if w.state in ("running", "finished"):
+                if w.phase in (pb.WORKER_PHASE_RUNNING, pb.WORKER_PHASE_FINISHED):
                     request.progress.add(
                         worker_id=w.worker_id,
                         rank=w.rank,
@@ -168,7 +166,7 @@ class Agent:
                         tokens_per_s=w.tokens_per_s,
                         step_time_s=w.step_time_s,
                         wall_time=w.step_wall,
-                        state=w.state,
+                        phase=w.phase,
                         unit_costs=w.unit_costs,
                         checkpoint_held_s=w.checkpoint_held_s,
                         checkpoint_committed_step=w.checkpoint_committed_step,
@@ -201,7 +199,6 @@ class Agent:
         detail: str = "",
         **fields: Any,
     ) -> None:
-        timings = fields.pop("timings", None)
         fields.setdefault("wall_time", time.time())
         fields.setdefault("generation", self.plan.generation if self.plan else 0)
         report = pb.EventReport(kind=kind, detail=detail, **fields)
@@ -212,8 +209,6 @@ class Agent:
                 worker.slot,
                 worker.pid,
             )
-        if timings:
-            report.timings.update(timings)
         self.outbox.put_nowait(report)
 
     # workers -----------------------------------------------------------------------------
@@ -223,7 +218,7 @@ class Agent:
         self.plan = plan
         named = {a.worker_id: a for a in plan.assignments}
         for w in self.workers.values():
-            if w.state == "gone":
+            if w.gone:
                 continue
             if w.worker_id in named:
                 w.rank = named[w.worker_id].rank
@@ -232,18 +227,18 @@ class Agent:
                 log.info(
                     "generation %d drops %s; telling it to leave", plan.generation, w.worker_id
                 )
-                w.send({"type": "shutdown"})
+                w.send(pb.ToWorker(shutdown=True))
         # a fault timed to this reconfiguration acts now, while the members are joining
         self._run_due_chaos()
 
-    def _on_worker_message(self, worker: WorkerProcess, message: dict[str, Any] | None) -> None:
+    def _on_worker_message(self, worker: WorkerProcess, message: pb.FromWorker | None) -> None:
         if message is None:
             return
-        kind = message.get("type")
+        kind = message.WhichOneof("kind")
         now = time.monotonic()
         worker.last_alive = now
         if kind == "ready":
-            worker.state = "ready"
+            worker.phase = pb.WORKER_PHASE_READY
             worker.last_progress = now
             self.report(pb.WORKER_READY, worker, "ready")
             if self.plan is not None and any(
@@ -251,99 +246,91 @@ class Agent:
             ):
                 self._relay_plan_to(worker, self.plan)
         elif kind == "step":
-            worker.state = "running"
+            self._on_step(worker, message.step, now)
+        elif kind == "joined":
             worker.last_progress = now
-            worker.step, worker.loss = int(message["step"]), float(message["loss"])
-            worker.tokens_per_s = float(message["tokens_per_s"])
-            worker.step_time_s = float(message["step_time"])
-            worker.step_wall, worker.generation = float(message["wall"]), int(message["gen"])
-            worker.checkpoint_held_s = float(message.get("ckpt_held_s", 0.0))
-            worker.checkpoint_committed_step = int(message.get("ckpt_step", 0))
-            if message.get("unit_costs"):
-                worker.unit_costs = {int(u): float(c) for u, c in message["unit_costs"].items()}
-            if message.get("first_in_generation"):
-                self.report(
-                    pb.RECOVERED,
-                    worker,
-                    "first_step",
-                    step=worker.step,
-                    loss=worker.loss,
-                    generation=worker.generation,
-                    timings={"first_step_end": worker.step_wall},
-                )
-        elif kind == "event":
-            worker.last_progress = now
-            if message["kind"] == "joined":
-                worker.generation = int(message["generation"])
-                self.report(
-                    pb.RECOVERED,
-                    worker,
-                    "joined",
-                    step=int(message["committed"]),
-                    generation=worker.generation,
-                    timings=message.get("timings", {}),
-                )
-            elif message["kind"] == "interrupted":
-                self.report(
-                    pb.COLLECTIVE_ERROR,
-                    worker,
-                    message.get("detail", "")[:500],
-                    generation=int(message["generation"]),
-                )
-            elif message["kind"] == "state_lost":
-                self.report(pb.WORKER_FAILED, worker, message.get("detail", "")[:500])
-        elif kind == "chaos-fired":
-            what = "kill-before-snapshot"
-            log.warning("chaos: %s on %s at step %d", what, worker.worker_id, message["step"])
+            worker.generation = message.joined.generation
             self.report(
-                pb.CHAOS_INJECTED,
+                pb.JOINED,
                 worker,
-                what,
-                wall_time=float(message["wall"]),
-                step=int(message["step"]),
+                "joined",
+                step=message.joined.committed_step,
+                generation=worker.generation,
+                join=message.joined.timings,
             )
+        elif kind == "interrupted":
+            worker.last_progress = now
+            problem = message.interrupted
+            self.report(
+                pb.COLLECTIVE_ERROR, worker, problem.detail[:500], generation=problem.generation
+            )
+        elif kind == "state_lost":
+            worker.last_progress = now
+            self.report(pb.WORKER_FAILED, worker, message.state_lost.detail[:500])
+        elif kind == "chaos_fired":
+            fired = message.chaos_fired
+            what = "kill-before-snapshot"
+            log.warning("chaos: %s on %s at step %d", what, worker.worker_id, fired.step)
+            self.report(pb.CHAOS_INJECTED, worker, what, wall_time=fired.wall_time, step=fired.step)
         elif kind == "finished":
-            worker.state = "finished"
-            worker.step = int(message["step"])
+            worker.phase = pb.WORKER_PHASE_FINISHED
+            worker.step = message.finished.step
             self.report(
                 pb.FINISHED,
                 worker,
                 "finished",
                 step=worker.step,
                 loss=worker.loss,
-                generation=int(message["gen"]),
+                generation=message.finished.generation,
+            )
+
+    def _on_step(self, worker: WorkerProcess, step: pb.StepDone, now: float) -> None:
+        worker.phase = pb.WORKER_PHASE_RUNNING
+        worker.last_progress = now
+        worker.step, worker.loss = step.step, step.loss
+        worker.tokens_per_s = step.tokens_per_s
+        worker.step_time_s = step.step_time_s
+        worker.step_wall, worker.generation = step.wall_time, step.generation
+        worker.checkpoint_held_s = step.checkpoint_held_s
+        worker.checkpoint_committed_step = step.checkpoint_committed_step
+        if step.unit_costs:
+            worker.unit_costs = dict(step.unit_costs)
+        if step.first_in_generation:
+            self.report(
+                pb.RESUMED,
+                worker,
+                "first_step",
+                step=worker.step,
+                loss=worker.loss,
+                generation=worker.generation,
+                wall_time=worker.step_wall,
             )
 
     def _relay_plan_to(self, worker: WorkerProcess, plan: pb.Plan) -> None:
         worker.planned = True
-        worker.send(
-            {
-                "type": "plan",
-                "plan": json_format.MessageToDict(plan, preserving_proto_field_name=True),
-            }
-        )
+        worker.send(pb.ToWorker(plan=plan))
 
     async def _supervise(self) -> None:
         while not self.done.is_set():
             now = time.monotonic()
             for w in list(self.workers.values()):
-                if w.state == "gone":
+                if w.gone:
                     continue
                 code = w.proc.poll()
                 if code is not None:
-                    w.state = "gone"
+                    w.phase = pb.WORKER_PHASE_GONE
                     if self.shutdown is None and not w.exit_reported:
                         w.exit_reported = True
                         self.report(pb.WORKER_EXITED, w, f"exited with code {code}")
                     continue
-                if w.state == "starting":
+                if w.phase == pb.WORKER_PHASE_STARTING:
                     continue
                 silent = now - w.last_alive
                 if silent > self.config.liveness_timeout_s:
                     self._kill_hung(w, f"sent nothing for {silent:.1f}s (hung or stopped)")
                 elif (
                     w.planned
-                    and w.state == "running"
+                    and w.phase == pb.WORKER_PHASE_RUNNING
                     and now - w.last_progress > self.config.progress_timeout_s
                 ):
                     self._kill_hung(w, f"no step for {now - w.last_progress:.1f}s")
@@ -362,7 +349,7 @@ class Agent:
                 due = all(w.step >= command.at_step for w in self.workers.values() if w.planned)
             else:
                 target = self.workers.get(command.worker_id)
-                if target is None or target.state == "gone":
+                if target is None or target.gone:
                     self.chaos.remove(command)
                     continue
                 # the worker times kill-before-snapshot itself: arm it at once
@@ -385,7 +372,7 @@ class Agent:
         target = self.workers[command.worker_id]
         if command.action == pb.KILL_BEFORE_SNAPSHOT:
             step = max(command.at_step, target.step + 1)
-            target.send({"type": "chaos", "die_after_update_of": step})
+            target.send(pb.ToWorker(chaos=pb.ArmChaos(die_after_update_of=step)))
             log.warning(
                 "chaos: %s will kill itself after its update of step %d, before its snapshot",
                 target.worker_id,

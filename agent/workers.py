@@ -1,7 +1,7 @@
 """Worker processes as the agent sees them: spawn, message pump, signals.
 
 Each worker is a child process `python -m elastiq.agent.runtime.worker` with two
-inherited pipes (see channel.py). A reader thread per worker hands its
+inherited pipes carrying typed messages (see channel.py). A reader thread per worker hands its
 messages to the agent's event loop. The worker arranges to die with its agent
 (PR_SET_PDEATHSIG), so losing the agent loses its workers, as losing a node would.
 """
@@ -18,9 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from elastiq.agent.channel import Channel
+from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ class WorkerProcess:
     worker_id: str
     slot: int
     proc: subprocess.Popen[bytes]
-    channel: Channel
-    state: str = "starting"  # starting | ready | running | finished | gone
+    channel: Channel[pb.FromWorker, pb.ToWorker]
+    phase: pb.WorkerPhase = pb.WORKER_PHASE_STARTING
     started: float = field(default_factory=time.monotonic)
     last_alive: float = field(default_factory=time.monotonic)
     last_progress: float = field(default_factory=time.monotonic)
@@ -53,7 +53,11 @@ class WorkerProcess:
     def pid(self) -> int:
         return int(self.proc.pid)
 
-    def send(self, message: dict[str, Any]) -> bool:
+    @property
+    def gone(self) -> bool:
+        return self.phase == pb.WORKER_PHASE_GONE
+
+    def send(self, message: pb.ToWorker) -> bool:
         return self.channel.send(message)
 
     def signal(self, sig: int) -> None:
@@ -70,7 +74,7 @@ def spawn_worker(
     config_json: str,
     log_level: str,
     loop: asyncio.AbstractEventLoop,
-    on_message: Callable[[WorkerProcess, dict[str, Any] | None], None],
+    on_message: Callable[[WorkerProcess, pb.FromWorker | None], None],
 ) -> WorkerProcess:
     """Start one worker and its reader thread; the config is its first message."""
     to_worker_r, to_worker_w = os.pipe()
@@ -90,15 +94,13 @@ def spawn_worker(
     )
     os.close(to_worker_r)
     os.close(to_agent_w)
-    worker = WorkerProcess(worker_id, slot, proc, Channel(to_agent_r, to_worker_w))
+    worker = WorkerProcess(worker_id, slot, proc, Channel(to_agent_r, to_worker_w, pb.FromWorker))
     worker.send(
-        {
-            "type": "config",
-            "config": config_json,
-            "worker_id": worker_id,
-            "node_id": node_id,
-            "log_level": log_level,
-        }
+        pb.ToWorker(
+            config=pb.WorkerConfig(
+                config_json=config_json, worker_id=worker_id, node_id=node_id, log_level=log_level
+            )
+        )
     )
 
     def pump() -> None:
@@ -119,7 +121,7 @@ def stop_workers(workers: list[WorkerProcess], grace_s: float) -> None:
         if w.proc.poll() is None:
             if w.stopped:
                 w.signal(signal.SIGCONT)
-            w.send({"type": "shutdown"})
+            w.send(pb.ToWorker(shutdown=True))
     deadline = time.monotonic() + grace_s
     for w in workers:
         left = max(0.0, deadline - time.monotonic())

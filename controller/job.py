@@ -42,6 +42,14 @@ from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+# what an agent reports of a worker it already runs, as the controller records it
+_MEMBER_STATE = {
+    pb.WORKER_PHASE_READY: "ready",
+    pb.WORKER_PHASE_RUNNING: "running",
+    pb.WORKER_PHASE_FINISHED: "finished",
+}
+_IN_PLAN = (pb.WORKER_PHASE_RUNNING, pb.WORKER_PHASE_FINISHED)
+
 __all__ = ["ControllerConfig", "JobController", "NodeState", "PendingRecovery", "WorkerState"]
 
 
@@ -148,13 +156,13 @@ class JobController:
             node.workers[w.worker_id] = WorkerState(
                 WorkerRef(req.node_id, w.slot, w.worker_id),
                 pid=w.pid,
-                state=w.state or "ready",
-                joined_generation=w.generation if w.state in ("running", "finished") else 0,
+                state=_MEMBER_STATE.get(w.phase, "ready"),
+                joined_generation=w.generation if w.phase in _IN_PLAN else 0,
             )
         self.nodes[req.node_id] = node
         await self.store.put(
             f"{self.prefix}nodes/{req.node_id}",
-            f'{{"address": "{req.address}", "slots": {req.slots}}}'.encode(),
+            pb.NodeRecord(address=req.address, slots=req.slots).SerializeToString(),
             lease=lease,
         )
         self.metrics.nodes.set(len(self.nodes))
@@ -284,7 +292,7 @@ class JobController:
             )
         if worker is None:
             return pb.EventAck(accepted=False, reason=f"unknown worker {req.worker_id}")
-        if req.kind == pb.RECOVERED:
+        if req.kind in (pb.JOINED, pb.RESUMED):
             self._on_joined(worker, req)
         elif req.kind == pb.FINISHED:
             worker.state = "finished"
@@ -300,20 +308,26 @@ class JobController:
     def _on_joined(self, worker: WorkerState, req: pb.EventReport) -> None:
         """A worker joined the generation (timings) or finished its first step in it."""
         worker.state = "running"
-        if req.detail == "joined":
+        if req.kind == pb.JOINED:
             worker.joined_generation = max(worker.joined_generation, req.generation)
             self._joined.setdefault(req.generation, set()).add(worker.ref.worker_id)
-        if req.detail == "first_step" and req.step == 1 and not self.first_loss:
+        if req.kind == pb.RESUMED and req.step == 1 and not self.first_loss:
             self.first_loss = req.loss
         pending = self._pending
         if pending is None or req.generation != pending.generation:
             return
         entry = pending.joins.setdefault(worker.ref.worker_id, {})
-        entry.update({k: v for k, v in req.timings.items() if k != "reached_step"})
-        if req.detail == "joined":
+        if req.kind == pb.JOINED:
+            entry.update(
+                join_start=req.join.join_start,
+                comm_rebuild_s=req.join.comm_rebuild_s,
+                migrate_s=req.join.migrate_s,
+            )
             pending.committed_after = int(req.step)
-            reached = int(req.timings.get("reached_step", 0))
+            reached = int(req.join.reached_step)
             pending.last_committed_before = max(pending.last_committed_before, reached)
+        else:
+            entry["first_step_end"] = req.wall_time
         if self.layout is None:
             return
         members = self.layout.worker_ids()

@@ -1,7 +1,9 @@
-"""Logging helpers: every elastiq log line carries job, generation, rank and step.
+"""Logging helpers: every elastiq log line carries job, generation, node, rank and step.
 
 Modules log through `logging.getLogger(__name__)`; `context` holds the values the
-`ContextFilter` stamps onto each record, so call sites do not repeat them.
+`ContextFilter` stamps onto each record, so call sites do not repeat them. Each process
+sets what it knows: the controller its job and generation, an agent its job, node and
+the generation it relays, a worker all five.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 class LogContext:
     job: str = "-"
     generation: int = 0
+    node: str = "-"
     rank: int = -1
     step: int = -1
     role: str = "-"
@@ -27,6 +30,7 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.job = context.job
         record.generation = context.generation
+        record.node = context.node
         record.rank = context.rank
         record.step = context.step
         record.role = context.role
@@ -34,7 +38,8 @@ class ContextFilter(logging.Filter):
 
 
 FORMAT = (
-    "%(asctime)s %(levelname)s %(role)s job=%(job)s gen=%(generation)d rank=%(rank)d "
+    "%(asctime)s %(levelname)s %(role)s job=%(job)s gen=%(generation)d node=%(node)s "
+    "rank=%(rank)d "
     "step=%(step)d %(name)s: %(message)s"
 )
 

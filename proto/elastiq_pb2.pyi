@@ -7,6 +7,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WorkerPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKER_PHASE_UNSPECIFIED: _ClassVar[WorkerPhase]
+    WORKER_PHASE_STARTING: _ClassVar[WorkerPhase]
+    WORKER_PHASE_READY: _ClassVar[WorkerPhase]
+    WORKER_PHASE_RUNNING: _ClassVar[WorkerPhase]
+    WORKER_PHASE_FINISHED: _ClassVar[WorkerPhase]
+    WORKER_PHASE_GONE: _ClassVar[WorkerPhase]
+
 class ChaosAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CHAOS_UNSPECIFIED: _ClassVar[ChaosAction]
@@ -22,10 +31,17 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_EXITED: _ClassVar[EventKind]
     WORKER_HUNG: _ClassVar[EventKind]
     COLLECTIVE_ERROR: _ClassVar[EventKind]
-    RECOVERED: _ClassVar[EventKind]
+    JOINED: _ClassVar[EventKind]
     FINISHED: _ClassVar[EventKind]
     CHAOS_INJECTED: _ClassVar[EventKind]
     WORKER_FAILED: _ClassVar[EventKind]
+    RESUMED: _ClassVar[EventKind]
+WORKER_PHASE_UNSPECIFIED: WorkerPhase
+WORKER_PHASE_STARTING: WorkerPhase
+WORKER_PHASE_READY: WorkerPhase
+WORKER_PHASE_RUNNING: WorkerPhase
+WORKER_PHASE_FINISHED: WorkerPhase
+WORKER_PHASE_GONE: WorkerPhase
 CHAOS_UNSPECIFIED: ChaosAction
 KILL_WORKER: ChaosAction
 KILL_NODE: ChaosAction
@@ -36,26 +52,27 @@ WORKER_READY: EventKind
 WORKER_EXITED: EventKind
 WORKER_HUNG: EventKind
 COLLECTIVE_ERROR: EventKind
-RECOVERED: EventKind
+JOINED: EventKind
 FINISHED: EventKind
 CHAOS_INJECTED: EventKind
 WORKER_FAILED: EventKind
+RESUMED: EventKind
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "slot", "pid", "state", "generation", "step")
+    __slots__ = ("worker_id", "slot", "pid", "phase", "generation", "step")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     slot: int
     pid: int
-    state: str
+    phase: WorkerPhase
     generation: int
     step: int
-    def __init__(self, worker_id: _Optional[str] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., phase: _Optional[_Union[WorkerPhase, str]] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("token", "node_id", "slots", "address", "workers")
@@ -70,6 +87,14 @@ class RegisterRequest(_message.Message):
     address: str
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., slots: _Optional[int] = ..., address: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class NodeRecord(_message.Message):
+    __slots__ = ("address", "slots")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    slots: int
+    def __init__(self, address: _Optional[str] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("lease_id", "lease_ttl_s", "heartbeat_interval_s", "config_json", "generation", "job")
@@ -88,7 +113,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., config_json: _Optional[str] = ..., generation: _Optional[int] = ..., job: _Optional[str] = ...) -> None: ...
 
 class WorkerProgress(_message.Message):
-    __slots__ = ("worker_id", "rank", "generation", "step", "loss", "tokens_per_s", "step_time_s", "wall_time", "state", "unit_costs", "checkpoint_held_s", "checkpoint_committed_step")
+    __slots__ = ("worker_id", "rank", "generation", "step", "loss", "tokens_per_s", "step_time_s", "wall_time", "phase", "unit_costs", "checkpoint_held_s", "checkpoint_committed_step")
     class UnitCostsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,7 +129,7 @@ class WorkerProgress(_message.Message):
     TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     STEP_TIME_S_FIELD_NUMBER: _ClassVar[int]
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     UNIT_COSTS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_HELD_S_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -116,11 +141,11 @@ class WorkerProgress(_message.Message):
     tokens_per_s: float
     step_time_s: float
     wall_time: float
-    state: str
+    phase: WorkerPhase
     unit_costs: _containers.ScalarMap[int, float]
     checkpoint_held_s: float
     checkpoint_committed_step: int
-    def __init__(self, worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., wall_time: _Optional[float] = ..., state: _Optional[str] = ..., unit_costs: _Optional[_Mapping[int, float]] = ..., checkpoint_held_s: _Optional[float] = ..., checkpoint_committed_step: _Optional[int] = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., wall_time: _Optional[float] = ..., phase: _Optional[_Union[WorkerPhase, str]] = ..., unit_costs: _Optional[_Mapping[int, float]] = ..., checkpoint_held_s: _Optional[float] = ..., checkpoint_committed_step: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("token", "node_id", "lease_id", "progress")
@@ -280,15 +305,20 @@ class Directive(_message.Message):
     shutdown: str
     def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ChaosCommand, _Mapping]] = ..., shutdown: _Optional[str] = ...) -> None: ...
 
+class JoinTimings(_message.Message):
+    __slots__ = ("join_start", "comm_rebuild_s", "migrate_s", "reached_step")
+    JOIN_START_FIELD_NUMBER: _ClassVar[int]
+    COMM_REBUILD_S_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_S_FIELD_NUMBER: _ClassVar[int]
+    REACHED_STEP_FIELD_NUMBER: _ClassVar[int]
+    join_start: float
+    comm_rebuild_s: float
+    migrate_s: float
+    reached_step: int
+    def __init__(self, join_start: _Optional[float] = ..., comm_rebuild_s: _Optional[float] = ..., migrate_s: _Optional[float] = ..., reached_step: _Optional[int] = ...) -> None: ...
+
 class EventReport(_message.Message):
-    __slots__ = ("token", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall_time", "detail", "timings", "slot", "pid", "loss")
-    class TimingsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: float
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    __slots__ = ("token", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall_time", "detail", "slot", "pid", "loss", "join")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -298,10 +328,10 @@ class EventReport(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
-    TIMINGS_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
     token: str
     node_id: str
     generation: int
@@ -311,11 +341,11 @@ class EventReport(_message.Message):
     step: int
     wall_time: float
     detail: str
-    timings: _containers.ScalarMap[str, float]
     slot: int
     pid: int
     loss: float
-    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., detail: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
+    join: JoinTimings
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., detail: _Optional[str] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., loss: _Optional[float] = ..., join: _Optional[_Union[JoinTimings, _Mapping]] = ...) -> None: ...
 
 class EventAck(_message.Message):
     __slots__ = ("accepted", "reason")
@@ -439,3 +469,144 @@ class AdminResponse(_message.Message):
     accepted: bool
     detail: str
     def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class WorkerConfig(_message.Message):
+    __slots__ = ("config_json", "worker_id", "node_id", "log_level")
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    config_json: str
+    worker_id: str
+    node_id: str
+    log_level: str
+    def __init__(self, config_json: _Optional[str] = ..., worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., log_level: _Optional[str] = ...) -> None: ...
+
+class ArmChaos(_message.Message):
+    __slots__ = ("die_after_update_of",)
+    DIE_AFTER_UPDATE_OF_FIELD_NUMBER: _ClassVar[int]
+    die_after_update_of: int
+    def __init__(self, die_after_update_of: _Optional[int] = ...) -> None: ...
+
+class ToWorker(_message.Message):
+    __slots__ = ("config", "plan", "chaos", "shutdown")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    CHAOS_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    config: WorkerConfig
+    plan: Plan
+    chaos: ArmChaos
+    shutdown: bool
+    def __init__(self, config: _Optional[_Union[WorkerConfig, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ArmChaos, _Mapping]] = ..., shutdown: _Optional[bool] = ...) -> None: ...
+
+class WorkerReady(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class WorkerAlive(_message.Message):
+    __slots__ = ("wall_time",)
+    WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    wall_time: float
+    def __init__(self, wall_time: _Optional[float] = ...) -> None: ...
+
+class StepDone(_message.Message):
+    __slots__ = ("step", "generation", "rank", "loss", "wall_time", "step_time_s", "tokens_per_s", "first_in_generation", "unit_costs", "checkpoint_held_s", "checkpoint_committed_step")
+    class UnitCostsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    STEP_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    FIRST_IN_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    UNIT_COSTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_HELD_S_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    generation: int
+    rank: int
+    loss: float
+    wall_time: float
+    step_time_s: float
+    tokens_per_s: float
+    first_in_generation: bool
+    unit_costs: _containers.ScalarMap[int, float]
+    checkpoint_held_s: float
+    checkpoint_committed_step: int
+    def __init__(self, step: _Optional[int] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., loss: _Optional[float] = ..., wall_time: _Optional[float] = ..., step_time_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., first_in_generation: _Optional[bool] = ..., unit_costs: _Optional[_Mapping[int, float]] = ..., checkpoint_held_s: _Optional[float] = ..., checkpoint_committed_step: _Optional[int] = ...) -> None: ...
+
+class JoinDone(_message.Message):
+    __slots__ = ("generation", "rank", "committed_step", "timings", "moved_bytes", "rolled_back")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    MOVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    rank: int
+    committed_step: int
+    timings: JoinTimings
+    moved_bytes: int
+    rolled_back: bool
+    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., committed_step: _Optional[int] = ..., timings: _Optional[_Union[JoinTimings, _Mapping]] = ..., moved_bytes: _Optional[int] = ..., rolled_back: _Optional[bool] = ...) -> None: ...
+
+class WorkerProblem(_message.Message):
+    __slots__ = ("generation", "rank", "step", "detail")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    rank: int
+    step: int
+    detail: str
+    def __init__(self, generation: _Optional[int] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ChaosFired(_message.Message):
+    __slots__ = ("step", "wall_time")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    wall_time: float
+    def __init__(self, step: _Optional[int] = ..., wall_time: _Optional[float] = ...) -> None: ...
+
+class WorkerFinished(_message.Message):
+    __slots__ = ("step", "generation", "wall_time")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    generation: int
+    wall_time: float
+    def __init__(self, step: _Optional[int] = ..., generation: _Optional[int] = ..., wall_time: _Optional[float] = ...) -> None: ...
+
+class FromWorker(_message.Message):
+    __slots__ = ("ready", "alive", "step", "joined", "interrupted", "state_lost", "chaos_fired", "finished")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    STATE_LOST_FIELD_NUMBER: _ClassVar[int]
+    CHAOS_FIRED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    ready: WorkerReady
+    alive: WorkerAlive
+    step: StepDone
+    joined: JoinDone
+    interrupted: WorkerProblem
+    state_lost: WorkerProblem
+    chaos_fired: ChaosFired
+    finished: WorkerFinished
+    def __init__(self, ready: _Optional[_Union[WorkerReady, _Mapping]] = ..., alive: _Optional[_Union[WorkerAlive, _Mapping]] = ..., step: _Optional[_Union[StepDone, _Mapping]] = ..., joined: _Optional[_Union[JoinDone, _Mapping]] = ..., interrupted: _Optional[_Union[WorkerProblem, _Mapping]] = ..., state_lost: _Optional[_Union[WorkerProblem, _Mapping]] = ..., chaos_fired: _Optional[_Union[ChaosFired, _Mapping]] = ..., finished: _Optional[_Union[WorkerFinished, _Mapping]] = ...) -> None: ...

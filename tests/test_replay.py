@@ -14,6 +14,7 @@ import torch.distributed as dist
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW
 from elastiq.agent.runtime.gradient_handoff import Handoff, decode, encode, exchange, plan_handoffs
+from elastiq.agent.runtime.plan_view import PlanLayout
 from elastiq.agent.runtime.snapshots import KeptGradient, Snapshot, SnapshotKeeper
 from elastiq.partition import stage_buddies
 from elastiq.proto import elastiq_pb2 as pb
@@ -61,11 +62,11 @@ def test_nothing_is_replayed_without_the_snapshot_before_or_once_the_real_one_ar
 
 def _plan(
     generation: int, workers: list[str], stages: list[tuple[int, int, list[int]]], source: int = 0
-) -> pb.Plan:
+) -> PlanLayout:
     """A ZeRO-1 plan; one worker per node, buddies as the planner places them."""
     nodes = [f"node-{w}" for w in workers]
     buddy = stage_buddies(nodes, [ranks for _, _, ranks in stages])
-    return pb.Plan(
+    plan = pb.Plan(
         generation=generation,
         world_size=len(workers),
         zero=1,
@@ -75,7 +76,9 @@ def _plan(
         ],
         stages=[pb.Stage(unit_lo=a, unit_hi=b, ranks=ranks) for a, b, ranks in stages],
         buddy=buddy,
+        state_source="live_replica",
     )
+    return PlanLayout.parse(plan, SIZES)
 
 
 SIZES = [6, 4, 4, 5]  # embedding, two blocks, head: stage 0 holds 10 elements
@@ -85,17 +88,15 @@ PP2_DP2 = _plan(1, ["w0", "w1", "w2", "w3"], [(0, 2, [0, 1]), (2, 4, [2, 3])])
 def test_a_pipeline_buddy_gets_its_lost_wards_gradient_from_a_replica_of_its_stage() -> None:
     # w1 (stage 0, replica 1: elements [5, 10)) dies; w0 kept its gradient, w3 its snapshot
     after = _plan(2, ["w0", "w2", "w3"], [(0, 2, [0]), (2, 4, [1, 2])], source=1)
-    handoffs = plan_handoffs(PP2_DP2, after, [True, True, True], {2}, SIZES)
+    handoffs = plan_handoffs(PP2_DP2, after, [True, True, True], {2})
     assert handoffs == [Handoff("w1", keeper=0, buddy=2, lo=5, hi=10)]
     # nothing to hand over when the buddy has the step, or when the keeper died too
-    assert plan_handoffs(PP2_DP2, after, [True, True, True], set(), SIZES) == []
+    assert plan_handoffs(PP2_DP2, after, [True, True, True], set()) == []
     both = _plan(2, ["w2", "w3"], [(0, 2, [0]), (2, 4, [1])], source=1)
-    assert plan_handoffs(PP2_DP2, both, [True, True], {1}, SIZES) == []
+    assert plan_handoffs(PP2_DP2, both, [True, True], {1}) == []
     # data parallelism: the buddy is the keeper and replays without a transfer
     dp = _plan(1, ["w0", "w1", "w2"], [(0, 4, [0, 1, 2])])
-    assert (
-        plan_handoffs(dp, _plan(2, ["w0", "w2"], [(0, 4, [0, 1])], 1), [True] * 2, {1}, SIZES) == []
-    )
+    assert plan_handoffs(dp, _plan(2, ["w0", "w2"], [(0, 4, [0, 1])], 1), [True] * 2, {1}) == []
 
 
 def test_a_handed_over_gradient_replays_the_lost_update_bit_for_bit() -> None:
@@ -117,7 +118,7 @@ def test_a_handed_over_gradient_replays_the_lost_update_bit_for_bit() -> None:
     ward.step(p, g, lr)
 
     after = _plan(2, ["w0", "w2", "w3"], [(0, 2, [0]), (2, 4, [1, 2])], source=1)
-    handoffs = plan_handoffs(PP2_DP2, after, [True, True, True], {2}, SIZES)
+    handoffs = plan_handoffs(PP2_DP2, after, [True, True, True], {2})
     store = dist.HashStore()
     buddy = SnapshotKeeper()
     buddy.held["w1"] = [Snapshot(6, lo, hi, params[lo:].clone(), m[lo:].clone(), v[lo:].clone())]

@@ -17,17 +17,17 @@ import torch
 
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.gradient_handoff import exchange, plan_handoffs
+from elastiq.agent.runtime.plan_view import PlanLayout, PlanView
 from elastiq.agent.runtime.snapshots import SnapshotKeeper
 from elastiq.agent.runtime.trainer import TrainState
-from elastiq.partition import gradient_keepers, stage_ranges
-from elastiq.proto import elastiq_pb2 as pb
+from elastiq.partition import gradient_keepers
 
 
-def snapshots_needed(plan: pb.Plan) -> bool:
+def snapshots_needed(layout: PlanLayout) -> bool:
     """Buddies are needed when some rank holds state no other live rank has: ZeRO
     intervals, or stages (a stage can be lost whole)."""
-    needed = bool(plan.zero) or len(plan.stages) > 1
-    return needed and any(b >= 0 for b in plan.buddy)
+    needed = bool(layout.zero) or len(layout.stages) > 1
+    return needed and any(b >= 0 for b in layout.buddy)
 
 
 class Buddies:
@@ -42,30 +42,24 @@ class Buddies:
         # (worker id, replica) of the ranks whose reduced-gradient interval I keep
         self._gradient_wards: list[tuple[str, int]] = []
 
-    def adopt(self, plan: pb.Plan, group: Group, state: TrainState, committed: int) -> None:
+    def adopt(self, view: PlanView, group: Group, state: TrainState, committed: int) -> None:
         """Route this generation's snapshots and kept gradients, and give the new
         buddies the committed state at once (they hold nothing of it yet)."""
         self.keeper.clear()
-        me = group.rank
-        self._on = snapshots_needed(plan)
-        self._buddy = plan.buddy[me] if self._on else -1
-        stages = [((st.unit_lo, st.unit_hi), list(st.ranks)) for st in plan.stages]
-        ranges = stage_ranges(stages, self._unit_numel, plan.zero)
-        ids = [a.worker_id for a in plan.assignments]
-        self._wards = [
-            (ids[r], r, ranges[r][1])
-            for r in range(plan.world_size)
-            if self._on and plan.buddy[r] == me and r != me
-        ]
+        layout, me = view.layout, view.rank
+        self._on = snapshots_needed(layout)
+        self._buddy = view.buddy if self._on else -1
+        ids = layout.workers
+        self._wards = [(ids[r], r, layout.ranges[r][1]) for r in view.wards] if self._on else []
         self._gradient_wards = []
-        if self._on and plan.zero == 1:
+        if self._on and layout.zero == 1:
             keepers = gradient_keepers(
-                [a.node_id for a in plan.assignments], [r for _, r in stages], list(plan.buddy)
+                list(layout.nodes), [list(st.ranks) for st in layout.stages], list(layout.buddy)
             )
             self._gradient_wards = [
                 (ids[r], i)
-                for _, ranks in stages
-                for i, r in enumerate(ranks)
+                for st in layout.stages
+                for i, r in enumerate(st.ranks)
                 if keepers[r] == me and r != me
             ]
         self.start(group, committed, state)
@@ -85,7 +79,7 @@ class Buddies:
         self.keeper.start(group, step, self._buddy, (m_lo, m_hi), tensors, self._wards)
 
     def keep_gradients(
-        self, step: int, state: TrainState, intervals: list[tuple[int, int]] | None
+        self, step: int, state: TrainState, intervals: Sequence[tuple[int, int]] | None
     ) -> None:
         """ZeRO-1: keep `step`'s reduced gradient of each rank I am the gradient
         keeper of, so that its update can be replayed if it dies before its
@@ -122,8 +116,8 @@ class Buddies:
 
     def hand_over(
         self,
-        source: pb.Plan | None,
-        plan: pb.Plan,
+        source: PlanLayout | None,
+        layout: PlanLayout,
         group: Group,
         holders: list[bool],
         needy: set[int],
@@ -135,5 +129,5 @@ class Buddies:
         this rank does not hold it (then it takes no part). Returns bytes received."""
         if source is None:
             return 0
-        handoffs = plan_handoffs(source, plan, holders, needy, self._unit_numel)
+        handoffs = plan_handoffs(source, layout, holders, needy)
         return exchange(handoffs, group, self.keeper, state.opt.cfg, len(self._unit_numel))

@@ -15,16 +15,20 @@ import torch
 
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.edge_copies import EdgeCopies
+from elastiq.agent.runtime.plan_view import CheckFreeRebuild
 from elastiq.agent.runtime.trainer import TrainState
 from elastiq.checkpoint import checkfree
 from elastiq.partition import element_offsets
-from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 
 def rebuild_lost_units(
-    plan: pb.Plan, group: Group, old: TrainState, new: TrainState, edge_copies: EdgeCopies
+    rebuild: CheckFreeRebuild,
+    group: Group,
+    old: TrainState,
+    new: TrainState,
+    edge_copies: EdgeCopies,
 ) -> int:
     """Layer units [checkfree_lo, checkfree_hi) exist nowhere. CheckFree: the
     plan's two source ranks broadcast the bordering blocks (from their pre-join
@@ -34,9 +38,9 @@ def rebuild_lost_units(
     Every rank holding a lost unit in the new layout sets it, with fresh moments."""
     sizes = old.cfg.unit_numel()
     bounds = element_offsets(sizes)
-    if plan.checkfree_copies:
+    if rebuild.copies:
         moved = 0
-        for c in plan.checkfree_copies:
+        for c in rebuild.copies:
             n = sizes[c.unit]
             buf = torch.empty(n)
             if group.rank == c.src_rank:
@@ -52,15 +56,15 @@ def rebuild_lost_units(
             moved += n * 4
         log.warning(
             "CheckFree+: layer units [%d, %d) rebuilt as copies (%s)",
-            plan.checkfree_lo,
-            plan.checkfree_hi,
-            ", ".join(f"{c.unit}<-{c.src_unit}" for c in plan.checkfree_copies),
+            rebuild.lo,
+            rebuild.hi,
+            ", ".join(f"{c.unit}<-{c.src_unit}" for c in rebuild.copies),
         )
         return moved
-    lo, hi = plan.checkfree_lo, plan.checkfree_hi
+    lo, hi = rebuild.lo, rebuild.hi
     n = sizes[lo - 1]
     received = []
-    for unit, src in ((lo - 1, plan.checkfree_prev_rank), (hi, plan.checkfree_next_rank)):
+    for unit, src in ((lo - 1, rebuild.prev_rank), (hi, rebuild.next_rank)):
         buf = torch.empty(n + 1)
         if group.rank == src:
             at = bounds[unit] - old.base

@@ -135,15 +135,13 @@ class WorkerCheckpoints:
         if self.engine is not None:
             self.engine.reserve(pieces(state, *save_share(state, degree, replica)))
 
-    def progress(self) -> dict[str, float]:
-        """For the step report: seconds the loop was held by saves, newest commit."""
+    def progress(self) -> tuple[float, int]:
+        """For the step report: seconds the loop was held by saves so far, and the
+        newest committed step (0: none)."""
         if self.engine is None:
-            return {}
+            return 0.0, 0
         stats = self.engine.stats
-        return {
-            "ckpt_held_s": stats.save_call_s + stats.wait_s,
-            "ckpt_step": max(stats.committed_step, 0),
-        }
+        return stats.save_call_s + stats.wait_s, max(stats.committed_step, 0)
 
     def wait_for_copies(self) -> None:
         if self.engine is not None:

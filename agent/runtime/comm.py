@@ -20,7 +20,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -257,3 +258,16 @@ class Group:
 
     def recv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> None:
         self._wait_in_thread([self.irecv(tensor, src, tag)], f"recv from {src}")
+
+
+_Incoming = TypeVar("_Incoming")
+
+
+@dataclass(slots=True)
+class PendingTransfer(Generic[_Incoming]):
+    """Point-to-point transfers of one step started behind the training loop: the work
+    objects to complete, and what to do with each receive once it has landed."""
+
+    step: int
+    works: list[Any]
+    incoming: list[_Incoming]

@@ -24,21 +24,15 @@ from typing import Any
 
 import torch
 
-from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime import tags
+from elastiq.agent.runtime.comm import Group, PendingTransfer
+from elastiq.agent.runtime.plan_view import PlanView
 from elastiq.agent.runtime.trainer import TrainState
 from elastiq.partition import edge_copy_routes, element_offsets
-from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-TAG = 1 << 23
-
-
-@dataclass(slots=True)
-class _Pending:
-    step: int
-    works: list[Any]
-    incoming: list[tuple[int, torch.Tensor]]
+TAG = tags.EDGE_COPIES
 
 
 @dataclass(slots=True)
@@ -48,20 +42,20 @@ class EdgeCopies:
 
     enabled: bool = False
     held: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
-    pending: _Pending | None = None
+    pending: PendingTransfer[tuple[int, torch.Tensor]] | None = None
     _routes: list[tuple[int, int, int]] = field(default_factory=list)
     _unit_numel: list[int] = field(default_factory=list)
     _params: dict[int, torch.Tensor] = field(default_factory=dict)
     _spare: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def adopt(self, plan: pb.Plan, group: Group, state: TrainState, committed: int) -> None:
+    def adopt(self, view: PlanView, group: Group, state: TrainState, committed: int) -> None:
         """Route this generation's copies, and give the new keepers the committed
         edges at once (they hold nothing of this generation yet)."""
         sizes = state.cfg.unit_numel()
         routes: list[tuple[int, int, int]] = []
         params: dict[int, torch.Tensor] = {}
         if self.enabled:
-            routes = edge_copy_routes([list(st.ranks) for st in plan.stages], len(sizes))
+            routes = edge_copy_routes([list(st.ranks) for st in view.layout.stages], len(sizes))
             bounds = element_offsets(sizes)
             params = {
                 u: state.flat.data[bounds[u] - state.base : bounds[u + 1] - state.base]
@@ -96,7 +90,7 @@ class EdgeCopies:
                 buf = self._buffer(unit, self._unit_numel[unit])
                 works.append(group.irecv(buf, sender, tag))
                 incoming.append((unit, buf))
-        self.pending = _Pending(step, works, incoming) if works else None
+        self.pending = PendingTransfer(step, works, incoming) if works else None
 
     def finish(self, group: Group) -> None:
         """Complete the transfer in flight; the copies received become the kept ones."""

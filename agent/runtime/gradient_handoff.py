@@ -25,15 +25,16 @@ from typing import Any
 
 import torch
 
+from elastiq.agent.runtime import tags
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.flat import AdamWConfig
+from elastiq.agent.runtime.plan_view import PlanLayout
 from elastiq.agent.runtime.snapshots import KeptGradient, SnapshotKeeper
-from elastiq.partition import gradient_keepers, stage_ranges
-from elastiq.proto import elastiq_pb2 as pb
+from elastiq.partition import gradient_keepers
 
 log = logging.getLogger(__name__)
 
-TAG = 3 << 23
+TAG = tags.GRADIENT_HANDOFF
 _FIXED = 6  # step, lo, hi, factor, lr, number of lr-scaled ranges
 
 
@@ -50,11 +51,10 @@ class Handoff:
 
 
 def plan_handoffs(
-    source: pb.Plan,
-    new: pb.Plan,
+    source: PlanLayout,
+    new: PlanLayout,
     holders: Sequence[bool],
     needy: Collection[int],
-    unit_numel: Sequence[int],
 ) -> list[Handoff]:
     """The hand-overs a join needs (pure). `holders[r]`: new rank r holds the source
     generation's state; `needy`: new ranks whose buddy snapshots lag the step the
@@ -62,26 +62,22 @@ def plan_handoffs(
     and buddy must both be holders, and distinct (a keeping buddy replays locally)."""
     if source.zero != 1 or not needy:
         return []
-    nodes = [a.node_id for a in source.assignments]
     stage_ranks = [list(st.ranks) for st in source.stages]
-    keepers = gradient_keepers(nodes, stage_ranks, list(source.buddy))
-    ranges = stage_ranges(
-        [((st.unit_lo, st.unit_hi), list(st.ranks)) for st in source.stages], unit_numel, 1
-    )
-    holding = {a.worker_id: a.rank for a in new.assignments if holders[a.rank]}
+    keepers = gradient_keepers(list(source.nodes), stage_ranks, list(source.buddy))
+    holding = {w: r for r, w in enumerate(new.workers) if holders[r]}
     out = []
-    for ward in source.assignments:
-        if ward.worker_id in holding:
+    for ward_rank, ward in enumerate(source.workers):
+        if ward in holding:
             continue
-        keeper_old, buddy_old = keepers[ward.rank], source.buddy[ward.rank]
+        keeper_old, buddy_old = keepers[ward_rank], source.buddy[ward_rank]
         if keeper_old < 0 or buddy_old < 0 or keeper_old == buddy_old:
             continue
-        keeper = holding.get(source.assignments[keeper_old].worker_id)
-        buddy = holding.get(source.assignments[buddy_old].worker_id)
+        keeper = holding.get(source.workers[keeper_old])
+        buddy = holding.get(source.workers[buddy_old])
         if keeper is None or buddy is None or buddy not in needy:
             continue
-        lo, hi = ranges[ward.rank][1]
-        out.append(Handoff(ward.worker_id, keeper, buddy, lo, hi))
+        lo, hi = source.ranges[ward_rank][1]
+        out.append(Handoff(ward, keeper, buddy, lo, hi))
     return out
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from elastiq.agent.runtime.comm import Group
-from elastiq.proto import elastiq_pb2 as pb
+from elastiq.agent.runtime.plan_view import Move
 
 #: (what, lo, hi, via) -> the tensors that hold those elements, in a fixed order
 Source = Callable[[str, int, int, str], list[torch.Tensor]]
@@ -24,7 +24,7 @@ PIECES = 4  # tags per move: params use one tensor, moments two
 
 
 def apply_moves(
-    group: Group, moves: Sequence[pb.StateMove], me: int, source: Source, target: Target
+    group: Group, moves: Sequence[Move], me: int, source: Source, target: Target
 ) -> int:
     """Run the moves that involve rank `me`; returns the bytes it received."""
     for m in moves:

@@ -91,7 +91,7 @@ def run_pipeline_step(
     order: SampleOrder,
     step: int,
     want_switch: bool,
-    intervals: list[tuple[int, int]] | None = None,
+    intervals: Sequence[tuple[int, int]] | None = None,
     zero: int = 0,
     before_reduce: Callable[[], None] | None = None,
 ) -> StepResult:

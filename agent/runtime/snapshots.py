@@ -29,12 +29,13 @@ from typing import Any
 
 import torch
 
-from elastiq.agent.runtime.comm import Group
+from elastiq.agent.runtime import tags
+from elastiq.agent.runtime.comm import Group, PendingTransfer
 from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW
 
 log = logging.getLogger(__name__)
 
-TAG = 1 << 24
+TAG = tags.SNAPSHOTS
 
 
 @dataclass(slots=True)
@@ -64,18 +65,11 @@ class KeptGradient:
 
 
 @dataclass(slots=True)
-class _Pending:
-    step: int
-    works: list[Any]
-    incoming: list[tuple[str, Snapshot]]
-
-
-@dataclass(slots=True)
 class SnapshotKeeper:
     """Snapshots this rank keeps for its wards, and its own snapshot in flight."""
 
     held: dict[str, list[Snapshot]] = field(default_factory=dict)
-    pending: _Pending | None = None
+    pending: PendingTransfer[tuple[str, Snapshot]] | None = None
     gradients: dict[str, KeptGradient] = field(default_factory=dict)
     _replayed: dict[tuple[str, int], Snapshot] = field(default_factory=dict)
 
@@ -99,7 +93,7 @@ class SnapshotKeeper:
             for k, tensor in enumerate((snap.params, snap.exp_avg, snap.exp_avg_sq)):
                 works.append(group.irecv(tensor, rank, TAG + k))
             incoming.append((ward_id, snap))
-        self.pending = _Pending(step, works, incoming)
+        self.pending = PendingTransfer(step, works, incoming)
 
     def finish(self, group: Group) -> None:
         """Complete the transfer in flight; its snapshots become usable."""

@@ -230,7 +230,7 @@ def run_step(
     order: SampleOrder,
     step: int,
     want_switch: bool,
-    intervals: list[tuple[int, int]] | None = None,
+    intervals: Sequence[tuple[int, int]] | None = None,
     zero: int = 0,
     before_reduce: Callable[[], None] | None = None,
     orders: Sequence[Sequence[int]] | None = None,
@@ -288,7 +288,7 @@ def apply_update(
     step: int,
     norm: float,
     mine: tuple[int, int],
-    intervals: list[tuple[int, int]] | None,
+    intervals: Sequence[tuple[int, int]] | None,
     zero: int,
     stage_norm_sq: float | None = None,
 ) -> None:
@@ -317,7 +317,9 @@ def apply_update(
     state.step = step
 
 
-def reduce_scatter_grads(state: TrainState, group: Group, intervals: list[tuple[int, int]]) -> None:
+def reduce_scatter_grads(
+    state: TrainState, group: Group, intervals: Sequence[tuple[int, int]]
+) -> None:
     """Each rank ends with the summed gradient of its own interval (ZeRO-2)."""
     pad = max(hi - lo for lo, hi in intervals)
     buf = state.staging(pad * (group.world + 1))
@@ -331,7 +333,9 @@ def reduce_scatter_grads(state: TrainState, group: Group, intervals: list[tuple[
     state.flat.grad[lo:hi].copy_(out[: hi - lo])
 
 
-def _allgather_params(state: TrainState, group: Group, intervals: list[tuple[int, int]]) -> None:
+def _allgather_params(
+    state: TrainState, group: Group, intervals: Sequence[tuple[int, int]]
+) -> None:
     """Every rank gets every rank's freshly updated interval of the parameters."""
     pad = max(hi - lo for lo, hi in intervals)
     buf = state.staging(pad * (group.world + 1))
