@@ -1,5 +1,5 @@
-"""The controller's configuration and its records of nodes, workers and the
-recovery in progress: plain data, kept apart from the logic in job.py."""
+"""The controller's configuration and its records of nodes and workers: plain data,
+kept apart from the logic in job.py."""
 
 from __future__ import annotations
 
@@ -72,15 +72,3 @@ class NodeState:
     workers: dict[str, WorkerState] = field(default_factory=dict)
     queue: asyncio.Queue[pb.Directive] = field(default_factory=asyncio.Queue)
     streams: int = 0
-
-
-@dataclass(slots=True)
-class PendingRecovery:
-    cause: str
-    failure_time: float
-    detect_time: float
-    last_committed_before: int
-    plan_time: float = 0.0
-    generation: int = 0
-    joins: dict[str, dict[str, float]] = field(default_factory=dict)
-    committed_after: int = -1

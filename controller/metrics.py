@@ -6,7 +6,11 @@ and a scrape sees exactly one job's numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from elastiq.proto import elastiq_pb2 as pb
 
 RECOVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
@@ -56,6 +60,24 @@ class ControllerMetrics:
         self.goodput = Gauge(
             "elastiq_goodput_ratio", "Fraction of wall time spent in committed steps", registry=r
         )
+
+    def observe_progress(self, progress: Sequence[pb.WorkerProgress]) -> None:
+        """The job's gauges from its workers' heartbeats: the most advanced worker's
+        step, loss and speed; checkpoint holding time summed over workers."""
+        if not progress:
+            return
+        newest = max(progress, key=lambda p: (p.step, p.wall_time))
+        self.step.set(newest.step)
+        self.loss.set(newest.loss)
+        self.tokens_per_second.set(newest.tokens_per_s)
+        self.step_seconds.set(newest.step_time_s)
+        self.checkpoint_blocking.set(sum(p.checkpoint_held_s for p in progress))
+        self.checkpoint_step.set(max(p.checkpoint_committed_step for p in progress))
+
+    def observe_recovery(self, record: pb.Recovery) -> None:
+        for name, value in record.phases.items():
+            self.recovery_seconds.labels(name).observe(value)
+        self.recovery_seconds.labels("total").observe(record.resumed_time - record.failure_time)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

@@ -1,9 +1,19 @@
-"""Conversions between the planner's pure `HybridLayout` and the wire `Plan` message."""
+"""Conversions between the planner's pure `HybridLayout` and the wire `Plan` message.
+
+The controller's only writer of plans: `layout_to_plan` assembles every field a worker
+reads (assignments, stages and where each stage's state comes from, moves, the
+checkpoint or CheckFree source, learning-rate scaling, CheckFree+ swap groups);
+`takeover_of` reads back what a new leader needs from a stored plan.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
+from elastiq.checkpoint.checkfree import SwapGroups
+from elastiq.config import JobConfig
+from elastiq.controller.checkfree_plan import CheckFreeDirective
 from elastiq.controller.planner import HybridLayout, StageLayout, WorkerRef
 from elastiq.proto import elastiq_pb2 as pb
 
@@ -16,10 +26,18 @@ def layout_to_plan(
     holders: Collection[str] = (),
     source_generation: int = 0,
     checkpoint_step: int = 0,
+    *,
+    checkfree: CheckFreeDirective | None = None,
+    lr_scaled_units: Collection[int] = (),
+    lr_scale: float = 1.0,
+    swap: SwapGroups | None = None,
 ) -> pb.Plan:
     """`holders`: workers whose state was valid going into this generation;
     `source_generation`: the layout the moves take state from; `checkpoint_step`:
-    the committed checkpoint every rank loads (state_source "checkpoint")."""
+    the committed checkpoint every rank loads (state_source "checkpoint");
+    `checkfree`: the units rebuilt and from where (state_source "checkfree");
+    `lr_scaled_units`: units ever rebuilt, trained at `lr_scale` x the learning rate;
+    `swap`: CheckFree+'s swap groups, fixed for the job's life."""
     plan = pb.Plan(
         job=job,
         generation=layout.generation,
@@ -43,12 +61,45 @@ def layout_to_plan(
             holder=w.worker_id in holders,
         )
     for st in layout.stages:
-        plan.stages.add(unit_lo=st.units[0], unit_hi=st.units[1], ranks=st.ranks)
+        lo, hi = st.units
+        rebuilt = checkfree is not None and lo < checkfree.hi and checkfree.lo < hi
+        if checkfree is None:
+            source = layout.state_source
+        else:
+            source = "checkfree" if rebuilt else "live_replica"
+        plan.stages.add(unit_lo=lo, unit_hi=hi, ranks=st.ranks, source=source)
     for m in layout.moves:
         plan.moves.add(
             what=m.what, src_rank=m.src_rank, dst_rank=m.dst_rank, lo=m.lo, hi=m.hi, via=m.via
         )
+    if checkfree is not None:
+        plan.checkfree_lo, plan.checkfree_hi = checkfree.lo, checkfree.hi
+        plan.checkfree_prev_rank = checkfree.prev_rank
+        plan.checkfree_next_rank = checkfree.next_rank
+        for unit, src_unit, src_rank in checkfree.copies:
+            plan.checkfree_copies.add(unit=unit, src_unit=src_unit, src_rank=src_rank)
+    plan.lr_scaled_units.extend(sorted(lr_scaled_units))
+    plan.lr_scale = lr_scale
+    if swap is not None:
+        plan.swap_first, plan.swap_last = swap.first, swap.last
     return plan
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """What a new leader takes over from the stored plan."""
+
+    layout: HybridLayout
+    lr_scaled_units: frozenset[int]
+    swap: SwapGroups | None
+
+
+def takeover_of(plan: pb.Plan, job: JobConfig) -> Takeover:
+    """ValueError if the stored plan is malformed."""
+    swap = None
+    if job.checkfree_plus:
+        swap = SwapGroups(blocks=job.model.n_layers, first=plan.swap_first, last=plan.swap_last)
+    return Takeover(plan_to_layout(plan), frozenset(plan.lr_scaled_units), swap)
 
 
 def plan_to_layout(plan: pb.Plan) -> HybridLayout:

@@ -1,0 +1,130 @@
+"""The job's node agents: their leases in the store, their workers, their plan streams.
+
+Where it sits: the job controller (controller/job.py) admits an agent here when it
+registers, refreshes its lease on each heartbeat, and drops it when it is lost; what
+a loss means for training (a failure, a new generation) stays in the job controller.
+A node's key (/elastiq/<job>/nodes/<node_id>, a `pb.NodeRecord`) lives on its lease,
+so a node that stops heartbeating disappears from the store by itself; `watch_leases`
+reports that deletion. Also answers the questions the planner and the recovery clock
+ask of the workers: who is alive, who holds a generation's state, which steps they
+reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection
+
+from elastiq.controller.job_state import ControllerConfig, NodeState, WorkerState
+from elastiq.controller.metrics import ControllerMetrics
+from elastiq.controller.planner import WorkerRef
+from elastiq.controller.store import Store
+from elastiq.proto import elastiq_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# what an agent reports of a worker it already runs, as the controller records it
+_MEMBER_STATE = {
+    pb.WORKER_PHASE_READY: "ready",
+    pb.WORKER_PHASE_RUNNING: "running",
+    pb.WORKER_PHASE_FINISHED: "finished",
+}
+_IN_PLAN = (pb.WORKER_PHASE_RUNNING, pb.WORKER_PHASE_FINISHED)
+
+
+class NodeRegistry:
+    def __init__(
+        self, store: Store, prefix: str, config: ControllerConfig, metrics: ControllerMetrics
+    ) -> None:
+        self.store = store
+        self.prefix = f"{prefix}nodes/"
+        self.config = config
+        self.metrics = metrics
+        self.nodes: dict[str, NodeState] = {}
+
+    async def admit(self, req: pb.RegisterRequest) -> NodeState:
+        """A new lease and record for the agent, with the workers it says it runs."""
+        lease = await self.store.grant_lease(self.config.lease_ttl_s)
+        node = NodeState(req.node_id, req.slots, req.address, lease)
+        for w in req.workers:
+            node.workers[w.worker_id] = WorkerState(
+                WorkerRef(req.node_id, w.slot, w.worker_id),
+                pid=w.pid,
+                state=_MEMBER_STATE.get(w.phase, "ready"),
+                joined_generation=w.generation if w.phase in _IN_PLAN else 0,
+            )
+        self.nodes[req.node_id] = node
+        record = pb.NodeRecord(address=req.address, slots=req.slots)
+        await self.store.put(self.prefix + req.node_id, record.SerializeToString(), lease=lease)
+        self.metrics.nodes.set(len(self.nodes))
+        return node
+
+    def known(self, node_id: str, lease: int) -> NodeState | None:
+        node = self.nodes.get(node_id)
+        return node if node is not None and node.lease == lease else None
+
+    async def refresh(self, node: NodeState) -> bool:
+        """Keep the node's lease; False if the store already let it expire."""
+        return await self.store.refresh_lease(node.lease)
+
+    async def drop(self, node_id: str) -> NodeState | None:
+        """Forget the node and revoke its lease; the node it was, if known."""
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return None
+        await self.store.revoke_lease(node.lease)
+        self.metrics.nodes.set(len(self.nodes))
+        return node
+
+    async def watch_leases(
+        self, start_revision: int, on_expired: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """Lease expiry deletes a node's key: watch from our first write, missing none."""
+        try:
+            async for event in self.store.watch_prefix(self.prefix, start_revision):
+                if event.kind == "delete":
+                    node_id = event.key[len(self.prefix) :]
+                    if node_id in self.nodes:
+                        await on_expired(node_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("node lease watch ended")
+
+    def broadcast(self, directive: pb.Directive) -> None:
+        for node in self.nodes.values():
+            node.queue.put_nowait(directive)
+
+    def workers(self) -> list[WorkerState]:
+        return [w for n in self.nodes.values() for w in n.workers.values()]
+
+    def worker(self, worker_id: str) -> WorkerState | None:
+        for node in self.nodes.values():
+            if worker_id in node.workers:
+                return node.workers[worker_id]
+        return None
+
+    def live_members(self) -> list[WorkerRef]:
+        return sorted(w.ref for w in self.workers())
+
+    def progress(self) -> list[pb.WorkerProgress]:
+        return [w.progress for w in self.workers() if w.progress is not None]
+
+    def holders_of(self, generation: int) -> set[str]:
+        """Workers holding `generation`'s state: they reported joining it and have not
+        started joining another since (workers check this themselves too)."""
+        return {w.ref.worker_id for w in self.workers() if w.joined_generation == generation}
+
+    def highest_step(self) -> int:
+        """The highest step any worker reported (what a restore would roll back from)."""
+        return max((p.step for p in self.progress()), default=0)
+
+    def lowest_step_of(self, worker_ids: Collection[str]) -> int:
+        """The lowest step the given workers reported: the last committed one."""
+        steps = [
+            w.progress.step
+            for w in (self.worker(i) for i in worker_ids)
+            if w is not None and w.progress is not None
+        ]
+        return min(steps) if steps else 0
