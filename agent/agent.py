@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from elastiq import rpc
+from elastiq import logs, rpc
 from elastiq.agent.workers import WorkerProcess, spawn_worker, stop_workers
 from elastiq.proto import elastiq_pb2 as pb
 
@@ -78,6 +78,7 @@ class Agent:
         self.shutdown: str | None = None
         self.done = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        logs.context.node = config.node_id
 
     # controller session --------------------------------------------------------------
     async def _register(self) -> None:
@@ -116,6 +117,7 @@ class Agent:
                 await self.client.close()
             self.client = client
             self.lease = reply.lease_id
+            logs.context.job = reply.job or logs.context.job
             self.heartbeat_s = reply.heartbeat_interval_s
             self.config_json = reply.config_json
             log.info(
@@ -216,6 +218,7 @@ class Agent:
         if self.plan is not None and plan.generation <= self.plan.generation:
             return
         self.plan = plan
+        logs.context.generation = plan.generation
         named = {a.worker_id: a for a in plan.assignments}
         for w in self.workers.values():
             if w.gone:

@@ -23,8 +23,10 @@ import tempfile
 import time
 from typing import Any
 
+from elastiq.cli.chaos_spec import ChaosSpec
+from elastiq.cli.local_run import run_local
+from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.config import JobConfig, ModelConfig
-from elastiq.local import ChaosSpec, LocalRunConfig, run_local
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -27,9 +27,10 @@ import sys
 import tempfile
 from typing import Any
 
+from elastiq.cli.local_run import run_local
+from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.controller.stages import balance_stages
-from elastiq.local import LocalRunConfig, run_local
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -26,8 +26,10 @@ import statistics
 import tempfile
 from typing import Any
 
+from elastiq.cli.chaos_spec import ChaosSpec
+from elastiq.cli.local_run import run_local_async
+from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.config import JobConfig, ModelConfig
-from elastiq.local import ChaosSpec, LocalRunConfig, run_local_async
 from elastiq.proto import elastiq_pb2 as pb
 
 LAYOUTS = {"PP2xDP2": (2, 4, 1), "PP4xDP2": (4, 8, 3)}  # stages, workers, victim rank

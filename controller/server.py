@@ -33,14 +33,15 @@ class ServerConfig:
     """Address to bind the gRPC server (and the rendezvous store) to."""
     port: int = 0
     """gRPC port; 0 picks a free one."""
-    advertise_host: str = "127.0.0.1"
-    """Host workers use to reach the rendezvous store."""
+    advertise_host: str = ""
+    """Host workers use to reach the rendezvous store (empty: the bind host)."""
     metrics_port: int = -1
     """Prometheus port; -1 disables, 0 picks a free one."""
     store: str = "embedded"
     """Store URL (see controller.store.open_store)."""
 
     def __post_init__(self) -> None:
+        self.advertise_host = self.advertise_host or self.host
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ValueError(
                 f"ports out of range: port={self.port} metrics_port={self.metrics_port}"

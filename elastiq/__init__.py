@@ -20,7 +20,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(config, name)
     if name == "run_local":
-        from elastiq.local import run_local
+        from elastiq.cli.local_run import run_local
 
         return run_local
     raise AttributeError(f"module 'elastiq' has no attribute {name!r}")

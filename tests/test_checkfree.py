@@ -15,10 +15,12 @@ import torch
 
 from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW
 from elastiq.checkpoint.checkfree import CheckFreeError, average, sources, weights
+from elastiq.cli.chaos_spec import ChaosSpec
+from elastiq.cli.local_run import run_local_async
+from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.controller.checkfree_plan import plan_checkfree
 from elastiq.controller.planner import WorkerRef, make_hybrid_plan, measured_profile
-from elastiq.local import ChaosSpec, LocalRunConfig, run_local_async
 from elastiq.proto import elastiq_pb2 as pb
 
 

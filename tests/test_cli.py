@@ -110,7 +110,7 @@ def test_bad_chaos_spec_is_a_clear_error(tmp_path: pathlib.Path) -> None:
 
 
 def test_kill_before_snapshot_is_scheduled_by_rank_and_step() -> None:
-    from elastiq.local import CHAOS_ACTIONS, ChaosSpec
+    from elastiq.cli.chaos_spec import CHAOS_ACTIONS, ChaosSpec
     from elastiq.proto import elastiq_pb2 as pb
 
     spec = ChaosSpec.parse("kill-before-snapshot:rank=1,step=15")

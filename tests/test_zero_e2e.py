@@ -10,8 +10,10 @@ import os
 import pytest
 import torch
 
+from elastiq.cli.chaos_spec import ChaosSpec
+from elastiq.cli.local_run import run_local_async
+from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.config import JobConfig, ModelConfig
-from elastiq.local import ChaosSpec, LocalRunConfig, run_local_async
 from elastiq.proto import elastiq_pb2 as pb
 from tests.cluster import JOB, Cluster, ReferenceRuns, planned, run
 

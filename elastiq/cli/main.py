@@ -16,96 +16,30 @@ import sys
 import time
 from typing import Any
 
-from elastiq import ckpt_cli, envvars, logs
-from elastiq.config import JobConfig, ModelConfig
+from elastiq import envvars, logs
+from elastiq.agent.agent import AgentConfig
+from elastiq.cli import ckpt
+from elastiq.cli.flags import add_flags, config_from
+from elastiq.cli.local_run_config import LocalRunConfig
+from elastiq.config import JobConfig
+from elastiq.controller.job_state import ControllerConfig
+from elastiq.controller.server import ServerConfig
+
+#: the built-in decoder's shape keeps the short flags users know
+MODEL_FLAGS = {"model.dim": "--dim", "model.n_layers": "--layers", "model.n_heads": "--heads"}
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training job")
-    g.add_argument("--job", default="elastiq", help="job name")
-    g.add_argument("--steps", type=int, default=200, help="optimizer steps")
-    g.add_argument(
-        "--global-batch", type=int, default=32, help="samples per step (kept through failures)"
-    )
-    g.add_argument("--micro-batch", type=int, default=4, help="samples per micro-batch")
-    g.add_argument("--seq-len", type=int, default=64, help="tokens (bytes) per sample")
-    g.add_argument("--dim", type=int, default=64, help="model width")
-    g.add_argument("--layers", type=int, default=4, help="transformer blocks")
-    g.add_argument("--heads", type=int, default=4, help="attention heads")
-    g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    g.add_argument("--seed", type=int, default=0, help="seed for init, data order, dropout")
-    g.add_argument(
-        "--data", default="", help="fsspec path/dir/glob of text; default: Python's stdlib"
-    )
-    g.add_argument("--step-delay", type=float, default=0.0, help="extra seconds per step (demos)")
-    g.add_argument("--zero", type=int, default=0, choices=(0, 1, 2), help="ZeRO stage")
-    g.add_argument("--pipeline-stages", type=int, default=1, help="pipeline stages")
-    g.add_argument("--final-params", default="", help="fsspec URL for the final parameters")
-    g.add_argument("--checkpoint-url", default="", help="checkpoint root (dir or fsspec URL)")
-    g.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
-    g.add_argument("--checkpoint-keep", type=int, default=3, help="committed checkpoints kept")
-    g.add_argument(
-        "--checkpoint-local-dir", default="", help="node-local tier written before the upload"
-    )
-    g.add_argument(
-        "--checkpoint-max-staleness",
-        type=int,
-        default=0,
-        help="steps a restorable checkpoint may lag (0: any)",
-    )
-    g.add_argument(
-        "--no-buddy-snapshots", action="store_true", help="no per-step copies to buddies"
-    )
-    g.add_argument(
-        "--checkfree",
-        action="store_true",
-        help="rebuild a stage that exists nowhere from its neighbours (approximate)",
-    )
-    g.add_argument("--checkfree-lr-scale", type=float, default=1.1)
-    g.add_argument(
-        "--checkfree-plus",
-        action="store_true",
-        help="with --checkfree: swap edge stages' blocks on odd micro-batches and keep "
-        "copies of the embedding and head, so a lost first or last stage can be rebuilt",
-    )
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="start from the newest committed checkpoint (any worker count)",
-    )
+    add_flags(p.add_argument_group("training job (JobConfig)"), JobConfig, rename=MODEL_FLAGS)
 
 
 def _job_config(args: argparse.Namespace) -> JobConfig:
-    return JobConfig(
-        job=args.job,
-        steps=args.steps,
-        global_batch=args.global_batch,
-        micro_batch=args.micro_batch,
-        seq_len=args.seq_len,
-        lr=args.lr,
-        seed=args.seed,
-        data=args.data,
-        step_delay_s=args.step_delay,
-        zero=args.zero,
-        pipeline_stages=args.pipeline_stages,
-        final_params=args.final_params,
-        checkpoint_url=args.checkpoint_url,
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_keep=args.checkpoint_keep,
-        checkpoint_local_dir=args.checkpoint_local_dir,
-        resume=args.resume,
-        checkpoint_max_staleness=args.checkpoint_max_staleness,
-        buddy_snapshots=not args.no_buddy_snapshots,
-        checkfree=args.checkfree,
-        checkfree_lr_scale=args.checkfree_lr_scale,
-        checkfree_plus=args.checkfree_plus,
-        model=ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads),
-    )
+    return config_from(JobConfig, args)
 
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
     """(controller address, token): flag > environment > the local run file."""
-    from elastiq.local import run_file_path
+    from elastiq.cli.local_run_config import run_file_path
 
     address = envvars.resolve(args.controller, envvars.CONTROLLER, "", str)
     token = envvars.resolve(args.token, envvars.TOKEN, "", str)
@@ -124,44 +58,38 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
     return address, token
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from elastiq.local import ChaosSpec, LocalRunConfig, run_local
+#: LocalRunConfig fields `elastiq run` sets another way
+_RUN_SKIP = ("chaos", "log_level")
+_RUN_ENV = {"store": envvars.STORE}
+#: secrets never come from argv defaults; --token is its own flag (flag > $ELASTIQ_TOKEN)
+_CONTROLLER_SKIP = ("token",)
+_SERVER_ENV = {"store": envvars.STORE}
+_AGENT_SKIP = ("controllers", "token", "log_level")
+_AGENT_ENV = {"node_id": envvars.NODE_ID}
 
-    local = LocalRunConfig(
-        workers=args.workers,
-        workers_per_node=args.workers_per_node,
-        spare_nodes=args.spare_nodes,
-        store=envvars.resolve(args.store, envvars.STORE, "embedded", str),
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from elastiq.cli.chaos_spec import ChaosSpec
+    from elastiq.cli.local_run import run_local
+
+    local = config_from(
+        LocalRunConfig,
+        args,
+        skip=_RUN_SKIP,
+        env=_RUN_ENV,
         chaos=[ChaosSpec.parse(c) for c in args.chaos],
-        liveness_timeout_s=args.liveness_timeout,
-        summary_json=args.summary_json,
         log_level=args.log_level,
-        metrics_port=args.metrics_port,
     )
     summary = run_local(_job_config(args), local)
     return 0 if summary["phase"] == "Succeeded" else 1
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from elastiq.controller.job import ControllerConfig
-    from elastiq.controller.server import Controller, ServerConfig
+    from elastiq.controller.server import Controller
 
-    control = ControllerConfig(
-        token=envvars.resolve(args.token, envvars.TOKEN, "", str),
-        lease_ttl_s=args.lease_ttl,
-        heartbeat_interval_s=args.heartbeat_interval,
-        min_workers=args.min_workers,
-        max_workers=args.max_workers,
-        settle_s=args.settle,
-        takeover_grace_s=args.takeover_grace,
-    )
-    server = ServerConfig(
-        host=args.host,
-        port=args.port,
-        advertise_host=args.advertise_host or args.host,
-        metrics_port=args.metrics_port,
-        store=envvars.resolve(args.store, envvars.STORE, "embedded", str),
-    )
+    token = envvars.resolve(args.token, envvars.TOKEN, "", str)
+    control = config_from(ControllerConfig, args, skip=_CONTROLLER_SKIP, token=token)
+    server = config_from(ServerConfig, args, env=_SERVER_ENV)
     job = _job_config(args)
 
     async def main() -> int:
@@ -187,16 +115,16 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from elastiq.agent.agent import Agent, AgentConfig
+    from elastiq.agent.agent import Agent
 
     controllers = envvars.resolve(args.controller, envvars.CONTROLLER, "", str)
-    config = AgentConfig(
+    config = config_from(
+        AgentConfig,
+        args,
+        skip=_AGENT_SKIP,
+        env=_AGENT_ENV,
         controllers=[c for c in controllers.split(",") if c],
         token=envvars.resolve(args.token, envvars.TOKEN, "", str),
-        node_id=envvars.resolve(args.node_id, envvars.NODE_ID, "", str),
-        slots=args.slots,
-        liveness_timeout_s=args.liveness_timeout,
-        progress_timeout_s=args.progress_timeout,
         log_level=args.log_level,
     )
     return asyncio.run(Agent(config).run())
@@ -266,7 +194,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_chaos(args: argparse.Namespace) -> int:
     from elastiq import rpc
-    from elastiq.local import CHAOS_ACTIONS
+    from elastiq.cli.chaos_spec import CHAOS_ACTIONS
     from elastiq.proto import elastiq_pb2 as pb
 
     client, token = _client(args)
@@ -296,12 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job on this machine (controller + agents)")
     _add_job_args(run)
-    run.add_argument("--workers", type=int, default=4)
-    run.add_argument("--workers-per-node", type=int, default=1)
-    run.add_argument(
-        "--spare-nodes", type=int, default=0, help="extra nodes whose workers stand by as spares"
+    add_flags(
+        run.add_argument_group("local run (LocalRunConfig)"),
+        LocalRunConfig,
+        skip=_RUN_SKIP,
+        env=_RUN_ENV,
     )
-    run.add_argument("--store", default=None, help="embedded (default) or etcd://host:port")
     run.add_argument(
         "--chaos",
         action="append",
@@ -309,39 +237,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="fault by (rank, step): kill-worker:rank=2,step=50 | hang:rank=1,step=30 | "
         "kill-node:node=node1,step=40 | kill-before-snapshot:rank=1,step=15 (repeatable)",
     )
-    run.add_argument("--liveness-timeout", type=float, default=3.0)
-    run.add_argument(
-        "--summary-json", default="", help="also write the end-of-run summary as JSON here"
-    )
-    run.add_argument("--metrics-port", type=int, default=-1)
     run.set_defaults(func=cmd_run)
 
     ctl = sub.add_parser("controller", help="run the controller")
     _add_job_args(ctl)
-    ctl.add_argument("--host", default="127.0.0.1")
-    ctl.add_argument("--advertise-host", default="")
-    ctl.add_argument("--port", type=int, default=0)
-    ctl.add_argument("--port-file", default="", help="write the bound port here")
-    ctl.add_argument("--store", default=None, help="embedded[:///path] or etcd://host:port")
-    ctl.add_argument("--token", default=None)
-    ctl.add_argument("--min-workers", type=int, default=1)
-    ctl.add_argument(
-        "--max-workers", type=int, default=0, help="train with at most N; the rest are spares"
+    add_flags(
+        ctl.add_argument_group("control plane (ControllerConfig)"),
+        ControllerConfig,
+        skip=_CONTROLLER_SKIP,
     )
-    ctl.add_argument("--settle", type=float, default=1.0)
-    ctl.add_argument("--lease-ttl", type=float, default=3.0)
-    ctl.add_argument("--heartbeat-interval", type=float, default=0.5)
-    ctl.add_argument("--takeover-grace", type=float, default=5.0)
-    ctl.add_argument("--metrics-port", type=int, default=-1)
+    add_flags(ctl.add_argument_group("server (ServerConfig)"), ServerConfig, env=_SERVER_ENV)
+    ctl.add_argument(
+        "--token", default=None, help=f"the job's shared secret (default: ${envvars.TOKEN})"
+    )
+    ctl.add_argument("--port-file", default="", help="write the bound port here")
     ctl.set_defaults(func=cmd_controller)
 
     agent = sub.add_parser("agent", help="run a node agent")
-    agent.add_argument("--controller", default=None, help="host:port[,host:port...]")
-    agent.add_argument("--token", default=None)
-    agent.add_argument("--node-id", default=None)
-    agent.add_argument("--slots", type=int, default=1)
-    agent.add_argument("--liveness-timeout", type=float, default=5.0)
-    agent.add_argument("--progress-timeout", type=float, default=300.0)
+    add_flags(agent, AgentConfig, skip=_AGENT_SKIP, env=_AGENT_ENV)
+    agent.add_argument(
+        "--controller",
+        default=None,
+        help=f"host:port[,host:port...] (default: ${envvars.CONTROLLER})",
+    )
+    agent.add_argument(
+        "--token", default=None, help=f"the job's shared secret (default: ${envvars.TOKEN})"
+    )
     agent.set_defaults(func=cmd_agent)
 
     status = sub.add_parser("status", help="members, generation, plan, last events")
@@ -372,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True)
     p.add_argument("--at-step", type=int, default=0)
     chaos.set_defaults(func=cmd_chaos)
-    ckpt_cli.register(sub)
+    ckpt.register(sub)
     return parser
 
 

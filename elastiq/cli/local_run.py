@@ -1,0 +1,165 @@
+"""`elastiq run`: a whole job on one machine, the way a cluster runs it.
+
+The controller runs in this process (embedded store unless told otherwise);
+each node is a real `elastiq agent` subprocess owning its worker processes, so
+chaos kills real processes with real signals. While the job runs the user sees a
+progress bar (step, loss, tokens/s, generation), each membership event as it
+happens, and at the end a summary: steps, final loss, failures survived and the
+recovery time of each. The controller's address and token are written to a run
+file so `elastiq status` and `elastiq chaos` find the job without flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from elastiq.cli.chaos_spec import CHAOS_ACTIONS, ChaosSpec
+from elastiq.cli.local_run_config import LocalRunConfig, run_file_path
+from elastiq.cli.progress import ProgressView
+from elastiq.cli.summary import print_summary, summarize
+from elastiq.config import JobConfig
+from elastiq.controller.job import ControllerConfig, JobController
+from elastiq.controller.server import Controller, ServerConfig
+from elastiq.proto import elastiq_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+async def run_local_async(
+    job: JobConfig,
+    local: LocalRunConfig,
+    out: TextIO = sys.stdout,
+    on_status: Callable[[pb.StatusResponse], None] | None = None,
+) -> dict[str, Any]:
+    """Run the job; `on_status` sees every status polled, the final one last."""
+    run_dir = local.run_dir or os.path.join("runs", job.job)
+    os.makedirs(run_dir, exist_ok=True)
+    token = secrets.token_hex(16)
+    controller = Controller(
+        job,
+        ControllerConfig(
+            token=token,
+            min_workers=local.workers,
+            max_workers=local.workers if local.spare_nodes else 0,
+            settle_s=0.0,
+            lease_ttl_s=local.lease_ttl_s,
+            heartbeat_interval_s=min(0.5, local.lease_ttl_s / 3),
+        ),
+        ServerConfig(store=local.store, metrics_port=local.metrics_port),
+    )
+    await controller.start()
+    address = f"127.0.0.1:{controller.port}"
+    run_file = run_file_path(job.job)
+    os.makedirs(os.path.dirname(run_file), exist_ok=True)
+    with open(run_file, "w", encoding="utf-8") as fh:
+        json.dump({"controller": address, "token": token, "pid": os.getpid()}, fh)
+    nodes = local.workers // local.workers_per_node + local.spare_nodes
+    agents: list[subprocess.Popen[bytes]] = []
+    logs: list[Any] = []
+    started = time.monotonic()
+    print(
+        f"elastiq: job {job.job}: {local.workers} workers on {nodes} node(s), controller {address}"
+        + (f", metrics :{controller.metrics_port}" if controller.metrics_port else ""),
+        file=out,
+    )
+    try:
+        for i in range(nodes):
+            log_file = open(os.path.join(run_dir, f"node{i}.log"), "wb")  # noqa: SIM115
+            logs.append(log_file)
+            agents.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "elastiq.cli",
+                        "--log-level",
+                        local.log_level,
+                        "agent",
+                        "--controller",
+                        address,
+                        "--token",
+                        token,
+                        "--node-id",
+                        f"node{i}",
+                        "--slots",
+                        str(local.workers_per_node),
+                        "--liveness-timeout",
+                        str(local.liveness_timeout_s),
+                        "--progress-timeout",
+                        str(local.progress_timeout_s),
+                    ],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        job_ctl = controller.job
+        if job_ctl is None:
+            raise RuntimeError("the local controller did not become leader")
+        view = ProgressView(out, job.steps)
+        pending = list(local.chaos)
+        while not job_ctl.done.is_set():
+            status = job_ctl.status()
+            view.update(status)
+            if on_status is not None:
+                on_status(status)
+            if job_ctl.layout is not None:
+                for spec in list(pending):
+                    if _schedule_chaos(job_ctl, spec):
+                        pending.remove(spec)
+            if all(a.poll() is not None for a in agents):
+                break
+            try:
+                await asyncio.wait_for(job_ctl.done.wait(), 0.2)
+            except TimeoutError:
+                pass
+        status = job_ctl.status()
+        view.update(status)
+        view.finish()
+        if on_status is not None:
+            on_status(status)
+        summary = summarize(status, time.monotonic() - started)
+        print_summary(summary, out)
+        if local.summary_json:
+            with open(local.summary_json, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2)
+        return summary
+    finally:
+        deadline = time.monotonic() + 15
+        for agent in agents:
+            try:
+                agent.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait(5)
+        for fh in logs:
+            fh.close()
+        await controller.stop()
+        try:
+            os.remove(run_file)
+        except OSError:
+            pass
+
+
+def _schedule_chaos(job_ctl: JobController, spec: ChaosSpec) -> bool:
+    """Hand a scheduled fault to the controller; False to retry (node not yet registered)."""
+    if spec.action == "kill-node" and spec.node not in job_ctl.nodes:
+        return False
+    job_ctl.inject_chaos(
+        CHAOS_ACTIONS[spec.action], rank=spec.rank, node_id=spec.node, at_step=spec.step
+    )
+    return True
+
+
+def run_local(job: JobConfig, local: LocalRunConfig, out: TextIO = sys.stdout) -> dict[str, Any]:
+    """Run a job on this machine and return its summary (see `summarize`)."""
+    return asyncio.run(run_local_async(job, local, out))
