@@ -75,7 +75,7 @@ class Agent:
         self.client: rpc.ControllerClient | None = None
         self.outbox: asyncio.Queue[pb.EventReport] = asyncio.Queue()
         self.chaos: list[pb.ChaosCommand] = []
-        self.shutdown: str | None = None
+        self.shutdown: pb.JobPhase | None = None
         self.done = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         logs.context.node = config.node_id
@@ -149,7 +149,7 @@ class Agent:
                 self.chaos.append(directive.chaos)
             elif kind == "shutdown":
                 self.shutdown = directive.shutdown
-                log.info("controller says the job is over: %s", directive.shutdown)
+                log.info("the job is over: %s", pb.JobPhase.Name(directive.shutdown))
                 return
 
     async def _heartbeat(self, client: rpc.ControllerClient) -> None:
@@ -428,4 +428,4 @@ class Agent:
             sender.cancel()
             if self.client is not None:
                 await self.client.close()
-        return 0 if self.shutdown == "Succeeded" else 1
+        return 0 if self.shutdown == pb.JOB_SUCCEEDED else 1

@@ -73,7 +73,7 @@ class JobController:
         self.planner = GenerationPlanner(job, config, rendezvous, self.metrics)
         self.plan: pb.Plan | None = None
         self._plan_revision = 0
-        self.phase = "Pending"
+        self.phase: pb.JobPhase = pb.JOB_PENDING
         self.events: collections.deque[pb.Event] = collections.deque(maxlen=config.events_kept)
         self.recoveries: list[pb.Recovery] = []
         self.recovery = RecoveryClock()
@@ -102,7 +102,7 @@ class JobController:
             logs.context.generation = plan.generation
             self.plan = plan
             self._plan_revision = kv.mod_revision
-            self.phase = "Recovering"
+            self.phase = pb.JOB_RECOVERING
             self.takeover = True
             self._event("takeover", f"took over at generation {plan.generation}")
             asyncio.get_running_loop().call_later(
@@ -165,7 +165,7 @@ class JobController:
         node.streams += 1
         if self.plan is not None:
             node.queue.put_nowait(pb.Directive(plan=self.plan))
-        if self.phase in ("Succeeded", "Failed"):
+        if self.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED):
             node.queue.put_nowait(pb.Directive(shutdown=self.phase))
         return node.queue
 
@@ -174,7 +174,7 @@ class JobController:
         if node is None or node.queue is not queue:
             return
         node.streams -= 1
-        if node.streams <= 0 and self.phase not in ("Succeeded", "Failed"):
+        if node.streams <= 0 and self.phase not in (pb.JOB_SUCCEEDED, pb.JOB_FAILED):
             await self._lose_node(node_id, "agent stream closed")
 
     async def _lease_expired(self, node_id: str) -> None:
@@ -216,7 +216,11 @@ class JobController:
             # membership facts are never stale: a gone worker is gone in any generation
             known = node.workers.pop(req.worker_id, None) is not None
             self._event(kind.lower(), f"{req.worker_id}: {req.detail}")
-            if known and self._in_plan(req.worker_id) and self.phase not in ("Succeeded", "Failed"):
+            if (
+                known
+                and self._in_plan(req.worker_id)
+                and self.phase not in (pb.JOB_SUCCEEDED, pb.JOB_FAILED)
+            ):
                 when = self.recovery.failure_time([req.worker_id], req.wall_time or time.time())
                 self._on_failure([req.worker_id], f"{req.worker_id} {req.detail}", when)
             return pb.EventAck(accepted=True)
@@ -262,8 +266,8 @@ class JobController:
         self.recoveries.append(record)
         self.metrics.observe_recovery(record)
         took = record.resumed_time - record.failure_time
-        if self.phase == "Recovering":
-            self.phase = "Running"
+        if self.phase == pb.JOB_RECOVERING:
+            self.phase = pb.JOB_RUNNING
         self._event(
             "recovered",
             f"generation {record.generation} resumed {took:.3f}s after the failure "
@@ -275,9 +279,9 @@ class JobController:
             return
         members = [self.registry.worker(w) for w in self.layout.worker_ids()]
         if all(m is not None and m.state == "finished" for m in members):
-            self.phase = "Succeeded"
+            self.phase = pb.JOB_SUCCEEDED
             self._event("finished", f"all {len(members)} workers reached step {self.job.steps}")
-            self.registry.broadcast(pb.Directive(shutdown="Succeeded"))
+            self.registry.broadcast(pb.Directive(shutdown=pb.JOB_SUCCEEDED))
             self.done.set()
 
     def _last_committed(self) -> int:
@@ -288,9 +292,9 @@ class JobController:
         self.metrics.failures.labels("node" if cause.startswith("node") else "worker").inc(
             len(worker_ids)
         )
-        if self.phase in ("Running", "Recovering"):
+        if self.phase in (pb.JOB_RUNNING, pb.JOB_RECOVERING):
             self.recovery.failure(cause, failure_time, self._last_committed())
-            self.phase = "Recovering"
+            self.phase = pb.JOB_RECOVERING
         self._request_replan(cause)
 
     def _on_membership_grew(self, reason: str) -> None:
@@ -307,7 +311,7 @@ class JobController:
                     self._start_after_settle()
                 )
             return
-        if self.phase in ("Running", "Recovering"):
+        if self.phase in (pb.JOB_RUNNING, pb.JOB_RECOVERING):
             self._request_replan(reason)
 
     async def _start_after_settle(self) -> None:
@@ -339,7 +343,7 @@ class JobController:
         """Plan the next generation (controller/generation_plan.py), write it with
         compare-and-set (a controller that lost the lead fails here, changing
         nothing), and push it to every agent."""
-        if self.phase in ("Succeeded", "Failed"):
+        if self.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED):
             return
         generation = self.generation + 1
         source = self.generations.source(self.layout)
@@ -377,8 +381,8 @@ class JobController:
             member = self.registry.worker(worker_id)
             if member is not None and member.state in ("running", "finished"):
                 member.state = "joining"
-        if self.phase == "Pending":
-            self.phase = "Running"
+        if self.phase == pb.JOB_PENDING:
+            self.phase = pb.JOB_RUNNING
         self.recovery.planned(generation, reason, self._last_committed())
         logs.context.generation = generation
         self.metrics.generation.set(generation)
@@ -391,11 +395,11 @@ class JobController:
         self.registry.broadcast(pb.Directive(plan=plan))
 
     def _fail(self, message: str) -> None:
-        self.phase = "Failed"
+        self.phase = pb.JOB_FAILED
         self.failure_message = message
         self._event("failed", message)
         log.error("%s", message)
-        self.registry.broadcast(pb.Directive(shutdown="Failed"))
+        self.registry.broadcast(pb.Directive(shutdown=pb.JOB_FAILED))
         self.done.set()
 
     def inject_chaos(

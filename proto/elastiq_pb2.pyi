@@ -24,6 +24,15 @@ class ChaosAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HANG_WORKER: _ClassVar[ChaosAction]
     KILL_BEFORE_SNAPSHOT: _ClassVar[ChaosAction]
 
+class JobPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_PHASE_UNSPECIFIED: _ClassVar[JobPhase]
+    JOB_PENDING: _ClassVar[JobPhase]
+    JOB_RUNNING: _ClassVar[JobPhase]
+    JOB_RECOVERING: _ClassVar[JobPhase]
+    JOB_SUCCEEDED: _ClassVar[JobPhase]
+    JOB_FAILED: _ClassVar[JobPhase]
+
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVENT_UNSPECIFIED: _ClassVar[EventKind]
@@ -47,6 +56,12 @@ KILL_WORKER: ChaosAction
 KILL_NODE: ChaosAction
 HANG_WORKER: ChaosAction
 KILL_BEFORE_SNAPSHOT: ChaosAction
+JOB_PHASE_UNSPECIFIED: JobPhase
+JOB_PENDING: JobPhase
+JOB_RUNNING: JobPhase
+JOB_RECOVERING: JobPhase
+JOB_SUCCEEDED: JobPhase
+JOB_FAILED: JobPhase
 EVENT_UNSPECIFIED: EventKind
 WORKER_READY: EventKind
 WORKER_EXITED: EventKind
@@ -302,8 +317,8 @@ class Directive(_message.Message):
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     plan: Plan
     chaos: ChaosCommand
-    shutdown: str
-    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ChaosCommand, _Mapping]] = ..., shutdown: _Optional[str] = ...) -> None: ...
+    shutdown: JobPhase
+    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ChaosCommand, _Mapping]] = ..., shutdown: _Optional[_Union[JobPhase, str]] = ...) -> None: ...
 
 class JoinTimings(_message.Message):
     __slots__ = ("join_start", "comm_rebuild_s", "migrate_s", "reached_step")
@@ -431,7 +446,7 @@ class StatusResponse(_message.Message):
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     FIRST_LOSS_FIELD_NUMBER: _ClassVar[int]
     job: str
-    phase: str
+    phase: JobPhase
     generation: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
     plan: Plan
@@ -444,7 +459,7 @@ class StatusResponse(_message.Message):
     leader: str
     total_steps: int
     first_loss: float
-    def __init__(self, job: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., failures: _Optional[int] = ..., recoveries: _Optional[_Iterable[_Union[Recovery, _Mapping]]] = ..., leader: _Optional[str] = ..., total_steps: _Optional[int] = ..., first_loss: _Optional[float] = ...) -> None: ...
+    def __init__(self, job: _Optional[str] = ..., phase: _Optional[_Union[JobPhase, str]] = ..., generation: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., failures: _Optional[int] = ..., recoveries: _Optional[_Iterable[_Union[Recovery, _Mapping]]] = ..., leader: _Optional[str] = ..., total_steps: _Optional[int] = ..., first_loss: _Optional[float] = ...) -> None: ...
 
 class AdminRequest(_message.Message):
     __slots__ = ("token", "action", "rank", "node_id", "at_step", "at_generation")

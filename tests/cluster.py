@@ -221,7 +221,7 @@ def run(
                 pb.AdminRequest(token="test-token", action=action, rank=victim, at_step=15),
             )
         end = cluster.wait_for(
-            "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180
+            "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
         )
         return end, planned(first)
     finally:
@@ -246,6 +246,6 @@ def run_reference(workdir: str, job: dict[str, object], workers: int) -> Referen
     params, root = os.path.join(workdir, "clean.pt"), os.path.join(workdir, "ckpt")
     extra = {"final-params": params, "checkpoint-url": root, "checkpoint-every": 10}
     end, _ = run(workdir, {**job, **extra}, None, workers)
-    if end.phase != "Succeeded":
+    if end.phase != pb.JOB_SUCCEEDED:
         raise RuntimeError(f"the failure-free reference run of {job} did not succeed: {end}")
     return Reference(params, root)

@@ -42,7 +42,7 @@ def test_a_resumed_job_at_another_layout_trains_like_one_that_never_stopped(
     os.makedirs(os.path.join(base, "b"))
     job = {"steps": 40, "zero": 0, "checkpoint-url": root, "resume": True, "final-params": resumed}
     end, _ = run(os.path.join(base, "b"), job, None, workers=3)
-    assert end.phase == "Succeeded", end
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert end.plan.state_source == "checkpoint" and end.plan.checkpoint_step == 20
     assert len(end.plan.stages) == 1 and end.plan.world_size == 3
     diff = _diff(clean, resumed)
@@ -64,7 +64,7 @@ def test_a_loss_no_buddy_covers_is_restored_from_the_checkpoint(
     clean, failed = failure_free(PP2).params, os.path.join(base, "failed.pt")
     job = {**PP2, "checkpoint-url": root, "checkpoint-every": 10, "final-params": failed}
     end, _ = run(base, job, _stage0_and_a_buddy)
-    assert end.phase == "Succeeded", end
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert end.plan.world_size == 1 and end.plan.state_source == "checkpoint"
     assert end.plan.checkpoint_step in (10, 20)
     assert end.recoveries and end.recoveries[-1].lost_steps >= 1

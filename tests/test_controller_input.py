@@ -135,7 +135,7 @@ def test_a_report_from_an_older_generation_is_ignored() -> None:
             ),
         )
         assert not ack.accepted and "stale generation 0 < current 1" in ack.reason
-        assert job.phase == "Running", "a stale FINISHED must not end the job"
+        assert job.phase == pb.JOB_RUNNING, "a stale FINISHED must not end the job"
         assert await snapshot(controller) == before
 
     with_controller(body)

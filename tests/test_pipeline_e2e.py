@@ -20,7 +20,7 @@ JOB_PP2: dict[str, object] = {"steps": 40, **PP2}
 
 
 def _assert_recovered_in_place(end: pb.StatusResponse, before: dict[str, int]) -> None:
-    assert end.phase == "Succeeded", end
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert end.step == 40 and end.plan.world_size == 3
     assert [len(st.ranks) for st in end.plan.stages] in ([1, 2], [2, 1])
     # a worker killed between applying step s and its snapshot of s reaching its buddy
@@ -70,7 +70,7 @@ def test_a_whole_stage_of_pp3_lost_at_once_trains_like_a_run_without_failure(
     live replica holds those layers, so they come from buddies on the next stage."""
     clean, failed = failure_free(PP3).params, os.path.join(str(tmp_path), "failed.pt")
     end, before = run(str(tmp_path), {**PP3, "final-params": failed}, _stage_ranks(stage))
-    assert end.phase == "Succeeded", end
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert end.plan.world_size < 4 and end.recoveries
     assert all(r.lost_steps <= 1 for r in end.recoveries)
     assert any(m.via == "buddy" and m.what == "params" for m in end.plan.moves)
@@ -89,7 +89,7 @@ def test_two_failures_in_one_step_become_one_generation(tmp_path: object) -> Non
     ward's last update from the gradient the ward's stage-mate hands it (the two
     hand-overs cross), so no step is lost."""
     end, _ = run(str(tmp_path), PP2, [1, 2], 4, pb.KILL_BEFORE_SNAPSHOT)
-    assert end.phase == "Succeeded", end
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert end.step == 40 and end.plan.world_size == 2
     assert [len(st.ranks) for st in end.plan.stages] == [1, 1]
     assert end.recoveries and all(r.lost_steps == 0 for r in end.recoveries)
@@ -111,9 +111,9 @@ def test_a_joining_node_raises_a_stage_degree_in_place(tmp_path: object) -> None
         assert {m.dst_rank for m in grown.plan.moves} >= {newcomer}
         assert all(m.via == "live" for m in grown.plan.moves)
         end = cluster.wait_for(
-            "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180
+            "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
         )
-        assert end.phase == "Succeeded", end
+        assert end.phase == pb.JOB_SUCCEEDED, end
         assert end.step == 200 and end.plan.world_size == 4
         assert planned(end).items() >= planned(before).items(), "the first members kept their pids"
     finally:
@@ -136,8 +136,10 @@ def test_a_joiner_restores_a_lost_stage_and_training_matches_a_run_without_failu
         cluster.start_controller(min_workers=2)
         for i in range(2):
             cluster.start_agent(f"node{i}")
-        end = cluster.wait_for("the clean run", lambda s: s.phase in ("Succeeded", "Failed"), 180)
-        assert end.phase == "Succeeded", end
+        end = cluster.wait_for(
+            "the clean run", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
+        )
+        assert end.phase == pb.JOB_SUCCEEDED, end
     finally:
         cluster.close()
     # slow steps (no effect on the computation) leave the new agent, whose start
@@ -160,11 +162,11 @@ def test_a_joiner_restores_a_lost_stage_and_training_matches_a_run_without_failu
         restored = cluster.wait_for("two stages again", lambda s: len(s.plan.stages) == 2, 90)
         assert [len(st.ranks) for st in restored.plan.stages] == [1, 1]
         end = cluster.wait_for(
-            "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180
+            "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
         )
     finally:
         cluster.close()
-    assert end.phase == "Succeeded" and len(end.plan.stages) == 2, end
+    assert end.phase == pb.JOB_SUCCEEDED and len(end.plan.stages) == 2, end
     a, b = torch.load(clean, weights_only=False), torch.load(changed, weights_only=False)
     assert a["step"] == b["step"] == 60
     diff = (a["params"] - b["params"]).abs().max().item()
@@ -195,10 +197,12 @@ def test_a_failure_during_a_reconfiguration_is_survived(
         cluster.call(
             "Admin", pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=1, at_step=15)
         )
-        end = cluster.wait_for("the job to end", lambda s: s.phase in ("Succeeded", "Failed"), 240)
+        end = cluster.wait_for(
+            "the job to end", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 240
+        )
     finally:
         cluster.close()
-    assert end.phase == "Succeeded", end
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert end.generation >= 3 and end.plan.world_size == 2 and end.step == 40
     assert end.plan.source_generation == 1, "generation 2 never completed: it is not a source"
     assert len(end.recoveries) == 1 and end.recoveries[0].generation == end.generation

@@ -43,8 +43,10 @@ def test_survivors_keep_their_pids_when_a_worker_is_killed(cluster: Cluster) -> 
     )
     assert reply.accepted
     victim = before.plan.assignments[2].worker_id
-    end = cluster.wait_for("the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180)
-    assert end.phase == "Succeeded", end
+    end = cluster.wait_for(
+        "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
+    )
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert end.step == 80
     assert loss_start > 5.0, loss_start  # ~ln(256) for an untrained byte model
     assert end.loss < loss_start - 1.0, (loss_start, end.loss)
@@ -68,8 +70,10 @@ def test_a_hung_worker_is_killed_by_the_watchdog_and_the_job_goes_on(cluster: Cl
     cluster.call(
         "Admin", pb.AdminRequest(token="test-token", action=pb.HANG_WORKER, rank=1, at_step=15)
     )
-    end = cluster.wait_for("the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180)
-    assert end.phase == "Succeeded", end
+    end = cluster.wait_for(
+        "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
+    )
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert [e for e in end.events if e.kind == "worker_hung" and victim in e.message]
     assert victim not in planned(end) and end.plan.world_size == 3
     assert end.step == 80
@@ -95,8 +99,10 @@ def _join_mid_run(cluster: Cluster) -> None:
     newcomer = [a for a in grown.plan.assignments if a.node_id == "node4"]
     assert len(newcomer) == 1 and not newcomer[0].holder
     assert grown.plan.moves and {m.dst_rank for m in grown.plan.moves} == {newcomer[0].rank}
-    end = cluster.wait_for("the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180)
-    assert end.phase == "Succeeded", end
+    end = cluster.wait_for(
+        "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
+    )
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert {m.worker_id for m in end.members if m.state == "finished"} >= set(planned(grown))
     assert {w: p for w, p in planned(end).items() if w in pids_before} == pids_before
 
@@ -107,8 +113,10 @@ def test_a_killed_node_is_dropped_with_its_workers(cluster: Cluster) -> None:
         "Admin",
         pb.AdminRequest(token="test-token", action=pb.KILL_NODE, node_id="node3", at_step=15),
     )
-    end = cluster.wait_for("the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180)
-    assert end.phase == "Succeeded", end
+    end = cluster.wait_for(
+        "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
+    )
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert "node3" not in {a.node_id for a in end.plan.assignments}
     assert cluster.agents["node3"].wait(10) == -9
     assert end.recoveries and end.recoveries[0].lost_steps == 0
@@ -127,8 +135,10 @@ def test_the_job_goes_on_when_the_controller_is_killed_and_restarted(
         c.start_controller(min_workers=4, port=port, takeover_grace=3.0)
         taken = c.wait_for("a takeover plan", lambda s: s.generation > before.generation, 60)
         assert taken.plan.world_size == 4
-        end = c.wait_for("the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180)
-        assert end.phase == "Succeeded", end
+        end = c.wait_for(
+            "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
+        )
+        assert end.phase == pb.JOB_SUCCEEDED, end
         assert end.step == 150
         assert planned(end) == pids_before, "workers must survive a controller crash"
     finally:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def _assert_recovered_from_the_buddy(
     end: pb.StatusResponse, before: dict[str, int], zero: int
 ) -> None:
-    assert end.phase == "Succeeded", end
+    assert end.phase == pb.JOB_SUCCEEDED, end
     assert end.step == 40 and end.plan.world_size == 3 and end.plan.zero == zero
     # a worker killed between applying step s and its snapshot of s reaching its buddy
     # costs one recomputed step (docs/design.md, "Snapshot window")
@@ -57,7 +57,7 @@ def test_parameters_after_a_recovery_match_a_run_without_failure(
     if zero:
         _assert_recovered_from_the_buddy(end, before, zero)
         assert end.recoveries[0].lost_steps == 0
-    assert end.phase == "Succeeded" and end.plan.world_size == 3, end
+    assert end.phase == pb.JOB_SUCCEEDED and end.plan.world_size == 3, end
     a = torch.load(clean, weights_only=False)
     b = torch.load(failed, weights_only=False)
     assert a["step"] == b["step"] == 40
@@ -84,11 +84,11 @@ def test_parameters_after_a_join_match_a_run_without_it(
         cluster.wait_for("step 5", lambda s: s.generation >= 1 and s.step >= 5, 90)
         cluster.start_agent("node3")
         end = cluster.wait_for(
-            "the job to finish", lambda s: s.phase in ("Succeeded", "Failed"), 180
+            "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
         )
     finally:
         cluster.close()
-    assert end.phase == "Succeeded" and end.plan.world_size == 4, end
+    assert end.phase == pb.JOB_SUCCEEDED and end.plan.world_size == 4, end
     assert end.generation == 2 and not end.plan.abort_in_flight
     a, b = torch.load(clean, weights_only=False), torch.load(joined, weights_only=False)
     diff = (a["params"] - b["params"]).abs().max().item()

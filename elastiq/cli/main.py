@@ -21,9 +21,11 @@ from elastiq.agent.agent import AgentConfig
 from elastiq.cli import ckpt
 from elastiq.cli.flags import add_flags, config_from
 from elastiq.cli.local_run_config import LocalRunConfig
+from elastiq.cli.summary import phase_name
 from elastiq.config import JobConfig
 from elastiq.controller.job_state import ControllerConfig
 from elastiq.controller.server import ServerConfig
+from elastiq.proto import elastiq_pb2 as pb
 
 #: the built-in decoder's shape keeps the short flags users know
 MODEL_FLAGS = {"model.dim": "--dim", "model.n_layers": "--layers", "model.n_heads": "--heads"}
@@ -107,7 +109,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
             while controller.job is None or not controller.job.done.is_set():
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)  # let agents read the final directive
-            return 0 if controller.job.phase == "Succeeded" else 1
+            return 0 if controller.job.phase == pb.JOB_SUCCEEDED else 1
         finally:
             await controller.stop()
 
@@ -151,7 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json_format.MessageToJson(status, preserving_proto_field_name=True))
         return 0
     print(
-        f"job {status.job}  phase {status.phase}  generation {status.generation}  "
+        f"job {status.job}  phase {phase_name(status.phase)}  generation {status.generation}  "
         f"step {status.step}/{status.total_steps}  loss {status.loss:.4f}  "
         f"failures {status.failures}  leader {status.leader}"
     )

@@ -21,14 +21,14 @@ def summarize(status: pb.StatusResponse, wall_s: float) -> dict[str, Any]:
     ]
     return {
         "job": status.job,
-        "phase": status.phase,
+        "phase": phase_name(status.phase),
         "steps": status.step,
         "total_steps": status.total_steps,
         "first_loss": round(status.first_loss, 4),
         "final_loss": round(status.loss, 4),
         "generation": status.generation,
         "workers": sum(1 for m in status.members if m.rank >= 0),
-        "failures_survived": status.failures if status.phase == "Succeeded" else 0,
+        "failures_survived": status.failures if status.phase == pb.JOB_SUCCEEDED else 0,
         "failures": status.failures,
         "recoveries": recoveries,
         "wall_s": round(wall_s, 2),
@@ -57,3 +57,8 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         )
     if summary["error"]:
         print(f"  error: {summary['error']}", file=out)
+
+
+def phase_name(phase: pb.JobPhase) -> str:
+    """JOB_SUCCEEDED -> "Succeeded": how users read a phase."""
+    return pb.JobPhase.Name(phase).removeprefix("JOB_").capitalize()
