@@ -52,16 +52,16 @@ def run_elastiq(steps: int, kill_at: int, zero: int = 0) -> dict[str, Any]:
             ),
             out=quiet,
         )
-    if summary["phase"] != "Succeeded" or not summary["recoveries"]:
-        return {"mttr_s": None, "error": summary.get("error") or f"phase {summary['phase']}"}
-    rec = summary["recoveries"][0]
+    if not summary.succeeded or not summary.recoveries:
+        return {"mttr_s": None, "error": summary.error or f"phase {summary.phase}"}
+    rec = summary.recoveries[0]
     return {
-        "mttr_s": rec["recovery_s"],
-        "comm_rebuild_s": rec["phases_s"].get("comm_rebuild", 0.0),
-        "phases_s": rec["phases_s"],
-        "lost_steps": rec["lost_steps"],
-        "survivors_restarted": summary["workers_started"] - 4,
-        "final_loss": summary["final_loss"],
+        "mttr_s": rec.recovery_s,
+        "comm_rebuild_s": rec.phases_s.get("comm_rebuild", 0.0),
+        "phases_s": rec.phases_s,
+        "lost_steps": rec.lost_steps,
+        "survivors_restarted": summary.workers_started - 4,
+        "final_loss": summary.final_loss,
     }
 
 

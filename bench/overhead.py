@@ -54,8 +54,8 @@ def elastiq_step_times(steps: int, zero: int, stages: int = 1, workers: int = 4)
         cfg = job_config(steps, zero, stages)
         cfg.step_log = os.path.join(tmp, "steps")
         summary = run_local(cfg, LocalRunConfig(workers=workers, run_dir=tmp), out=quiet)
-        if summary["phase"] != "Succeeded":
-            raise RuntimeError(f"elastiq run failed: {summary['error']}")
+        if not summary.succeeded:
+            raise RuntimeError(f"elastiq run failed: {summary.error}")
         walls: list[float] = []
         for name in sorted(os.listdir(cfg.step_log)):
             with open(os.path.join(cfg.step_log, name), encoding="utf-8") as fh:

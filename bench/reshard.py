@@ -29,6 +29,7 @@ from typing import Any
 from elastiq.cli.chaos_spec import ChaosSpec
 from elastiq.cli.local_run import run_local_async
 from elastiq.cli.local_run_config import LocalRunConfig
+from elastiq.cli.summary import RunSummary
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.proto import elastiq_pb2 as pb
 
@@ -62,7 +63,7 @@ def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> d
         cfg = job_config(stages, steps, os.path.join(tmp, "steps"))
         captured: dict[str, pb.StatusResponse] = {}
 
-        async def main() -> dict[str, Any]:
+        async def main() -> RunSummary:
             local = LocalRunConfig(
                 workers=workers,
                 run_dir=tmp,
@@ -71,8 +72,8 @@ def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> d
             return await run_local_async(cfg, local, out=quiet, on_status=_keep(captured))
 
         summary = asyncio.run(main())
-        if summary["phase"] != "Succeeded" or not summary["recoveries"]:
-            return {"error": summary.get("error") or f"phase {summary['phase']}"}
+        if not summary.succeeded or not summary.recoveries:
+            return {"error": summary.error or f"phase {summary.phase}"}
         lines = []
         for name in os.listdir(cfg.step_log):
             with open(os.path.join(cfg.step_log, name), encoding="utf-8") as fh:
@@ -87,16 +88,16 @@ def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> d
     lower = sum(
         (m.hi - m.lo) * (4 if m.what == "params" else 8) for m in plan.moves if m.via == "buddy"
     )
-    rec = summary["recoveries"][0]
+    rec = summary.recoveries[0]
     t_before, t_after = _tokens_per_s(before, tokens), _tokens_per_s(after, tokens)
     survivors = workers - 1
     return {
         "workers": workers,
         "stages_after": [len(st.ranks) for st in plan.stages],
         "units_after": [[st.unit_lo, st.unit_hi] for st in plan.stages],
-        "mttr_s": rec["recovery_s"],
-        "phases_s": rec["phases_s"],
-        "lost_steps": rec["lost_steps"],
+        "mttr_s": rec.recovery_s,
+        "phases_s": rec.phases_s,
+        "lost_steps": rec.lost_steps,
         "migrated_bytes": moved,
         "min_bytes": lower,
         "throughput_before": t_before,

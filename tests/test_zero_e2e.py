@@ -13,6 +13,7 @@ import torch
 from elastiq.cli.chaos_spec import ChaosSpec
 from elastiq.cli.local_run import run_local_async
 from elastiq.cli.local_run_config import LocalRunConfig
+from elastiq.cli.summary import RunSummary
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.proto import elastiq_pb2 as pb
 from tests.cluster import JOB, Cluster, ReferenceRuns, planned, run
@@ -113,16 +114,14 @@ def test_a_spare_replacing_a_lost_worker_keeps_training_bitwise_identical(
     )
     statuses: list[pb.StatusResponse] = []
 
-    def go(path: str, local: LocalRunConfig) -> dict[str, object]:
+    def go(path: str, local: LocalRunConfig) -> RunSummary:
         job.final_params = path
         out = io.StringIO()
         return asyncio.run(run_local_async(job, local, out=out, on_status=statuses.append))
 
     os.makedirs(os.path.join(base, "a"))
     os.makedirs(os.path.join(base, "b"))
-    assert go(clean, LocalRunConfig(workers=4, run_dir=os.path.join(base, "a")))["phase"] == (
-        "Succeeded"
-    )
+    assert go(clean, LocalRunConfig(workers=4, run_dir=os.path.join(base, "a"))).succeeded
     first_layout = [(st.unit_lo, st.unit_hi, list(st.ranks)) for st in statuses[-1].plan.stages]
     statuses.clear()
     local = LocalRunConfig(
@@ -132,7 +131,7 @@ def test_a_spare_replacing_a_lost_worker_keeps_training_bitwise_identical(
         chaos=[ChaosSpec("kill-worker", rank=1, step=15)],
     )
     summary = go(replaced, local)
-    assert summary["phase"] == "Succeeded", summary
+    assert summary.succeeded, summary
     final = statuses[-1]
     assert final.generation == 2 and final.plan.world_size == 4
     assert [(st.unit_lo, st.unit_hi, list(st.ranks)) for st in final.plan.stages] == first_layout

@@ -1,6 +1,6 @@
 """Join-time hand-over of kept gradients: how a pipeline's ZeRO-1 update is replayed.
 
-Where it sits: the worker's step agreement (agent/runtime/worker.py, `_agree`) calls it in a
+Where it sits: the join's step agreement (agent/runtime/join.py, `agree`) calls it in a
 join, between its two allgathers. It moves tensors only between survivors that hold
 the source generation's state, which all know the source plan.
 

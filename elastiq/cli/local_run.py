@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from elastiq.cli.chaos_spec import CHAOS_ACTIONS, ChaosSpec
 from elastiq.cli.local_run_config import LocalRunConfig, run_file_path
 from elastiq.cli.progress import ProgressView
-from elastiq.cli.summary import print_summary, summarize
+from elastiq.cli.summary import RunSummary, print_summary, summarize
 from elastiq.config import JobConfig
 from elastiq.controller.job import ControllerConfig, JobController
 from elastiq.controller.server import Controller, ServerConfig
@@ -39,7 +39,7 @@ async def run_local_async(
     local: LocalRunConfig,
     out: TextIO = sys.stdout,
     on_status: Callable[[pb.StatusResponse], None] | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run the job; `on_status` sees every status polled, the final one last."""
     run_dir = local.run_dir or os.path.join("runs", job.job)
     os.makedirs(run_dir, exist_ok=True)
@@ -130,8 +130,7 @@ async def run_local_async(
         summary = summarize(status, time.monotonic() - started)
         print_summary(summary, out)
         if local.summary_json:
-            with open(local.summary_json, "w", encoding="utf-8") as fh:
-                json.dump(summary, fh, indent=2)
+            summary.write_json(local.summary_json)
         return summary
     finally:
         deadline = time.monotonic() + 15
@@ -160,6 +159,6 @@ def _schedule_chaos(job_ctl: JobController, spec: ChaosSpec) -> bool:
     return True
 
 
-def run_local(job: JobConfig, local: LocalRunConfig, out: TextIO = sys.stdout) -> dict[str, Any]:
+def run_local(job: JobConfig, local: LocalRunConfig, out: TextIO = sys.stdout) -> RunSummary:
     """Run a job on this machine and return its summary (see `summarize`)."""
     return asyncio.run(run_local_async(job, local, out))

@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     summary = run_local(_job_config(args), local)
-    return 0 if summary["phase"] == "Succeeded" else 1
+    return 0 if summary.succeeded else 1
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
