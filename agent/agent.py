@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elastiq import logs, rpc
+from elastiq.agent.plan_layout import PlanLayout
 from elastiq.agent.workers import WorkerProcess, spawn_worker, stop_workers
 from elastiq.proto import elastiq_pb2 as pb
 
@@ -69,6 +70,7 @@ class Agent:
         self.config = config
         self.workers: dict[str, WorkerProcess] = {}
         self.plan: pb.Plan | None = None
+        self.layout: PlanLayout | None = None
         self.config_json = ""
         self.lease = 0
         self.heartbeat_s = 0.5
@@ -217,14 +219,19 @@ class Agent:
     def _relay_plan(self, plan: pb.Plan) -> None:
         if self.plan is not None and plan.generation <= self.plan.generation:
             return
-        self.plan = plan
+        try:
+            layout = PlanLayout.parse(plan)
+        except ValueError as exc:
+            log.error("not relaying plan %d: %s", plan.generation, exc)
+            return
+        self.plan, self.layout = plan, layout
         logs.context.generation = plan.generation
-        named = {a.worker_id: a for a in plan.assignments}
         for w in self.workers.values():
             if w.gone:
                 continue
-            if w.worker_id in named:
-                w.rank = named[w.worker_id].rank
+            rank = layout.rank_of(w.worker_id)
+            if rank is not None:
+                w.rank = rank
                 self._relay_plan_to(w, plan)
             elif w.planned:
                 log.info(
@@ -244,8 +251,10 @@ class Agent:
             worker.phase = pb.WORKER_PHASE_READY
             worker.last_progress = now
             self.report(pb.WORKER_READY, worker, "ready")
-            if self.plan is not None and any(
-                a.worker_id == worker.worker_id for a in self.plan.assignments
+            if (
+                self.plan is not None
+                and self.layout is not None
+                and (self.layout.rank_of(worker.worker_id) is not None)
             ):
                 self._relay_plan_to(worker, self.plan)
         elif kind == "step":

@@ -173,6 +173,7 @@ class GenerationPlanner:
             return Unchanged(decision.notes)
         plan = layout_to_plan(
             layout,
+            self.job.unit_numel(),
             self.job.job,
             self.rendezvous,
             time.time(),

@@ -20,6 +20,7 @@ from elastiq.proto import elastiq_pb2 as pb
 
 def layout_to_plan(
     layout: HybridLayout,
+    unit_numel: Collection[int],
     job: str,
     rendezvous: str,
     created_unix: float,
@@ -52,6 +53,7 @@ def layout_to_plan(
         checkpoint_step=checkpoint_step,
     )
     plan.buddy.extend(layout.buddy)
+    plan.unit_numel.extend(unit_numel)
     for rank, w in enumerate(layout.workers):
         plan.assignments.add(
             rank=rank,

@@ -233,7 +233,7 @@ class StateMove(_message.Message):
     def __init__(self, what: _Optional[str] = ..., src_rank: _Optional[int] = ..., dst_rank: _Optional[int] = ..., lo: _Optional[int] = ..., hi: _Optional[int] = ..., via: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy", "source_generation", "checkpoint_step", "checkfree_lo", "checkfree_hi", "checkfree_prev_rank", "checkfree_next_rank", "lr_scaled_units", "lr_scale", "swap_first", "swap_last", "checkfree_copies")
+    __slots__ = ("job", "generation", "rendezvous", "world_size", "assignments", "moves", "abort_in_flight", "reason", "created_unix", "state_source", "stages", "zero", "buddy", "source_generation", "checkpoint_step", "checkfree_lo", "checkfree_hi", "checkfree_prev_rank", "checkfree_next_rank", "lr_scaled_units", "lr_scale", "swap_first", "swap_last", "checkfree_copies", "unit_numel")
     JOB_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +258,7 @@ class Plan(_message.Message):
     SWAP_FIRST_FIELD_NUMBER: _ClassVar[int]
     SWAP_LAST_FIELD_NUMBER: _ClassVar[int]
     CHECKFREE_COPIES_FIELD_NUMBER: _ClassVar[int]
+    UNIT_NUMEL_FIELD_NUMBER: _ClassVar[int]
     job: str
     generation: int
     rendezvous: str
@@ -282,7 +283,8 @@ class Plan(_message.Message):
     swap_first: int
     swap_last: int
     checkfree_copies: _containers.RepeatedCompositeFieldContainer[CheckFreeCopy]
-    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ..., source_generation: _Optional[int] = ..., checkpoint_step: _Optional[int] = ..., checkfree_lo: _Optional[int] = ..., checkfree_hi: _Optional[int] = ..., checkfree_prev_rank: _Optional[int] = ..., checkfree_next_rank: _Optional[int] = ..., lr_scaled_units: _Optional[_Iterable[int]] = ..., lr_scale: _Optional[float] = ..., swap_first: _Optional[int] = ..., swap_last: _Optional[int] = ..., checkfree_copies: _Optional[_Iterable[_Union[CheckFreeCopy, _Mapping]]] = ...) -> None: ...
+    unit_numel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job: _Optional[str] = ..., generation: _Optional[int] = ..., rendezvous: _Optional[str] = ..., world_size: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[StateMove, _Mapping]]] = ..., abort_in_flight: _Optional[bool] = ..., reason: _Optional[str] = ..., created_unix: _Optional[float] = ..., state_source: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., zero: _Optional[int] = ..., buddy: _Optional[_Iterable[int]] = ..., source_generation: _Optional[int] = ..., checkpoint_step: _Optional[int] = ..., checkfree_lo: _Optional[int] = ..., checkfree_hi: _Optional[int] = ..., checkfree_prev_rank: _Optional[int] = ..., checkfree_next_rank: _Optional[int] = ..., lr_scaled_units: _Optional[_Iterable[int]] = ..., lr_scale: _Optional[float] = ..., swap_first: _Optional[int] = ..., swap_last: _Optional[int] = ..., checkfree_copies: _Optional[_Iterable[_Union[CheckFreeCopy, _Mapping]]] = ..., unit_numel: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CheckFreeCopy(_message.Message):
     __slots__ = ("unit", "src_unit", "src_rank")

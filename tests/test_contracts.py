@@ -101,12 +101,12 @@ def test_only_tests_and_benchmarks_import_the_front_end() -> None:
             assert not bad, f"{path.relative_to(ROOT)} imports the front end: {bad}"
 
 
-def test_the_worker_reads_plans_only_through_the_plan_view() -> None:
-    """A pb.Plan is parsed once, by agent/runtime/plan_view.py; the controller writes
-    it only in controller/wire.py."""
+def test_plans_are_read_only_through_the_plan_layout() -> None:
+    """A pb.Plan is read only by agent/plan_layout.py (the node agent and the worker
+    parse it there); the controller writes it only in controller/wire.py."""
     for part in ("agent", "controller"):
         for path in _sources(part):
-            if path.name in ("plan_view.py", "wire.py", "agent.py") or path.name.endswith("pb2.py"):
+            if path.name in ("plan_layout.py", "wire.py") or path.name.endswith("pb2.py"):
                 continue
             text = path.read_text(encoding="utf-8")
             for needle in ("plan.stages", "plan.assignments", "plan.buddy", "plan.moves"):

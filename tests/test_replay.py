@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from elastiq.agent.plan_layout import PlanLayout
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW
 from elastiq.agent.runtime.gradient_handoff import Handoff, decode, encode, exchange, plan_handoffs
-from elastiq.agent.runtime.plan_view import PlanLayout
 from elastiq.agent.runtime.snapshots import KeptGradient, Snapshot, SnapshotKeeper
 from elastiq.partition import stage_buddies
 from elastiq.proto import elastiq_pb2 as pb
@@ -77,8 +77,9 @@ def _plan(
         stages=[pb.Stage(unit_lo=a, unit_hi=b, ranks=ranks) for a, b, ranks in stages],
         buddy=buddy,
         state_source="live_replica",
+        unit_numel=SIZES,
     )
-    return PlanLayout.parse(plan, SIZES)
+    return PlanLayout.parse(plan)
 
 
 SIZES = [6, 4, 4, 5]  # embedding, two blocks, head: stage 0 holds 10 elements

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from elastiq.agent.channel import Channel
+from elastiq.agent.plan_layout import PlanLayout
 from elastiq.agent.runtime.join import Joined
-from elastiq.agent.runtime.plan_view import PlanLayout, PlanView, RouteShape
+from elastiq.agent.runtime.plan_view import PlanView, RouteShape
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -120,12 +121,18 @@ class AgentLink:
                 return
             if kind == "plan":
                 try:
-                    layout = PlanLayout.parse(message.plan, self._unit_numel)
+                    layout = PlanLayout.parse(message.plan)
+                    if list(layout.unit_numel) != self._unit_numel:
+                        raise ValueError(
+                            f"its layer units hold {list(layout.unit_numel)} parameters, this "
+                            f"worker's model {self._unit_numel}: the job's workers must all "
+                            "build the same model"
+                        )
                 except ValueError as exc:
-                    log.error("refusing a malformed plan: %s", exc)
-                    self.plans.stop(f"malformed plan: {exc}")
+                    log.error("refusing plan %d: %s", message.plan.generation, exc)
+                    self.plans.stop(f"plan {message.plan.generation} refused: {exc}")
                     return
-                view = PlanView.of(layout, self.worker_id, self._unit_numel, self._routes)
+                view = PlanView.of(layout, self.worker_id, self._routes)
                 self.plans.offer(view if view is not None else Unnamed(layout))
             elif kind == "chaos":
                 self.die_after_update_of = message.chaos.die_after_update_of

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 import torch
 
+from elastiq.agent.plan_layout import PlanLayout
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.gradient_handoff import exchange, plan_handoffs
-from elastiq.agent.runtime.plan_view import PlanLayout, PlanView
+from elastiq.agent.runtime.plan_view import PlanView
 from elastiq.agent.runtime.snapshots import SnapshotKeeper
 from elastiq.agent.runtime.trainer import TrainState
 from elastiq.partition import gradient_keepers

@@ -13,9 +13,9 @@ import logging
 
 import torch
 
+from elastiq.agent.plan_layout import CheckFreeRebuild
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.edge_copies import EdgeCopies
-from elastiq.agent.runtime.plan_view import CheckFreeRebuild
 from elastiq.agent.runtime.trainer import TrainState
 from elastiq.checkpoint import checkfree
 from elastiq.partition import element_offsets

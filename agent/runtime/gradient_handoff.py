@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
+from elastiq.agent.plan_layout import PlanLayout
 from elastiq.agent.runtime import tags
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.flat import AdamWConfig
-from elastiq.agent.runtime.plan_view import PlanLayout
 from elastiq.agent.runtime.snapshots import KeptGradient, SnapshotKeeper
 from elastiq.partition import gradient_keepers
 

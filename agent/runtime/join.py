@@ -30,13 +30,14 @@ from dataclasses import dataclass
 import torch
 
 from elastiq import logs
+from elastiq.agent.plan_layout import StateSource, Via
 from elastiq.agent.runtime.buddies import Buddies
 from elastiq.agent.runtime.checkfree_rebuild import rebuild_lost_units
 from elastiq.agent.runtime.checkpointing import WorkerCheckpoints
 from elastiq.agent.runtime.comm import Group, RendezvousClient
 from elastiq.agent.runtime.edge_copies import EdgeCopies
 from elastiq.agent.runtime.migrate import apply_moves
-from elastiq.agent.runtime.plan_view import PlanView, StateSource, Via
+from elastiq.agent.runtime.plan_view import PlanView
 from elastiq.agent.runtime.trainer import TrainState
 from elastiq.config import JobConfig
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from elastiq.agent.plan_layout import Move
 from elastiq.agent.runtime.comm import Group
-from elastiq.agent.runtime.plan_view import Move
 
 #: (what, lo, hi, via) -> the tensors that hold those elements, in a fixed order
 Source = Callable[[str, int, int, str], list[torch.Tensor]]
