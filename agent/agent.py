@@ -71,6 +71,8 @@ class Agent:
         self.workers: dict[str, WorkerProcess] = {}
         self.plan: pb.Plan | None = None
         self.layout: PlanLayout | None = None
+        self.model = pb.ModelShape()
+        """What this node's workers built: re-registrations tell a new leader."""
         self.config_json = ""
         self.lease = 0
         self.heartbeat_s = 0.5
@@ -93,6 +95,7 @@ class Agent:
                 node_id=self.config.node_id,
                 slots=self.config.slots,
                 address=socket.gethostname(),
+                model=self.model,
             )
             for w in self.workers.values():
                 if not w.gone:
@@ -250,7 +253,8 @@ class Agent:
         if kind == "ready":
             worker.phase = pb.WORKER_PHASE_READY
             worker.last_progress = now
-            self.report(pb.WORKER_READY, worker, "ready")
+            self.model.CopyFrom(message.ready.model)
+            self.report(pb.WORKER_READY, worker, "ready", model=message.ready.model)
             if (
                 self.plan is not None
                 and self.layout is not None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from elastiq.checkpoint import catalog
@@ -109,10 +109,36 @@ class GenerationPlanner:
         """Layer units ever rebuilt by CheckFree (trained at a scaled learning rate)."""
         self.swap: SwapGroups | None = None
         """CheckFree+ swap groups, fixed by the first plan's layout for the job's life."""
+        self.unit_numel: tuple[int, ...] | None = None
+        """The model's layer unit sizes, as the first ready worker reported them."""
 
     def take_over(self, taken: Takeover) -> None:
         self.lr_scaled_units.update(taken.lr_scaled_units)
         self.swap = taken.swap
+        self.unit_numel = taken.unit_numel or self.unit_numel
+
+    def learn_model(self, unit_numel: Sequence[int]) -> str:
+        """A worker built a model with these layer unit sizes. The first one sets the
+        job's model; a different one is refused (returns why, empty if accepted):
+        workers that built another model (other code, other arguments) cannot train
+        with the others."""
+        shape = tuple(unit_numel)
+        if self.unit_numel is None:
+            if len(shape) < self.job.pipeline_stages:
+                return (
+                    f"its model has {len(shape)} layer units, fewer than "
+                    f"pipeline_stages={self.job.pipeline_stages}: lower pipeline_stages, or "
+                    "split the model into more units"
+                )
+            self.unit_numel = shape
+            return ""
+        if shape != self.unit_numel:
+            return (
+                f"its model has layer units of {list(shape)} parameters, the job's has "
+                f"{list(self.unit_numel)}: every worker must build the same model (same code "
+                "and arguments)"
+            )
+        return ""
 
     def observe_unit_costs(self, costs: dict[int, float]) -> None:
         for unit, cost in costs.items():
@@ -134,13 +160,16 @@ class GenerationPlanner:
         """`current`: the newest plan's layout; `source`: the newest layout every member
         finished joining; `holders`: workers holding the source's state;
         `reached_step`: the highest step any worker reported."""
+        unit_numel = self.unit_numel
+        if unit_numel is None:
+            return Unchanged()  # no worker has said what it trains yet
         if source is None and current is not None and self.config.max_workers:
             # no generation completed yet, so the planner starts afresh: a spare that
             # became ready late must not displace a member of the plan in flight
             kept = set(current.worker_ids())
             members = sorted(members, key=lambda m: (m.worker_id not in kept, m))
             members = sorted(members[: self.config.max_workers])
-        profile = measured_profile(self.job.unit_numel(), self.unit_costs)
+        profile = measured_profile(unit_numel, self.unit_costs)
         try:
             layout = make_hybrid_plan(
                 members,
@@ -161,19 +190,21 @@ class GenerationPlanner:
                 self.swap = swap_groups_of(layout, self.job.model.n_layers)
             except CheckFreeError as exc:
                 return Refused(f"--checkfree-plus with this layout: {exc}")
-        decision = await self._source_of_lost_state(layout, source, holders, reached_step)
+        decision = await self._source_of_lost_state(
+            layout, source, holders, reached_step, unit_numel
+        )
         if isinstance(decision, lost_state.StateIsLost):
             return Refused(decision.message, decision.notes)
         layout = decision.layout
         if decision.checkfree is not None:
             self.metrics.checkfree.inc()
-            units = len(self.job.unit_numel())
+            units = len(unit_numel)
             self.lr_scaled_units |= lost_state.lr_scaled_after(decision.checkfree, units)
         if current is not None and layout.worker_ids() == current.worker_ids() and not takeover:
             return Unchanged(decision.notes)
         plan = layout_to_plan(
             layout,
-            self.job.unit_numel(),
+            unit_numel,
             self.job.job,
             self.rendezvous,
             time.time(),
@@ -193,6 +224,7 @@ class GenerationPlanner:
         source: HybridLayout | None,
         holders: Collection[str],
         reached_step: int,
+        unit_numel: Sequence[int],
     ) -> lost_state.Decision:
         """The checkpoints are listed only when something is missing."""
         if not lost_state.needs_a_source(layout, self.job):
@@ -202,6 +234,7 @@ class GenerationPlanner:
             source,
             holders,
             job=self.job,
+            unit_numel=unit_numel,
             newest_checkpoint=await self._newest_checkpoint(),
             reached_step=reached_step,
             swap=self.swap,

@@ -129,6 +129,11 @@ class JobController:
 
     # agents ---------------------------------------------------------------------------
     async def register(self, req: pb.RegisterRequest) -> pb.RegisterResponse:
+        """Raises ValueError, changing nothing, if its workers built another model."""
+        if req.model.unit_numel:
+            refused = self.planner.learn_model(req.model.unit_numel)
+            if refused:
+                raise ValueError(f"{req.node_id}: {refused}")
         if req.node_id in self.nodes:
             # a re-registration (stream broke, agent restarted): its old workers are gone
             await self._lose_node(req.node_id, "re-registered")
@@ -202,6 +207,10 @@ class JobController:
         kind = pb.EventKind.Name(req.kind)
         worker = node.workers.get(req.worker_id)
         if req.kind == pb.WORKER_READY:
+            refused = self.planner.learn_model(req.model.unit_numel)
+            if refused:
+                self._event("worker_refused", f"{req.worker_id}: {refused}")
+                return pb.EventAck(accepted=False, reason=refused)
             node.workers[req.worker_id] = WorkerState(
                 WorkerRef(node_id, req.slot, req.worker_id), pid=req.pid
             )

@@ -19,7 +19,7 @@ or a job resuming from a checkpoint). If so, it lists the checkpoints (I/O) and 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from elastiq.checkpoint.checkfree import CheckFreeError, SwapGroups
@@ -68,11 +68,13 @@ def decide(
     holders: Collection[str] | None,
     *,
     job: JobConfig,
+    unit_numel: Sequence[int],
     newest_checkpoint: int | None,
     reached_step: int,
     swap: SwapGroups | None,
 ) -> Decision:
-    """`newest_checkpoint`: the newest committed step under the job's checkpoint URL
+    """`unit_numel`: the model's layer unit sizes, as the workers reported them;
+    `newest_checkpoint`: the newest committed step under the job's checkpoint URL
     (None: none, or none configured); `reached_step`: the highest step any worker
     reported, which a restore rolls back from."""
     resuming = layout.state_source == "init" and job.resume
@@ -104,7 +106,7 @@ def decide(
     why = ""
     if job.checkfree and source is not None:
         try:
-            directive = plan_checkfree(layout, source, job.unit_numel(), holders, swap)
+            directive = plan_checkfree(layout, source, unit_numel, holders, swap)
         except CheckFreeError as exc:
             why = f"; CheckFree cannot rebuild it: {exc}"
         else:

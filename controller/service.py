@@ -73,6 +73,10 @@ class ControllerService(rpc.ControllerServicerBase):
             await rpc.reject(
                 context, "INVALID_ARGUMENT", f"slots={request.slots} must be in 1..{MAX_SLOTS}"
             )
+        if request.model.unit_numel:
+            problem = _model_problem(request.model)
+            if problem:
+                await rpc.reject(context, "INVALID_ARGUMENT", f"{request.node_id}: {problem}")
         for w in request.workers:
             if not _ID.match(w.worker_id) or not 0 <= w.slot < request.slots:
                 await rpc.reject(
@@ -81,7 +85,10 @@ class ControllerService(rpc.ControllerServicerBase):
                     f"worker {w.worker_id!r} slot {w.slot} is not valid for "
                     f"{request.slots} slot(s)",
                 )
-        return await job.register(request)
+        try:
+            return await job.register(request)
+        except ValueError as exc:
+            await rpc.reject(context, "FAILED_PRECONDITION", str(exc))
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         job = await self._leader(context)
@@ -120,6 +127,10 @@ class ControllerService(rpc.ControllerServicerBase):
             await rpc.reject(
                 context, "INVALID_ARGUMENT", f"generation {request.generation} is negative"
             )
+        if request.kind == pb.WORKER_READY:
+            problem = _model_problem(request.model)
+            if problem:
+                await rpc.reject(context, "INVALID_ARGUMENT", f"{request.worker_id}: {problem}")
         return await job.report(request.node_id, request)
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
@@ -145,3 +156,21 @@ class ControllerService(rpc.ControllerServicerBase):
         except ValueError as exc:
             await rpc.reject(context, "INVALID_ARGUMENT", str(exc))
         return pb.AdminResponse(accepted=True, detail=detail)
+
+
+#: far above any model this runtime splits into units, far below what breaks planning
+MAX_UNITS = 100_000
+MAX_UNIT_NUMEL = 1 << 40
+
+
+def _model_problem(model: pb.ModelShape) -> str:
+    """Why a reported model shape cannot be planned with; empty if it can."""
+    sizes = list(model.unit_numel)
+    if not sizes:
+        return "reports no model shape (ModelShape.unit_numel is empty)"
+    if len(sizes) > MAX_UNITS:
+        return f"reports {len(sizes)} layer units; at most {MAX_UNITS} are supported"
+    bad = [n for n in sizes if not 0 < n <= MAX_UNIT_NUMEL]
+    if bad:
+        return f"reports layer units of {bad[:3]} parameters; each must be in 1..{MAX_UNIT_NUMEL}"
+    return ""

@@ -94,6 +94,7 @@ class Takeover:
     layout: HybridLayout
     lr_scaled_units: frozenset[int]
     swap: SwapGroups | None
+    unit_numel: tuple[int, ...]
 
 
 def takeover_of(plan: pb.Plan, job: JobConfig) -> Takeover:
@@ -101,7 +102,9 @@ def takeover_of(plan: pb.Plan, job: JobConfig) -> Takeover:
     swap = None
     if job.checkfree_plus:
         swap = SwapGroups(blocks=job.model.n_layers, first=plan.swap_first, last=plan.swap_last)
-    return Takeover(plan_to_layout(plan), frozenset(plan.lr_scaled_units), swap)
+    return Takeover(
+        plan_to_layout(plan), frozenset(plan.lr_scaled_units), swap, tuple(plan.unit_numel)
+    )
 
 
 def plan_to_layout(plan: pb.Plan) -> HybridLayout:

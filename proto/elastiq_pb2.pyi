@@ -89,19 +89,27 @@ class WorkerInfo(_message.Message):
     step: int
     def __init__(self, worker_id: _Optional[str] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., phase: _Optional[_Union[WorkerPhase, str]] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
 
+class ModelShape(_message.Message):
+    __slots__ = ("unit_numel",)
+    UNIT_NUMEL_FIELD_NUMBER: _ClassVar[int]
+    unit_numel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, unit_numel: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
-    __slots__ = ("token", "node_id", "slots", "address", "workers")
+    __slots__ = ("token", "node_id", "slots", "address", "workers", "model")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     token: str
     node_id: str
     slots: int
     address: str
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
-    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., slots: _Optional[int] = ..., address: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+    model: ModelShape
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., slots: _Optional[int] = ..., address: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., model: _Optional[_Union[ModelShape, _Mapping]] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
     __slots__ = ("address", "slots")
@@ -335,7 +343,7 @@ class JoinTimings(_message.Message):
     def __init__(self, join_start: _Optional[float] = ..., comm_rebuild_s: _Optional[float] = ..., migrate_s: _Optional[float] = ..., reached_step: _Optional[int] = ...) -> None: ...
 
 class EventReport(_message.Message):
-    __slots__ = ("token", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall_time", "detail", "slot", "pid", "loss", "join")
+    __slots__ = ("token", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall_time", "detail", "slot", "pid", "loss", "join", "model")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -349,6 +357,7 @@ class EventReport(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     token: str
     node_id: str
     generation: int
@@ -362,7 +371,8 @@ class EventReport(_message.Message):
     pid: int
     loss: float
     join: JoinTimings
-    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., detail: _Optional[str] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., loss: _Optional[float] = ..., join: _Optional[_Union[JoinTimings, _Mapping]] = ...) -> None: ...
+    model: ModelShape
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., detail: _Optional[str] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., loss: _Optional[float] = ..., join: _Optional[_Union[JoinTimings, _Mapping]] = ..., model: _Optional[_Union[ModelShape, _Mapping]] = ...) -> None: ...
 
 class EventAck(_message.Message):
     __slots__ = ("accepted", "reason")
@@ -518,10 +528,12 @@ class ToWorker(_message.Message):
     def __init__(self, config: _Optional[_Union[WorkerConfig, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ArmChaos, _Mapping]] = ..., shutdown: _Optional[bool] = ...) -> None: ...
 
 class WorkerReady(_message.Message):
-    __slots__ = ("pid",)
+    __slots__ = ("pid", "model")
     PID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     pid: int
-    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+    model: ModelShape
+    def __init__(self, pid: _Optional[int] = ..., model: _Optional[_Union[ModelShape, _Mapping]] = ...) -> None: ...
 
 class WorkerAlive(_message.Message):
     __slots__ = ("wall_time",)

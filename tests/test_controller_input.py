@@ -50,7 +50,13 @@ async def ready_worker(client: rpc.ControllerClient, node: str = "node-a") -> No
     await client.call(
         "ReportEvent",
         pb.EventReport(
-            token=TOKEN, node_id=node, kind=pb.WORKER_READY, worker_id=f"{node}.w0", slot=0, pid=1
+            token=TOKEN,
+            node_id=node,
+            kind=pb.WORKER_READY,
+            worker_id=f"{node}.w0",
+            slot=0,
+            pid=1,
+            model=pb.ModelShape(unit_numel=JobConfig().unit_numel()),
         ),
     )
 
@@ -155,5 +161,74 @@ def test_metrics_are_served_with_the_elastiq_prefix() -> None:
         assert "elastiq_generation 1.0" in text
         assert "elastiq_members 1.0" in text
         assert 'elastiq_rejected_requests_total{reason="token"} 1.0' in text
+
+    with_controller(body)
+
+
+def test_a_worker_that_reports_no_model_shape_is_invalid_argument() -> None:
+    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
+        await register(client)
+        before = await snapshot(controller)
+        with pytest.raises(rpc.RpcRejected) as err:
+            await client.call(
+                "ReportEvent",
+                pb.EventReport(
+                    token=TOKEN, node_id="node-a", kind=pb.WORKER_READY, worker_id="node-a.w0"
+                ),
+            )
+        assert err.value.code == "INVALID_ARGUMENT"
+        assert "reports no model shape" in err.value.details
+        with pytest.raises(rpc.RpcRejected) as err:
+            await client.call(
+                "ReportEvent",
+                pb.EventReport(
+                    token=TOKEN,
+                    node_id="node-a",
+                    kind=pb.WORKER_READY,
+                    worker_id="node-a.w0",
+                    model=pb.ModelShape(unit_numel=[16, -1, 16]),
+                ),
+            )
+        assert err.value.code == "INVALID_ARGUMENT" and "[-1]" in err.value.details
+        assert controller.job is not None and not controller.job.nodes["node-a"].workers
+        assert await snapshot(controller) == before
+
+    with_controller(body)
+
+
+def test_a_worker_that_built_another_model_is_refused_and_not_planned() -> None:
+    """The controller plans with the shape the first ready worker reported (it never
+    imports the model); a worker whose model differs cannot train with the others."""
+
+    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
+        await planned_one_worker(controller, client)
+        job = controller.job
+        assert job is not None
+        await register(client, node="node-b")
+        other = list(JobConfig().unit_numel())
+        other[1] += 1
+        ack = await client.call(
+            "ReportEvent",
+            pb.EventReport(
+                token=TOKEN,
+                node_id="node-b",
+                kind=pb.WORKER_READY,
+                worker_id="node-b.w0",
+                model=pb.ModelShape(unit_numel=other),
+            ),
+        )
+        assert not ack.accepted and "every worker must build the same model" in ack.reason
+        await asyncio.sleep(0.2)
+        assert job.generation == 1 and not job.nodes["node-b"].workers
+        assert any(e.kind == "worker_refused" for e in job.status().events)
+        with pytest.raises(rpc.RpcRejected) as err:
+            await client.call(
+                "Register",
+                pb.RegisterRequest(
+                    token=TOKEN, node_id="node-c", slots=1, model=pb.ModelShape(unit_numel=other)
+                ),
+            )
+        assert err.value.code == "FAILED_PRECONDITION" and "same model" in err.value.details
+        assert "node-c" not in job.nodes
 
     with_controller(body)

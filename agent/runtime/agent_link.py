@@ -144,7 +144,10 @@ class AgentLink:
             time.sleep(ALIVE_INTERVAL_S)
 
     def send_ready(self) -> None:
-        self.channel.send(pb.FromWorker(ready=pb.WorkerReady(pid=os.getpid())))
+        """Built and waiting for a plan; tells the controller the model's shape, which
+        it plans with (it never imports the model)."""
+        model = pb.ModelShape(unit_numel=self._unit_numel)
+        self.channel.send(pb.FromWorker(ready=pb.WorkerReady(pid=os.getpid(), model=model)))
 
     def send_step(self, step: pb.StepDone) -> None:
         self.channel.send(pb.FromWorker(step=step))
