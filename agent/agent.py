@@ -280,6 +280,8 @@ class Agent:
             self.report(
                 pb.COLLECTIVE_ERROR, worker, problem.detail[:500], generation=problem.generation
             )
+        elif kind == "start_failed":
+            self.report(pb.START_FAILED, worker, message.start_failed.detail[:2000])
         elif kind == "state_lost":
             worker.last_progress = now
             self.report(pb.WORKER_FAILED, worker, message.state_lost.detail[:500])

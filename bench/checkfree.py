@@ -43,7 +43,8 @@ import torch
 import torch.distributed as dist
 
 from elastiq.agent.runtime.comm import Group
-from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
+from elastiq.agent.runtime.data.byte_corpus import ByteCorpus, load_corpus
+from elastiq.agent.runtime.data.sample_order import SampleOrder
 from elastiq.agent.runtime.trainer import TrainState, run_step
 from elastiq.checkpoint.checkfree import SwapGroups, average, unit_order, weights
 from elastiq.config import JobConfig, ModelConfig
@@ -76,8 +77,8 @@ class Study:
     def __init__(self, cfg: JobConfig, corpus: torch.Tensor) -> None:
         self.cfg = cfg
         cut = int(corpus.numel() * 0.9)
-        self.train = SampleOrder(corpus[:cut], cfg.seq_len, cfg.seed)
-        self.val = SampleOrder(corpus[cut:], cfg.seq_len, cfg.seed + 1)
+        self.train = SampleOrder(ByteCorpus(corpus[:cut]), cfg.seq_len, cfg.seed)
+        self.val = SampleOrder(ByteCorpus(corpus[cut:]), cfg.seq_len, cfg.seed + 1)
         self.sizes = cfg.unit_numel()
         self.bounds = element_offsets(self.sizes)
         pg = dist.ProcessGroupGloo(dist.HashStore(), 0, 1, datetime.timedelta(seconds=60))

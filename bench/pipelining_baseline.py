@@ -20,7 +20,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
-from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
+from elastiq.agent.runtime.data.byte_corpus import ByteCorpus, load_corpus
+from elastiq.agent.runtime.data.sample_order import SampleOrder
 from elastiq.agent.runtime.models.decoder import build_unit
 from elastiq.config import JobConfig
 from elastiq.lr import lr_at
@@ -56,7 +57,9 @@ def main() -> None:
 
     schedule = Schedule1F1B(stage, cfg.micro_batches, loss_fn=loss_fn, scale_grads=False)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    order = SampleOrder(load_corpus(cfg.data, cfg.data_max_bytes), cfg.seq_len, cfg.seed)
+    order = SampleOrder(
+        ByteCorpus(load_corpus(cfg.data, cfg.data_max_bytes)), cfg.seq_len, cfg.seed
+    )
     progress = open(os.path.join(args.workdir, f"progress-{rank}.jsonl"), "a")  # noqa: SIM115
     for step in range(1, cfg.steps + 1):
         for group in opt.param_groups:

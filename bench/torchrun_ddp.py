@@ -22,7 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
+from elastiq.agent.runtime.data.byte_corpus import ByteCorpus, load_corpus
+from elastiq.agent.runtime.data.sample_order import SampleOrder
 from elastiq.agent.runtime.models.decoder import build_unit, num_units
 from elastiq.config import JobConfig
 from elastiq.lr import lr_at
@@ -53,7 +54,9 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    order = SampleOrder(load_corpus(cfg.data, cfg.data_max_bytes), cfg.seq_len, cfg.seed)
+    order = SampleOrder(
+        ByteCorpus(load_corpus(cfg.data, cfg.data_max_bytes)), cfg.seq_len, cfg.seed
+    )
     model = Stack(cfg)
     ddp = DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)

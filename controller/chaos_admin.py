@@ -26,17 +26,15 @@ class ChaosOrder:
 
 
 def resolve_chaos(
-    action: pb.ChaosAction,
-    *,
-    rank: int,
-    node_id: str,
-    at_step: int,
-    at_generation: int,
-    nodes: Collection[str],
-    layout: HybridLayout | None,
+    request: pb.AdminRequest, *, nodes: Collection[str], layout: HybridLayout | None
 ) -> ChaosOrder:
+    """`request`: action, target (rank, or node_id for KILL_NODE), at_step, at_generation."""
+    action, rank, node_id = request.action, request.rank, request.node_id
     command = pb.ChaosCommand(
-        action=action, at_step=at_step, at_generation=at_generation, id=f"chaos-{time.time_ns()}"
+        action=action,
+        at_step=request.at_step,
+        at_generation=request.at_generation,
+        id=f"chaos-{time.time_ns()}",
     )
     if action == pb.KILL_NODE:
         if node_id not in nodes:

@@ -9,10 +9,9 @@ compare-and-set and pushes it to every agent's stream. Its parts: the agents and
 their leases (node_registry.py), the recovery clock (recovery_clock.py), the source
 of lost state (lost_state.py), chaos orders (chaos_admin.py), status (status_view.py).
 
-Failure sources handled here: a worker's exit or watchdog kill (reported by its
-agent), an agent's stream closing (process gone), an agent's lease expiring
-(node cut off). Joins are workers reported ready; they are planned at once and
-adopted by the running workers at their next step boundary.
+Failures: a worker's exit or watchdog kill (reported by its agent), an agent's stream
+closing, a node's lease expiring. Joins (workers reported ready) are planned at once
+and adopted by the running workers at their next step boundary.
 """
 
 from __future__ import annotations
@@ -118,6 +117,10 @@ class JobController:
                 task.cancel()
 
     @property
+    def over(self) -> bool:
+        return self.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED)
+
+    @property
     def generation(self) -> int:
         return self.plan.generation if self.plan is not None else 0
 
@@ -170,7 +173,7 @@ class JobController:
         node.streams += 1
         if self.plan is not None:
             node.queue.put_nowait(pb.Directive(plan=self.plan))
-        if self.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED):
+        if self.over:
             node.queue.put_nowait(pb.Directive(shutdown=self.phase))
         return node.queue
 
@@ -179,7 +182,7 @@ class JobController:
         if node is None or node.queue is not queue:
             return
         node.streams -= 1
-        if node.streams <= 0 and self.phase not in (pb.JOB_SUCCEEDED, pb.JOB_FAILED):
+        if node.streams <= 0 and not self.over:
             await self._lose_node(node_id, "agent stream closed")
 
     async def _lease_expired(self, node_id: str) -> None:
@@ -217,6 +220,10 @@ class JobController:
             self._event("worker_ready", f"{req.worker_id} (pid {req.pid})")
             self._on_membership_grew(f"{req.worker_id} joined")
             return pb.EventAck(accepted=True)
+        if req.kind == pb.START_FAILED:
+            self._event("start_failed", f"{req.worker_id}: {req.detail}")
+            self._fail(f"{req.worker_id} could not start: {req.detail}")
+            return pb.EventAck(accepted=True)
         if req.kind == pb.CHAOS_INJECTED:
             self.recovery.chaos_injected(req.worker_id, req.wall_time)
             self._event("chaos", f"{req.detail} on {req.worker_id or node_id}")
@@ -225,11 +232,7 @@ class JobController:
             # membership facts are never stale: a gone worker is gone in any generation
             known = node.workers.pop(req.worker_id, None) is not None
             self._event(kind.lower(), f"{req.worker_id}: {req.detail}")
-            if (
-                known
-                and self._in_plan(req.worker_id)
-                and self.phase not in (pb.JOB_SUCCEEDED, pb.JOB_FAILED)
-            ):
+            if known and self._in_plan(req.worker_id) and not self.over:
                 when = self.recovery.failure_time([req.worker_id], req.wall_time or time.time())
                 self._on_failure([req.worker_id], f"{req.worker_id} {req.detail}", when)
             return pb.EventAck(accepted=True)
@@ -352,7 +355,7 @@ class JobController:
         """Plan the next generation (controller/generation_plan.py), write it with
         compare-and-set (a controller that lost the lead fails here, changing
         nothing), and push it to every agent."""
-        if self.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED):
+        if self.over:
             return
         generation = self.generation + 1
         source = self.generations.source(self.layout)
@@ -404,6 +407,8 @@ class JobController:
         self.registry.broadcast(pb.Directive(plan=plan))
 
     def _fail(self, message: str) -> None:
+        if self.over:
+            return
         self.phase = pb.JOB_FAILED
         self.failure_message = message
         self._event("failed", message)
@@ -411,26 +416,10 @@ class JobController:
         self.registry.broadcast(pb.Directive(shutdown=pb.JOB_FAILED))
         self.done.set()
 
-    def inject_chaos(
-        self,
-        action: pb.ChaosAction,
-        *,
-        rank: int = -1,
-        node_id: str = "",
-        at_step: int = 0,
-        at_generation: int = 0,
-    ) -> str:
+    def inject_chaos(self, request: pb.AdminRequest) -> str:
         """Send a fault to the agent that owns its target; returns what was done.
         Raises ValueError, changing nothing, if the node or rank does not exist."""
-        order = resolve_chaos(
-            action,
-            rank=rank,
-            node_id=node_id,
-            at_step=at_step,
-            at_generation=at_generation,
-            nodes=self.nodes.keys(),
-            layout=self.layout,
-        )
+        order = resolve_chaos(request, nodes=self.nodes.keys(), layout=self.layout)
         self.send_chaos(order.node_id, order.command)
         return order.description
 

@@ -146,13 +146,7 @@ class ControllerService(rpc.ControllerServicerBase):
         if request.at_step < 0:
             await rpc.reject(context, "INVALID_ARGUMENT", f"at_step={request.at_step} must be >= 0")
         try:
-            detail = job.inject_chaos(
-                request.action,
-                rank=request.rank,
-                node_id=request.node_id,
-                at_step=request.at_step,
-                at_generation=request.at_generation,
-            )
+            detail = job.inject_chaos(request)
         except ValueError as exc:
             await rpc.reject(context, "INVALID_ARGUMENT", str(exc))
         return pb.AdminResponse(accepted=True, detail=detail)

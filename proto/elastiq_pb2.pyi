@@ -45,6 +45,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHAOS_INJECTED: _ClassVar[EventKind]
     WORKER_FAILED: _ClassVar[EventKind]
     RESUMED: _ClassVar[EventKind]
+    START_FAILED: _ClassVar[EventKind]
 WORKER_PHASE_UNSPECIFIED: WorkerPhase
 WORKER_PHASE_STARTING: WorkerPhase
 WORKER_PHASE_READY: WorkerPhase
@@ -72,6 +73,7 @@ FINISHED: EventKind
 CHAOS_INJECTED: EventKind
 WORKER_FAILED: EventKind
 RESUMED: EventKind
+START_FAILED: EventKind
 
 class WorkerInfo(_message.Message):
     __slots__ = ("worker_id", "slot", "pid", "phase", "generation", "step")
@@ -621,7 +623,7 @@ class WorkerFinished(_message.Message):
     def __init__(self, step: _Optional[int] = ..., generation: _Optional[int] = ..., wall_time: _Optional[float] = ...) -> None: ...
 
 class FromWorker(_message.Message):
-    __slots__ = ("ready", "alive", "step", "joined", "interrupted", "state_lost", "chaos_fired", "finished")
+    __slots__ = ("ready", "alive", "step", "joined", "interrupted", "state_lost", "chaos_fired", "finished", "start_failed")
     READY_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -630,6 +632,7 @@ class FromWorker(_message.Message):
     STATE_LOST_FIELD_NUMBER: _ClassVar[int]
     CHAOS_FIRED_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    START_FAILED_FIELD_NUMBER: _ClassVar[int]
     ready: WorkerReady
     alive: WorkerAlive
     step: StepDone
@@ -638,4 +641,5 @@ class FromWorker(_message.Message):
     state_lost: WorkerProblem
     chaos_fired: ChaosFired
     finished: WorkerFinished
-    def __init__(self, ready: _Optional[_Union[WorkerReady, _Mapping]] = ..., alive: _Optional[_Union[WorkerAlive, _Mapping]] = ..., step: _Optional[_Union[StepDone, _Mapping]] = ..., joined: _Optional[_Union[JoinDone, _Mapping]] = ..., interrupted: _Optional[_Union[WorkerProblem, _Mapping]] = ..., state_lost: _Optional[_Union[WorkerProblem, _Mapping]] = ..., chaos_fired: _Optional[_Union[ChaosFired, _Mapping]] = ..., finished: _Optional[_Union[WorkerFinished, _Mapping]] = ...) -> None: ...
+    start_failed: WorkerProblem
+    def __init__(self, ready: _Optional[_Union[WorkerReady, _Mapping]] = ..., alive: _Optional[_Union[WorkerAlive, _Mapping]] = ..., step: _Optional[_Union[StepDone, _Mapping]] = ..., joined: _Optional[_Union[JoinDone, _Mapping]] = ..., interrupted: _Optional[_Union[WorkerProblem, _Mapping]] = ..., state_lost: _Optional[_Union[WorkerProblem, _Mapping]] = ..., chaos_fired: _Optional[_Union[ChaosFired, _Mapping]] = ..., finished: _Optional[_Union[WorkerFinished, _Mapping]] = ..., start_failed: _Optional[_Union[WorkerProblem, _Mapping]] = ...) -> None: ...

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import fsspec
+import numpy as np
+import pytest
 import torch
 
-from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
+from elastiq.agent.runtime.data.byte_corpus import ByteCorpus, load_corpus
+from elastiq.agent.runtime.data.sample_order import SampleOrder
+from elastiq.agent.runtime.data.token_file import TokenFile
 
 
 def test_each_epoch_visits_every_chunk_exactly_once() -> None:
     corpus = torch.arange(10 * 9, dtype=torch.uint8)  # 10 chunks of seq_len+1 = 9
-    order = SampleOrder(corpus, seq_len=8, seed=3)
+    order = SampleOrder(ByteCorpus(corpus), seq_len=8, seed=3)
     firsts = [int(order.samples(g, 1)[0, 0]) // 9 for g in range(20)]
     assert sorted(firsts[:10]) == list(range(10)) and sorted(firsts[10:]) == list(range(10))
     assert firsts[:10] != firsts[10:], "each epoch has its own permutation"
@@ -18,7 +24,7 @@ def test_each_epoch_visits_every_chunk_exactly_once() -> None:
 
 def test_samples_do_not_depend_on_how_they_are_requested() -> None:
     corpus = torch.randint(0, 256, (5000,), dtype=torch.uint8)
-    order = SampleOrder(corpus, seq_len=16, seed=1)
+    order = SampleOrder(ByteCorpus(corpus), seq_len=16, seed=1)
     whole = order.samples(40, 8)
     pieces = torch.cat([order.samples(40 + i, 1) for i in range(8)])
     assert torch.equal(whole, pieces)
@@ -37,3 +43,43 @@ def test_default_corpus_is_the_standard_library() -> None:
     data = load_corpus("", max_bytes=50_000)
     assert data.numel() == 50_000
     assert b"def " in bytes(data.tolist())
+
+
+def _token_file(path: str, tokens: np.ndarray) -> str:
+    tokens.tofile(path)
+    return path
+
+
+def test_a_token_file_is_cut_into_samples_like_any_corpus(tmp_path: pathlib.Path) -> None:
+    ids = np.arange(10 * 9, dtype=np.uint16) + 300  # ids above a byte: a real vocabulary
+    local = TokenFile(_token_file(str(tmp_path / "t.bin"), ids), "uint16", vocab=1000)
+    order = SampleOrder(local, seq_len=8, seed=3, global_batch=4)
+    as_bytes = SampleOrder(ByteCorpus(torch.arange(90, dtype=torch.uint8)), seq_len=8, seed=3)
+    # the same chunk order as any other source of the same length, shifted by 300
+    assert torch.equal(order.samples(5, 7), as_bytes.samples(5, 7) + 300)
+
+
+def test_a_remote_token_file_reads_the_same_samples_by_byte_range(tmp_path: pathlib.Path) -> None:
+    ids = np.random.default_rng(0).integers(0, 50_000, 4_000, dtype=np.uint32)
+    path = _token_file(str(tmp_path / "t.bin"), ids)
+    fsspec.filesystem("memory").pipe("/tokens/t.bin", ids.tobytes())
+    local = SampleOrder(TokenFile(path, "uint32", 50_000), seq_len=31, seed=1)
+    remote = SampleOrder(TokenFile("memory:///tokens/t.bin", "uint32", 50_000), seq_len=31, seed=1)
+    assert torch.equal(local.samples(10, 20), remote.samples(10, 20))
+
+
+def test_a_token_file_of_the_wrong_dtype_or_vocabulary_is_refused(tmp_path: pathlib.Path) -> None:
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(b"\x01\x00\x02")
+    with pytest.raises(ValueError, match="3 bytes, not a whole number of uint16 tokens"):
+        TokenFile(str(odd), "uint16", vocab=256)
+    big = _token_file(str(tmp_path / "big.bin"), np.array([1, 2, 70_000], dtype=np.uint32))
+    with pytest.raises(ValueError, match=r"token id 70000.*vocabulary has 256 entries"):
+        TokenFile(big, "uint32", vocab=256)
+
+
+def test_a_dataset_smaller_than_one_global_batch_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"holds 3 samples .* fewer than one global batch of 4"):
+        SampleOrder(
+            ByteCorpus(torch.zeros(27, dtype=torch.uint8)), seq_len=8, seed=0, global_batch=4
+        )

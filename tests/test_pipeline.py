@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 
 from elastiq.agent.runtime.comm import Group
-from elastiq.agent.runtime.data.byte_corpus import SampleOrder
+from elastiq.agent.runtime.data.byte_corpus import ByteCorpus
+from elastiq.agent.runtime.data.sample_order import SampleOrder
 from elastiq.agent.runtime.pipeline import StageView, run_pipeline_step, stage_routes
 from elastiq.agent.runtime.trainer import TrainState
 from elastiq.checkpoint.checkfree import SwapGroups, unit_order
@@ -54,7 +55,7 @@ def train_pipeline(
             intervals = [even_split(state.flat.numel, degrees[s], j) for j in range(degrees[s])]
             lo, hi = intervals[replica]
             state.set_moment_range(state.base + lo, state.base + hi)
-        order = SampleOrder(corpus, CFG.seq_len, CFG.seed)
+        order = SampleOrder(ByteCorpus(corpus), CFG.seq_len, CFG.seed)
         routes = stage_routes(units, orders) if orders else ()
         view = StageView(s, replica, tuple(stage_ranks), routes)
         for step in range(1, STEPS + 1):

@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 
 from elastiq.agent.runtime.comm import CollectiveFailed, Group
-from elastiq.agent.runtime.data.byte_corpus import SampleOrder
+from elastiq.agent.runtime.data.byte_corpus import ByteCorpus
+from elastiq.agent.runtime.data.sample_order import SampleOrder
 from elastiq.agent.runtime.trainer import TrainState, run_step
 from elastiq.config import JobConfig, ModelConfig
 from tests.threaded import run_ranks
@@ -37,7 +38,7 @@ def train(
         )
         group = Group(pg, rank, world, 1, 30.0, lambda: False)
         state = TrainState(CFG)
-        order = SampleOrder(corpus, CFG.seq_len, CFG.seed)
+        order = SampleOrder(ByteCorpus(corpus), CFG.seq_len, CFG.seed)
         for step in range(1, steps + 1):
             run_step(state, group, order, step, want_switch=False, orders=orders)
         results[rank] = state.flat.data.clone()
@@ -97,7 +98,7 @@ def test_an_update_interrupted_before_its_allgather_is_undone() -> None:
             )
             return kind(pg, rank, world, 1, 30.0, lambda: False)
 
-        order = SampleOrder(corpus, CFG.seq_len, CFG.seed)
+        order = SampleOrder(ByteCorpus(corpus), CFG.seq_len, CFG.seed)
         state = TrainState(CFG)
         n = state.flat.numel
         spans = [(n * r // world, n * (r + 1) // world) for r in range(world)]

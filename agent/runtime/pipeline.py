@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from elastiq.agent.runtime.comm import Group
-from elastiq.agent.runtime.data.byte_corpus import SampleOrder
+from elastiq.agent.runtime.data.sample_order import SampleOrder
 from elastiq.agent.runtime.schedule import Hop, Op, peer_replica, plain_hops, rank_ops, route
 from elastiq.agent.runtime.trainer import (
     LOSS_SUM,

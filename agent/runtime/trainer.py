@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elastiq.agent.runtime.comm import Group
-from elastiq.agent.runtime.data.byte_corpus import SampleOrder
+from elastiq.agent.runtime.data.sample_order import SampleOrder
 from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW, FlatParams
 from elastiq.agent.runtime.models.decoder import Block, build_unit, num_units
 from elastiq.config import JobConfig

@@ -34,7 +34,7 @@ from elastiq.agent.runtime.agent_link import AgentLink, Offer, Unnamed, WorkerCh
 from elastiq.agent.runtime.buddies import Buddies
 from elastiq.agent.runtime.checkpointing import WorkerCheckpoints
 from elastiq.agent.runtime.comm import CollectiveFailed, Group, RendezvousClient, Superseded
-from elastiq.agent.runtime.data.byte_corpus import SampleOrder, load_corpus
+from elastiq.agent.runtime.data.open_dataset import open_dataset
 from elastiq.agent.runtime.edge_copies import EdgeCopies
 from elastiq.agent.runtime.final_params import write_final_params
 from elastiq.agent.runtime.join import Holding, JoinParts, StateLost, join_generation
@@ -62,7 +62,7 @@ class Worker:
         )
         self.link = AgentLink(channel, worker_id, cfg.unit_numel(), shape)
         self.holding = Holding(TrainState(cfg))
-        self.order = SampleOrder(load_corpus(cfg.data, cfg.data_max_bytes), cfg.seq_len, cfg.seed)
+        self.order = open_dataset(cfg)
         self.buddies = Buddies(cfg.unit_numel())
         self.edge_copies = EdgeCopies(enabled=cfg.checkfree_plus)
         self.checkpoints = WorkerCheckpoints(cfg)
@@ -305,7 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("invalid job config: %s", exc)
         return EXIT_CONFIG
-    worker = Worker(channel, cfg, config.worker_id)
+    try:
+        worker = Worker(channel, cfg, config.worker_id)
+    except (ValueError, OSError) as exc:
+        # bad data or model: every worker would fail the same way, so say why and go
+        log.error("cannot start: %s", exc)
+        channel.send(pb.FromWorker(start_failed=pb.WorkerProblem(detail=str(exc)[:2000])))
+        channel.close()
+        return EXIT_CONFIG
     try:
         return worker.run()
     finally:

@@ -31,6 +31,16 @@ class ChaosSpec:
     node: str = ""
     step: int = 0
 
+    def to_request(self, token: str = "") -> pb.AdminRequest:
+        """The admin request that injects this fault at its step."""
+        return pb.AdminRequest(
+            token=token,
+            action=CHAOS_ACTIONS[self.action],
+            rank=self.rank,
+            node_id=self.node,
+            at_step=self.step,
+        )
+
     @classmethod
     def parse(cls, text: str) -> ChaosSpec:
         action, _, rest = text.partition(":")

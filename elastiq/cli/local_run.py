@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from elastiq.cli.chaos_spec import CHAOS_ACTIONS, ChaosSpec
+from elastiq.cli.chaos_spec import ChaosSpec
 from elastiq.cli.local_run_config import LocalRunConfig, run_file_path
 from elastiq.cli.progress import ProgressView
 from elastiq.cli.summary import RunSummary, print_summary, summarize
@@ -153,9 +153,7 @@ def _schedule_chaos(job_ctl: JobController, spec: ChaosSpec) -> bool:
     """Hand a scheduled fault to the controller; False to retry (node not yet registered)."""
     if spec.action == "kill-node" and spec.node not in job_ctl.nodes:
         return False
-    job_ctl.inject_chaos(
-        CHAOS_ACTIONS[spec.action], rank=spec.rank, node_id=spec.node, at_step=spec.step
-    )
+    job_ctl.inject_chaos(spec.to_request())
     return True
 
 

@@ -1,13 +1,8 @@
-"""The training data: a byte corpus and a sample order that no layout can change.
+"""The zero-set-up dataset: text files read as bytes (token id = byte value).
 
 The corpus is the concatenation of text files (default: the Python standard
-library's sources, present on every machine; else any fsspec path). It is cut
-into non-overlapping chunks of seq_len+1 bytes; epoch e visits them in a
-permutation seeded by (seed, e). Global sample g of the run is chunk
-perm_e[g mod N] with e = g div N, and step s consumes samples
-[s*B, (s+1)*B). The data position is therefore the step number itself: restoring
-a step restores the position, and no sample is skipped or repeated whatever the
-number of workers.
+library's sources, present on every machine; else any fsspec path, directory or
+glob), at most `data_max_bytes`. `SampleOrder` (sample_order.py) cuts it into samples.
 """
 
 from __future__ import annotations
@@ -62,32 +57,13 @@ def _read_local(path: str) -> bytes:
         return fh.read()
 
 
-class SampleOrder:
-    """Maps global sample indices to token sequences; layout-independent."""
+class ByteCorpus:
+    """A corpus held in memory as bytes: token id = byte value (vocabulary 256)."""
 
-    def __init__(self, corpus: torch.Tensor, seq_len: int, seed: int) -> None:
-        self.corpus = corpus
-        self.span = seq_len + 1
-        self.num_chunks = corpus.numel() // self.span
-        if self.num_chunks < 1:
-            raise ValueError(f"corpus of {corpus.numel()} bytes is shorter than one sample")
-        self.seed = seed
-        self._perm_epoch = -1
-        self._perm = torch.empty(0, dtype=torch.long)
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data
+        self.num_tokens = int(data.numel())
+        self.description = f"{self.num_tokens} bytes of text"
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            gen = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
-            self._perm = torch.randperm(self.num_chunks, generator=gen)
-            self._perm_epoch = epoch
-        return self._perm
-
-    def samples(self, first: int, count: int) -> torch.Tensor:
-        """Token sequences [count, seq_len+1] for global samples first..first+count-1."""
-        out = torch.empty(count, self.span, dtype=torch.long)
-        for i in range(count):
-            g = first + i
-            chunk = int(self._permutation(g // self.num_chunks)[g % self.num_chunks])
-            start = chunk * self.span
-            out[i] = self.corpus[start : start + self.span].long()
-        return out
+    def read(self, start: int, length: int) -> torch.Tensor:
+        return self.data[start : start + length].long()
