@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+_ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -124,7 +127,12 @@ class JobConfig:
     """A worker with no plan to act on (before its first, or after the last step)
     exits after this long."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    """Model shape."""
+    """Shape of the built-in decoder (used when model_entry is empty)."""
+    model_entry: str = ""
+    """The model's builder, `pkg.module:build` (elastiq/model_api.py); empty: the
+    built-in decoder. Only workers import it."""
+    model_args: dict[str, Any] = field(default_factory=dict)
+    """Arguments passed to the builder (JSON values)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -161,7 +169,9 @@ class JobConfig:
             raise ValueError("step_delay_s must be >= 0")
         if self.zero not in (0, 1, 2):
             raise ValueError(f"zero={self.zero} must be 0, 1 or 2")
-        if not 1 <= self.pipeline_stages <= self.model.n_layers + 2:
+        if self.pipeline_stages < 1 or (
+            not self.model_entry and self.pipeline_stages > self.model.n_layers + 2
+        ):
             raise ValueError(
                 f"pipeline_stages={self.pipeline_stages} must be in 1..{self.model.n_layers + 2} "
                 "(one per layer unit at most: embedding, blocks, head)"
@@ -180,11 +190,25 @@ class JobConfig:
                 f"needs checkfree on and pipeline_stages >= 2 (got checkfree={self.checkfree}, "
                 f"pipeline_stages={self.pipeline_stages})"
             )
+        if self.model_entry and not _ENTRY_POINT.match(self.model_entry):
+            raise ValueError(
+                f"model_entry={self.model_entry!r} is not of the form pkg.module:build"
+            )
+        try:
+            json.dumps(self.model_args)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model_args must be JSON values: {exc}") from None
         if self.idle_timeout_s <= 0:
             raise ValueError(f"idle_timeout_s={self.idle_timeout_s} must be positive")
 
     def unit_numel(self) -> list[int]:
-        """Parameters of each layer unit (embedding, blocks, head), without torch."""
+        """Parameters of each layer unit of the built-in decoder (embedding, blocks,
+        head), without torch. An entry-point model's sizes are known only to a worker
+        that built it (they reach the controller in its ready report)."""
+        if self.model_entry:
+            raise ValueError(
+                f"the unit sizes of {self.model_entry} are known only to a worker that built it"
+            )
         m = self.model
         hidden = int(m.dim * m.mlp_ratio)
         block = 2 * m.dim + 4 * m.dim * m.dim + 3 * m.dim * hidden

@@ -36,7 +36,7 @@ def rebuild_lost_units(
     weighted average. CheckFree+ (`checkfree_copies`): each lost unit is
     broadcast as a copy of its swapped partner, or of the kept embedding or head.
     Every rank holding a lost unit in the new layout sets it, with fresh moments."""
-    sizes = old.cfg.unit_numel()
+    sizes = list(old.source.unit_numel)
     bounds = element_offsets(sizes)
     if rebuild.copies:
         moved = 0

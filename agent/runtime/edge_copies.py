@@ -51,7 +51,7 @@ class EdgeCopies:
     def adopt(self, view: PlanView, group: Group, state: TrainState, committed: int) -> None:
         """Route this generation's copies, and give the new keepers the committed
         edges at once (they hold nothing of this generation yet)."""
-        sizes = state.cfg.unit_numel()
+        sizes = list(state.source.unit_numel)
         routes: list[tuple[int, int, int]] = []
         params: dict[int, torch.Tensor] = {}
         if self.enabled:

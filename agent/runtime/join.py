@@ -198,7 +198,7 @@ class _JoinSteps:
         )
         whole = int(
             holds_source
-            and state.unit_range == (0, len(self.parts.cfg.unit_numel()))
+            and state.unit_range == (0, state.source.num_units)
             and (state.opt.lo, state.opt.hi) == (0, state.flat.numel)
         )
         info = torch.tensor(
@@ -254,7 +254,7 @@ class _JoinSteps:
         back (no step is lost)."""
         state = self.holding.state
         src = next(r for r, t in enumerate(table) if t[1] and t[0] == ahead)
-        total = sum(self.parts.cfg.unit_numel())
+        total = sum(state.source.unit_numel)
         mine = self.holding.valid and whole
         for k in range(3):
             if mine:

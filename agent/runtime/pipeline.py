@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.data.sample_order import SampleOrder
@@ -99,7 +98,13 @@ def run_pipeline_step(
     flat = state.flat
     flat.zero_grad()
     total, m, s = cfg.micro_batches, cfg.micro_batch, view.stage
-    shape = (m, cfg.seq_len, cfg.model.dim)
+    boundary = state.source.boundary_shape
+    if boundary is None:
+        raise ValueError(
+            "this model's unit boundaries carry different shapes; pipeline stages need one "
+            "shape at every boundary (run it with pipeline_stages=1)"
+        )
+    shape = (m, *boundary)
     base = (step - 1) * cfg.global_batch
     routed = view.hop_stages()
     hop_stages = routed if routed is not None else plain_hops(view.stages, total)
@@ -129,13 +134,7 @@ def run_pipeline_step(
             out = state.forward_units(x, step, first, m, units)
             if last:
                 targets = order.samples(first, m)[:, 1:]
-                per = (
-                    F.cross_entropy(
-                        out.reshape(-1, out.shape[-1]), targets.reshape(-1), reduction="none"
-                    )
-                    .view(m, -1)
-                    .mean(dim=1)
-                )
+                per = state.source.loss(out, targets)
                 loss_sum += float(per.detach().sum())
                 samples += m
                 saved[(mb, h)] = (inp, per.sum() / cfg.global_batch)
@@ -197,7 +196,7 @@ def _post_receive(
     hop_stages: Sequence[Sequence[int]],
     hops: int,
     total: int,
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
 ) -> tuple[torch.Tensor, Any] | None:
     """Start the receive `op` needs (None if it needs none): a forward's input
     activation from the previous hop, or a backward's output gradient from the next."""

@@ -21,13 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.data.sample_order import SampleOrder
 from elastiq.agent.runtime.flat import AdamWConfig, FlatAdamW, FlatParams
-from elastiq.agent.runtime.models.decoder import Block, build_unit, num_units
+from elastiq.agent.runtime.models.decoder import Block
+from elastiq.agent.runtime.models.source import model_source
 from elastiq.config import JobConfig
 from elastiq.lr import lr_at
 from elastiq.partition import micro_batches_of
@@ -52,7 +52,8 @@ class TrainState:
     def __init__(self, cfg: JobConfig, units: tuple[int, int] | None = None) -> None:
         """`units`: the layer units [a, b) of this rank's pipeline stage (default all)."""
         self.cfg = cfg
-        total = num_units(cfg.model)
+        self.source = model_source(cfg)
+        total = self.source.num_units
         self.unit_range = units if units is not None else (0, total)
         a, b = self.unit_range
         if not 0 <= a < b <= total:
@@ -60,16 +61,15 @@ class TrainState:
         self.unit_ids = list(range(a, b))
         self._unit_time: dict[int, float] = {}
         self._unit_calls: dict[int, int] = {}
-        self.units = nn.ModuleList(
-            build_unit(cfg.model, u, cfg.seq_len, cfg.seed) for u in self.unit_ids
-        )
+        self.units = nn.ModuleList(self.source.make_unit(u) for u in self.unit_ids)
         self.flat = FlatParams(
             [(f"u{u}", m) for u, m in zip(self.unit_ids, self.units, strict=True)], CONTROL_SLOTS
         )
         self.opt = FlatAdamW(0, self.flat.numel, AdamWConfig(weight_decay=cfg.weight_decay))
         # global element offset of this stage's flat buffer: U[a]
-        self.base = sum(cfg.unit_numel()[:a])
-        if self.flat.numel != sum(cfg.unit_numel()[a:b]):
+        sizes = self.source.unit_numel
+        self.base = sum(sizes[:a])
+        if self.flat.numel != sum(sizes[a:b]):
             raise RuntimeError("the analytic unit sizes disagree with the built model")
         self.step = 0
         # this stage's gradient norm at the last step, after clipping (CheckFree
@@ -101,7 +101,7 @@ class TrainState:
     def scale_lr_of_units(self, units: list[int], scale: float) -> None:
         """Train these layer units (where this stage holds them) at `scale` x the
         learning rate from now on (CheckFree-rebuilt layers)."""
-        sizes = self.cfg.unit_numel()
+        sizes = self.source.unit_numel
         ranges, at = [], 0
         for u in self.unit_ids:
             if u in units:
@@ -220,8 +220,7 @@ class TrainState:
         """Per-sample mean token losses of a micro-batch [m, seq_len+1]."""
         x, y = tokens[:, :-1], tokens[:, 1:]
         h = self.forward_units(x, step, first_sample, tokens.shape[0], units)
-        per_token = F.cross_entropy(h.reshape(-1, h.shape[-1]), y.reshape(-1), reduction="none")
-        return per_token.view(tokens.shape[0], -1).mean(dim=1)
+        return self.source.loss(h, y)
 
 
 def run_step(

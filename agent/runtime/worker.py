@@ -56,14 +56,16 @@ class Worker:
     def __init__(self, channel: WorkerChannel, cfg: JobConfig, worker_id: str) -> None:
         self.cfg = cfg
         self.worker_id = worker_id
-        blocks = len(cfg.unit_numel()) - 2
-        shape = RouteShape(
-            blocks=blocks, micro_batches=cfg.micro_batches, checkfree_plus=cfg.checkfree_plus
-        )
-        self.link = AgentLink(channel, worker_id, cfg.unit_numel(), shape)
         self.holding = Holding(TrainState(cfg))
+        unit_numel = list(self.state.source.unit_numel)
+        shape = RouteShape(
+            blocks=len(unit_numel) - 2,
+            micro_batches=cfg.micro_batches,
+            checkfree_plus=cfg.checkfree_plus,
+        )
+        self.link = AgentLink(channel, worker_id, unit_numel, shape)
         self.order = open_dataset(cfg)
-        self.buddies = Buddies(cfg.unit_numel())
+        self.buddies = Buddies(unit_numel)
         self.edge_copies = EdgeCopies(enabled=cfg.checkfree_plus)
         self.checkpoints = WorkerCheckpoints(cfg)
         self.parts = JoinParts(
@@ -224,7 +226,11 @@ class Worker:
         """The last step is done: write the parameters if asked, tell the agent."""
         if self.cfg.final_params and self.view is not None and self.group is not None:
             write_final_params(
-                self.view, self.group, self.state, self.cfg.unit_numel(), self.cfg.final_params
+                self.view,
+                self.group,
+                self.state,
+                list(self.state.source.unit_numel),
+                self.cfg.final_params,
             )
         self.link.send_finished(self.state.step, self.generation)
 

@@ -27,16 +27,44 @@ from elastiq.controller.job_state import ControllerConfig
 from elastiq.controller.server import ServerConfig
 from elastiq.proto import elastiq_pb2 as pb
 
-#: the built-in decoder's shape keeps the short flags users know
-MODEL_FLAGS = {"model.dim": "--dim", "model.n_layers": "--layers", "model.n_heads": "--heads"}
+#: the built-in decoder's shape keeps the short flags users know; --model names a builder
+MODEL_FLAGS = {
+    "model.dim": "--dim",
+    "model.n_layers": "--layers",
+    "model.n_heads": "--heads",
+    "model_entry": "--model",
+}
+_JOB_SKIP = ("model_args",)
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
-    add_flags(p.add_argument_group("training job (JobConfig)"), JobConfig, rename=MODEL_FLAGS)
+    group = p.add_argument_group("training job (JobConfig)")
+    add_flags(group, JobConfig, rename=MODEL_FLAGS, skip=_JOB_SKIP)
+    group.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an argument for the --model builder (repeatable; VALUE is read as JSON when "
+        "it parses, else as a string)",
+    )
+
+
+def _model_args(pairs: list[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--model-arg {pair!r}: expected KEY=VALUE")
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args
 
 
 def _job_config(args: argparse.Namespace) -> JobConfig:
-    return config_from(JobConfig, args)
+    return config_from(JobConfig, args, skip=_JOB_SKIP, model_args=_model_args(args.model_arg))
 
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, str]:

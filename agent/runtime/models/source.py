@@ -1,0 +1,133 @@
+"""Where a worker's layer units come from, and what the runtime needs to know of them.
+
+Where it sits: `TrainState` (agent/runtime/trainer.py) asks `model_source(cfg)` for
+fresh copies of the units of its stage, their sizes and the loss; the worker reports
+the sizes to the controller (`ModelShape`), which plans with them. Two kinds:
+
+- the built-in decoder (`JobConfig.model_entry` empty): each unit built on its own from
+  the seed (seed, unit), so nothing else is ever built;
+- an entry point (elastiq/model_api.py): the whole model is built once per process with
+  torch's RNG seeded from the job's seed (so every worker starts from the same weights,
+  whatever its stage), then probed on one tiny batch: every unit must accept the one
+  before it, and the loss must give one value per sample. Each state gets deep copies
+  of its units, so two states (before and after a re-split) never share parameters.
+
+A model that fails to import, build or chain raises ValueError with the reason; the
+worker reports it (`START_FAILED`) and the job fails at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from elastiq.agent.runtime.models.decoder import build_unit
+from elastiq.config import JobConfig
+from elastiq.model_api import UnitModel, build_model, token_cross_entropy
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    unit_numel: tuple[int, ...]
+    """Parameters of each layer unit."""
+    boundary_shape: tuple[int, ...] | None
+    """The shape (without the batch) every unit boundary carries, which pipeline
+    transfers allocate; None when boundaries differ (the model cannot be pipelined)."""
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    make_unit: Callable[[int], nn.Module]
+    """A fresh module for a unit index."""
+
+    @property
+    def num_units(self) -> int:
+        return len(self.unit_numel)
+
+
+_sources: dict[str, ModelSource] = {}
+
+
+def model_source(cfg: JobConfig) -> ModelSource:
+    """The model of this job, built at most once per process."""
+    key = json.dumps(
+        [cfg.model_entry, cfg.model_args, cfg.seed, cfg.seq_len, cfg.to_json()], sort_keys=True
+    )
+    source = _sources.get(key)
+    if source is None:
+        source = _builtin(cfg) if not cfg.model_entry else _from_entry_point(cfg)
+        _sources[key] = source
+    return source
+
+
+def _builtin(cfg: JobConfig) -> ModelSource:
+    def make(unit: int) -> nn.Module:
+        return build_unit(cfg.model, unit, cfg.seq_len, cfg.seed)
+
+    return ModelSource(
+        unit_numel=tuple(cfg.unit_numel()),
+        boundary_shape=(cfg.seq_len, cfg.model.dim),
+        loss=token_cross_entropy,
+        make_unit=make,
+    )
+
+
+def _from_entry_point(cfg: JobConfig) -> ModelSource:
+    model = build_model(cfg.model_entry, cfg.model_args, cfg.seed)
+    pristine = list(model.units)
+    shapes = _probe(cfg, model)
+    boundaries = set(shapes[:-1])
+    return ModelSource(
+        unit_numel=tuple(sum(p.numel() for p in u.parameters()) for u in pristine),
+        boundary_shape=next(iter(boundaries)) if len(boundaries) == 1 else None,
+        loss=model.loss,
+        make_unit=lambda unit: copy.deepcopy(pristine[unit]),
+    )
+
+
+def _probe(cfg: JobConfig, model: UnitModel) -> list[tuple[int, ...]]:
+    """Run one sample through every unit and the loss; the output shape of each unit."""
+    entry = cfg.model_entry
+    for u, unit in enumerate(model.units):
+        for name, p in unit.named_parameters():
+            if p.dtype != torch.float32:
+                raise ValueError(
+                    f"{entry}: unit {u} parameter {name} is {p.dtype}; elastiq keeps float32 "
+                    "master weights (cast the model with .float())"
+                )
+    h: torch.Tensor = torch.zeros(1, cfg.seq_len, dtype=torch.long)
+    shapes = []
+    with torch.no_grad():
+        for u, unit in enumerate(model.units):
+            try:
+                out = unit(h)
+            except Exception as exc:
+                raise ValueError(
+                    f"{entry}: unit {u} ({type(unit).__name__}) fails on "
+                    f"{'token ids' if u == 0 else f'unit {u - 1} output'} of shape "
+                    f"{tuple(h.shape)}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(
+                    f"{entry}: unit {u} ({type(unit).__name__}) returned a "
+                    f"{type(out).__name__}; each unit must return one tensor"
+                )
+            h = out
+            shapes.append(tuple(h.shape[1:]))
+        targets = torch.zeros(1, cfg.seq_len, dtype=torch.long)
+        try:
+            loss = model.loss(h, targets)
+        except Exception as exc:
+            raise ValueError(
+                f"{entry}: the loss fails on the last unit's output of shape {tuple(h.shape)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (1,):
+        shown = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(
+            f"{entry}: the loss must return one value per sample (shape [batch]); for a "
+            f"batch of 1 it returned {shown}"
+        )
+    return shapes

@@ -1,0 +1,94 @@
+"""The user's own model, named by entry point: built the same on every worker, checked
+on one tiny batch before training, and trained through failures like the built-in one."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import pathlib
+import time
+
+import pytest
+
+from elastiq.agent.runtime.models.source import model_source
+from elastiq.agent.runtime.trainer import TrainState
+from elastiq.cli.chaos_spec import ChaosSpec
+from elastiq.cli.local_run import run_local_async
+from elastiq.cli.local_run_config import LocalRunConfig
+from elastiq.config import JobConfig
+
+
+def toy(entry: str = "tests.toy_units:build", **changes: object) -> JobConfig:
+    job = JobConfig(
+        job="toy",
+        steps=40,
+        global_batch=16,
+        micro_batch=2,
+        seq_len=32,
+        model_entry=entry,
+        model_args={"dim": 32, "blocks": 4},
+    )
+    for name, value in changes.items():
+        setattr(job, name, value)
+    return job
+
+
+def test_an_entry_point_model_reports_its_units_and_trains_a_stage_of_them() -> None:
+    source = model_source(toy())
+    block = 32 * 2 + (32 * 64 + 64) + (64 * 32 + 32)
+    assert source.unit_numel == (256 * 32, block, block, block, block, 2 * 32 + 32 * 256)
+    assert source.boundary_shape == (32, 32)
+    stage = TrainState(toy(), units=(2, 5))
+    assert stage.flat.numel == 3 * block and stage.base == 256 * 32 + block
+    other = TrainState(toy(), units=(2, 5))
+    assert other.flat.data.equal(stage.flat.data), "every worker builds the same weights"
+    assert other.flat.data.data_ptr() != stage.flat.data.data_ptr()
+
+
+def test_a_plain_module_is_one_unit() -> None:
+    assert model_source(toy("tests.toy_units:build_plain")).num_units == 1
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("tests.no_such_module:build", "cannot import 'tests.no_such_module'"),
+        ("tests.toy_units:nope", "has no 'nope'"),
+        ("tests.toy_units:build_nothing", "returned a int; return an elastiq.UnitModel"),
+        ("tests.toy_units:build_unchained", "unit 1 (Head) fails on unit 0 output of shape"),
+    ],
+)
+def test_a_model_that_does_not_build_or_chain_is_refused_with_why(entry: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        model_source(toy(entry))
+
+
+def test_an_entry_point_is_checked_for_its_form_at_submission() -> None:
+    with pytest.raises(ValueError, match=r"not of the form pkg\.module:build"):
+        toy("toy_units.build")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["dp", "pp2xdp2"])
+def test_a_user_model_survives_a_killed_worker_without_losing_a_step(
+    layout: str, tmp_path: pathlib.Path
+) -> None:
+    job = toy(pipeline_stages=2, zero=1) if layout == "pp2xdp2" else toy()
+    fault = "kill-before-snapshot" if layout == "pp2xdp2" else "kill-worker"
+    local = LocalRunConfig(
+        workers=4, run_dir=str(tmp_path), chaos=[ChaosSpec(fault, rank=1, step=15)]
+    )
+    summary = asyncio.run(run_local_async(job, local, out=io.StringIO()))
+    assert summary.succeeded, summary
+    assert [r.lost_steps for r in summary.recoveries] == [0]
+    assert summary.final_loss < summary.first_loss - 0.5
+
+
+@pytest.mark.slow
+def test_a_model_that_does_not_import_fails_the_job_at_once(tmp_path: pathlib.Path) -> None:
+    started = time.monotonic()
+    local = LocalRunConfig(workers=2, run_dir=str(tmp_path))
+    job = toy("tests.no_such_module:build")
+    summary = asyncio.run(run_local_async(job, local, out=io.StringIO()))
+    assert summary.phase == "Failed" and "cannot import 'tests.no_such_module'" in summary.error
+    assert time.monotonic() - started < 60
