@@ -49,7 +49,7 @@ BASE = "base"
 LAYERS: dict[str, tuple[str, ...]] = {
     # layer: the elastiq packages it may import (besides itself)
     "proto": (),
-    BASE: ("elastiq.proto",),
+    BASE: ("elastiq.proto", BASE),
     "checkpoint": ("elastiq.proto", BASE, "elastiq.checkpoint"),
     "controller": ("elastiq.proto", BASE, "elastiq.checkpoint", "elastiq.controller"),
     "agent": ("elastiq.proto", BASE, "elastiq.agent"),
