@@ -116,6 +116,16 @@ def size(url: str) -> int:
     return int(fs.size(path))
 
 
+def rename(src_url: str, dst_url: str) -> None:
+    """Move a file within one filesystem (how a finished file is published)."""
+    fs, src = filesystem(src_url)
+    _, dst = filesystem(dst_url)
+    if _is_local(fs):
+        os.replace(src, dst)
+    else:
+        fs.mv(src, dst)
+
+
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     return bool(fs.exists(path))

@@ -98,12 +98,42 @@ def test_a_model_that_does_not_import_fails_the_job_at_once(tmp_path: pathlib.Pa
     assert time.monotonic() - started < 60
 
 
+HF_LLAMA = {
+    "family": "llama",
+    "config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 256,
+        "max_position_embeddings": 64,
+    },
+}
+HF_GPT2 = {
+    "family": "gpt2",
+    "config": {"n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 256, "n_positions": 64},
+}
+
+
 @pytest.mark.slow
-def test_one_worker_trains_a_user_model_like_a_plain_pytorch_loop(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize(
+    ("entry", "args"),
+    [
+        ("tests.toy_units:build", {"dim": 32, "blocks": 4}),
+        ("elastiq.hf:build", HF_LLAMA),
+        ("elastiq.hf:build", HF_GPT2),
+    ],
+    ids=["toy", "hf-llama", "hf-gpt2"],
+)
+def test_one_worker_trains_a_user_model_like_a_plain_pytorch_loop(
+    entry: str, args: dict[str, object], tmp_path: pathlib.Path
+) -> None:
     """The same model, batches and torch.optim.AdamW settings: elastiq on one worker ends
     within 1e-5 of the plain loop after 20 steps (the runtime's flat AdamW, global-batch
     loss scaling, clipping and schedule are the textbook ones)."""
-    job = toy(steps=20, final_params=str(tmp_path / "final.pt"), weight_decay=0.1)
+    job = toy(entry, steps=20, final_params=str(tmp_path / "final.pt"), weight_decay=0.1)
+    job.model_args = args
     local = LocalRunConfig(workers=1, run_dir=str(tmp_path))
     summary = asyncio.run(run_local_async(job, local, out=io.StringIO()))
     assert summary.succeeded, summary

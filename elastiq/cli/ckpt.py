@@ -13,29 +13,9 @@ import argparse
 import json
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from elastiq.checkpoint.manifest import ManifestError
-
-if TYPE_CHECKING:
-    from elastiq.checkpoint.convert import Progress
-
-
-def _bar(label: str) -> Progress:
-    start = time.monotonic()
-
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = width * done // max(1, total)
-        sys.stderr.write(
-            f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-            f"{time.monotonic() - start:.1f}s"
-        )
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
+from elastiq.cli.progress import progress_bar
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -59,7 +39,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from elastiq.checkpoint import convert
 
-    verdict = convert.verify(args.url, _bar("verify"))
+    verdict = convert.verify(args.url, progress_bar("verify"))
     for problem in verdict.problems:
         print(f"  FAIL {problem}")
     state = "OK" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
@@ -76,13 +56,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     kind = args.source_format or convert.detect(args.src)
     t0 = time.monotonic()
     if kind == "elastiq":
-        written = convert.export_safetensors(args.src, args.dst, progress=_bar("export"))
+        written = convert.export_safetensors(args.src, args.dst, progress=progress_bar("export"))
         what = "consolidated safetensors"
     elif kind == "dcp":
-        written = convert.import_dcp(args.src, args.dst, args.step, _bar("import"))
+        written = convert.import_dcp(args.src, args.dst, args.step, progress_bar("import"))
         what = f"universal checkpoint of step {args.step}"
     else:
-        written = convert.import_torch_file(args.src, args.dst, args.step, _bar("import"))
+        written = convert.import_torch_file(args.src, args.dst, args.step, progress_bar("import"))
         what = f"universal checkpoint of step {args.step}"
     print(f"wrote {what} to {args.dst}: {written:,} bytes in {time.monotonic() - t0:.1f}s")
     return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 from elastiq import envvars, logs
 from elastiq.agent.agent import AgentConfig
-from elastiq.cli import ckpt
+from elastiq.cli import ckpt, data
 from elastiq.cli.flags import add_flags, config_from
 from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.cli.summary import phase_name
@@ -324,12 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at-step", type=int, default=0)
     chaos.set_defaults(func=cmd_chaos)
     ckpt.register(sub)
+    data.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    default_level = "WARNING" if args.command in ("run", "status", "chaos", "ckpt") else "INFO"
+    default_level = (
+        "WARNING" if args.command in ("run", "status", "chaos", "ckpt", "data") else "INFO"
+    )
     level = args.log_level or envvars.resolve(None, envvars.LOG_LEVEL, default_level, str)
     args.log_level = level
     logs.setup(level, role=args.command)

@@ -4,7 +4,9 @@ membership event as it happens."""
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from elastiq.proto import elastiq_pb2 as pb
@@ -73,3 +75,21 @@ class ProgressView:
     def finish(self) -> None:
         if self.tty and self.bar_shown:
             print(file=self.out)
+
+
+def progress_bar(label: str) -> Callable[[int, int], None]:
+    """A progress bar on stderr for long offline work: call it with (done, total)."""
+    start = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(1, total)
+        sys.stderr.write(
+            f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+            f"{time.monotonic() - start:.1f}s"
+        )
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
