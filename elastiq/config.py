@@ -76,7 +76,10 @@ class JobConfig:
     With data_format uint16/uint32: one token file (any fsspec URL)."""
     data_format: str = "text"
     """"text": files read as bytes (token id = byte value); "uint16" or "uint32": a flat
-    token file, as nanoGPT- and Megatron-style pipelines write them."""
+    token file, as nanoGPT- and Megatron-style pipelines write them; "parquet": Parquet
+    files of token-id rows (what Hugging Face datasets saves)."""
+    data_column: str = "input_ids"
+    """With data_format parquet: the list column that holds the token ids."""
     data_max_bytes: int = 4_000_000
     """Bytes of a text corpus read at most (files in sorted order)."""
     collective_timeout_s: float = 60.0
@@ -152,13 +155,13 @@ class JobConfig:
             raise ValueError(f"seq_len={self.seq_len} must be at least 2")
         if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("lr must be positive; warmup_steps, weight_decay, grad_clip >= 0")
-        if self.data_format not in ("text", "uint16", "uint32"):
+        if self.data_format not in ("text", "uint16", "uint32", "parquet"):
             raise ValueError(
                 f"data_format={self.data_format!r}: use 'text' (bytes of text files), "
-                "'uint16' or 'uint32' (a flat token file)"
+                "'uint16' or 'uint32' (a flat token file) or 'parquet' (token-id rows)"
             )
         if self.data_format != "text" and not self.data:
-            raise ValueError(f"data_format={self.data_format!r} needs data= a token file URL")
+            raise ValueError(f"data_format={self.data_format!r} needs data= the dataset's URL")
         if self.data_max_bytes < (self.seq_len + 1) * self.global_batch:
             raise ValueError(
                 f"data_max_bytes={self.data_max_bytes} is smaller than one global batch"

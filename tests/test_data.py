@@ -6,10 +6,13 @@ import pathlib
 
 import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from elastiq.agent.runtime.data.byte_corpus import ByteCorpus, load_corpus
+from elastiq.agent.runtime.data.parquet_tokens import ParquetTokens
 from elastiq.agent.runtime.data.sample_order import SampleOrder
 from elastiq.agent.runtime.data.token_file import TokenFile
 
@@ -83,3 +86,36 @@ def test_a_dataset_smaller_than_one_global_batch_is_refused() -> None:
         SampleOrder(
             ByteCorpus(torch.zeros(27, dtype=torch.uint8)), seq_len=8, seed=0, global_batch=4
         )
+
+
+def _parquet(path: str, rows: list[list[int]], column: str = "input_ids") -> str:
+    pq.write_table(pa.table({column: rows, "text": [str(r) for r in rows]}), path)
+    return path
+
+
+def test_parquet_rows_are_one_token_stream_read_by_row(tmp_path: pathlib.Path) -> None:
+    rows = [[1, 2, 3], [4], [], [5, 6, 7, 8, 9], [10, 11]]
+    (tmp_path / "ds").mkdir()
+    _parquet(str(tmp_path / "ds" / "part-0.parquet"), rows[:3])
+    _parquet(str(tmp_path / "ds" / "part-1.parquet"), rows[3:])
+    source = ParquetTokens(str(tmp_path / "ds"), "input_ids", vocab=32)
+    assert source.num_tokens == 11
+    assert source.read(0, 11).tolist() == list(range(1, 12))
+    assert [source.row_of(t) for t in (0, 2, 3, 4, 8, 9, 10)] == [0, 0, 1, 3, 3, 4, 4]
+    order = SampleOrder(source, seq_len=2, seed=0, global_batch=3)
+    assert order.num_chunks == 3
+    fsspec.filesystem("memory").pipe(
+        "/pq/one.parquet", (tmp_path / "ds" / "part-1.parquet").read_bytes()
+    )
+    remote = ParquetTokens("memory:///pq/one.parquet", "input_ids", vocab=32)
+    assert remote.read(0, 7).tolist() == [5, 6, 7, 8, 9, 10, 11]
+
+
+def test_a_parquet_dataset_without_token_rows_is_refused(tmp_path: pathlib.Path) -> None:
+    path = _parquet(str(tmp_path / "a.parquet"), [[1, 2], [3]])
+    with pytest.raises(ValueError, match=r"no column 'ids' \(columns: \['input_ids', 'text'\]\)"):
+        ParquetTokens(path, "ids", vocab=32)
+    with pytest.raises(ValueError, match="column 'text' is string, not a list of ints"):
+        ParquetTokens(path, "text", vocab=32)
+    with pytest.raises(ValueError, match="token id 3, outside the model's vocabulary of 3"):
+        ParquetTokens(path, "input_ids", vocab=3)

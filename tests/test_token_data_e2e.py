@@ -61,3 +61,16 @@ def test_a_token_file_of_the_wrong_size_fails_the_job_at_once_with_the_reason(
     assert summary.phase == "Failed"
     assert "could not start" in summary.error and "not a whole number of uint16" in summary.error
     assert time.monotonic() - started < 60, "a bad dataset must not leave the job waiting"
+
+
+def test_a_parquet_dataset_of_token_rows_trains(tmp_path: pathlib.Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [list(range(start, start + 150)) for start in range(0, 800, 7)]
+    pq.write_table(pa.table({"input_ids": rows}), tmp_path / "ds.parquet")
+    job = _job(str(tmp_path / "ds.parquet"), data_format="parquet", steps=20)
+    local = LocalRunConfig(workers=2, run_dir=str(tmp_path))
+    summary = asyncio.run(run_local_async(job, local, out=io.StringIO()))
+    assert summary.succeeded, summary
+    assert summary.final_loss < summary.first_loss - 0.5

@@ -141,7 +141,7 @@ def test_one_worker_trains_a_user_model_like_a_plain_pytorch_loop(
 
     model = build_model(job.model_entry, job.model_args, job.seed)
     net = torch.nn.Sequential(*model.units)
-    order = open_dataset(job)
+    order = open_dataset(job, None)
     opt = torch.optim.AdamW(
         net.parameters(), lr=job.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=job.weight_decay
     )

@@ -64,7 +64,7 @@ class Worker:
             checkfree_plus=cfg.checkfree_plus,
         )
         self.link = AgentLink(channel, worker_id, unit_numel, shape)
-        self.order = open_dataset(cfg)
+        self.order = open_dataset(cfg, self.state.source.vocab)
         self.buddies = Buddies(unit_numel)
         self.edge_copies = EdgeCopies(enabled=cfg.checkfree_plus)
         self.checkpoints = WorkerCheckpoints(cfg)

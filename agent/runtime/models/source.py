@@ -41,6 +41,9 @@ class ModelSource:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     make_unit: Callable[[int], nn.Module]
     """A fresh module for a unit index."""
+    vocab: int | None
+    """Token ids the model accepts (the logits' width under the default token loss);
+    None when unknown (a custom loss), and then the data is not checked against it."""
 
     @property
     def num_units(self) -> int:
@@ -71,6 +74,7 @@ def _builtin(cfg: JobConfig) -> ModelSource:
         boundary_shape=(cfg.seq_len, cfg.model.dim),
         loss=token_cross_entropy,
         make_unit=make,
+        vocab=cfg.model.vocab,
     )
 
 
@@ -84,6 +88,7 @@ def _from_entry_point(cfg: JobConfig) -> ModelSource:
         boundary_shape=next(iter(boundaries)) if len(boundaries) == 1 else None,
         loss=model.loss,
         make_unit=lambda unit: copy.deepcopy(pristine[unit]),
+        vocab=shapes[-1][-1] if model.loss is token_cross_entropy and shapes[-1] else None,
     )
 
 
