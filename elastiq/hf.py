@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from elastiq.model_api import UnitModel
+from elastiq.model_api import UnitModel, names_in
 
 #: config fields forced for training under elastiq (see the module docstring)
 _FORCED = {
@@ -44,7 +44,15 @@ _FORCED = {
 def build(args: Mapping[str, Any]) -> UnitModel:
     """`args`: `family` (a transformers model type: "llama", "gpt2", ...) and `config`
     (keyword arguments of that family's config class)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(config_of(args), attn_implementation="sdpa")
+    return split_causal_lm(model)
+
+
+def config_of(args: Mapping[str, Any]) -> Any:
+    """The transformers config `build` trains with (see the module docstring)."""
+    from transformers import AutoConfig
 
     family = args.get("family")
     if not isinstance(family, str):
@@ -56,8 +64,7 @@ def build(args: Mapping[str, Any]) -> UnitModel:
     for name, value in _FORCED.items():
         if hasattr(config, name):
             setattr(config, name, value)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    return split_causal_lm(model)
+    return config
 
 
 def split_causal_lm(model: nn.Module) -> UnitModel:
@@ -82,7 +89,7 @@ def split_causal_lm(model: nn.Module) -> UnitModel:
             "(Llama-style) nor wte/wpe/h/ln_f (GPT-2-style); split it into units yourself "
             "(elastiq.UnitModel)"
         )
-    return UnitModel(units=units)
+    return UnitModel(units=units, param_names=names_in(model, units))
 
 
 class _TokenEmbedding(nn.Module):

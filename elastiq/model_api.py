@@ -47,6 +47,18 @@ class UnitModel:
     """Layer units in order; unit i consumes unit i-1's output (a tensor)."""
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(default=token_cross_entropy)
     """(last unit's output, target ids [b, t]) -> one loss per sample, shape [b]."""
+    param_names: Sequence[Mapping[str, str]] | None = None
+    """Per unit, its parameters' names in the model's own state dict ({unit-local name:
+    model name}); checkpoints store them under these. None: `u<index>.<local name>`."""
+
+
+def names_in(root: nn.Module, units: Sequence[nn.Module]) -> list[dict[str, str]]:
+    """`param_names` for units that are (wrappers of) submodules of `root`: each unit
+    parameter named as `root.named_parameters()` names the same tensor."""
+    owner = {id(p): name for name, p in root.named_parameters()}
+    return [
+        {local: owner.get(id(p), local) for local, p in unit.named_parameters()} for unit in units
+    ]
 
 
 def load_builder(entry: str) -> Callable[..., Any]:
@@ -99,4 +111,9 @@ def build_model(entry: str, args: Mapping[str, Any], seed: int) -> UnitModel:
         raise ValueError(
             f"model entry point {entry!r}: units must be a non-empty list of nn.Module"
         )
-    return UnitModel(units=units, loss=built.loss)
+    names = built.param_names
+    if names is not None and len(names) != len(units):
+        raise ValueError(
+            f"model entry point {entry!r}: {len(names)} param_names for {len(units)} units"
+        )
+    return UnitModel(units=units, loss=built.loss, param_names=names)

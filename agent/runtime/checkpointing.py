@@ -89,6 +89,9 @@ def extra_state(cfg: JobConfig, step: int) -> dict[str, Any]:
         "schedule": {"peak": cfg.lr, "warmup": cfg.warmup_steps, "total": cfg.steps},
         "job": cfg.job,
         "model": {"dim": cfg.model.dim, "n_layers": cfg.model.n_layers, "vocab": cfg.model.vocab},
+        # what rebuilds the model's own config on export (elastiq ckpt convert --format hf)
+        "model_entry": cfg.model_entry,
+        "model_args": cfg.model_args,
     }
 
 

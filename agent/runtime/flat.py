@@ -14,7 +14,7 @@ straight into the flat gradient (never set grads to None: that would detach them
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,8 +35,16 @@ class ParamSlot:
 class FlatParams:
     """Parameters of `modules` rebased onto one flat buffer (plus a grad buffer)."""
 
-    def __init__(self, modules: Sequence[tuple[str, nn.Module]], extra: int = 0) -> None:
-        named = [(f"{prefix}.{n}", p) for prefix, m in modules for n, p in m.named_parameters()]
+    def __init__(
+        self,
+        modules: Sequence[tuple[str, nn.Module]],
+        extra: int = 0,
+        rename: Callable[[str, str], str] | None = None,
+    ) -> None:
+        """`modules`: (prefix, module); a parameter is named `prefix.name`, or
+        `rename(prefix, name)` when given (the model's own names)."""
+        name_of = rename or (lambda prefix, n: f"{prefix}.{n}")
+        named = [(name_of(prefix, n), p) for prefix, m in modules for n, p in m.named_parameters()]
         self.numel = sum(p.numel() for _, p in named)
         self.slots: list[ParamSlot] = []
         self.data = torch.empty(self.numel, dtype=torch.float32)

@@ -63,7 +63,9 @@ class TrainState:
         self._unit_calls: dict[int, int] = {}
         self.units = nn.ModuleList(self.source.make_unit(u) for u in self.unit_ids)
         self.flat = FlatParams(
-            [(f"u{u}", m) for u, m in zip(self.unit_ids, self.units, strict=True)], CONTROL_SLOTS
+            [(str(u), m) for u, m in zip(self.unit_ids, self.units, strict=True)],
+            CONTROL_SLOTS,
+            rename=lambda unit, local: self.source.param_name(int(unit), local),
         )
         self.opt = FlatAdamW(0, self.flat.numel, AdamWConfig(weight_decay=cfg.weight_decay))
         # global element offset of this stage's flat buffer: U[a]

@@ -50,12 +50,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if not verdict.problems else 1
 
 
+def export_pretrained(checkpoint_url: str, out_dir: str) -> int:
+    """Write a committed checkpoint of a model trained from `elastiq.hf:build` as a
+    directory `from_pretrained` loads (config.json + model.safetensors under the model's
+    own parameter names); returns the bytes of tensors written."""
+    from elastiq.checkpoint.convert import export_safetensors, locate
+    from elastiq.checkpoint.restore import describe
+    from elastiq.hf import config_of
+
+    root, step = locate(checkpoint_url)
+    extra = describe(root, step)["extra"]
+    if extra.get("model_entry") != "elastiq.hf:build":
+        raise ValueError(
+            f"{checkpoint_url}: trained from {extra.get('model_entry') or 'the built-in decoder'}, "
+            "not elastiq.hf:build, so there is no Hugging Face config to export with"
+        )
+    config = config_of(extra.get("model_args", {}))
+    config.save_pretrained(out_dir)
+    return export_safetensors(root, f"{out_dir.rstrip('/')}/model.safetensors")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from elastiq.checkpoint import convert
 
     kind = args.source_format or convert.detect(args.src)
     t0 = time.monotonic()
-    if kind == "elastiq":
+    if args.format == "hf":
+        written = export_pretrained(args.src, args.dst)
+        what = "a Hugging Face model directory (from_pretrained loads it)"
+    elif kind == "elastiq":
         written = convert.export_safetensors(args.src, args.dst, progress=progress_bar("export"))
         what = "consolidated safetensors"
     elif kind == "dcp":
@@ -99,4 +122,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("dst")
     p.add_argument("--from", dest="source_format", choices=("elastiq", "dcp", "state-dict"))
     p.add_argument("--step", type=int, default=0, help="step recorded for an import")
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "hf"),
+        default="safetensors",
+        help="export as one safetensors file, or (hf) a directory from_pretrained loads "
+        "(models trained from elastiq.hf:build)",
+    )
     p.set_defaults(func=_guarded(cmd_convert))

@@ -41,6 +41,8 @@ class ModelSource:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     make_unit: Callable[[int], nn.Module]
     """A fresh module for a unit index."""
+    param_names: tuple[dict[str, str], ...] | None
+    """Per unit, {local parameter name: the model's own name} (None: u<i>.<local>)."""
     vocab: int | None
     """Token ids the model accepts (the logits' width under the default token loss);
     None when unknown (a custom loss), and then the data is not checked against it."""
@@ -48,6 +50,12 @@ class ModelSource:
     @property
     def num_units(self) -> int:
         return len(self.unit_numel)
+
+    def param_name(self, unit: int, local: str) -> str:
+        """The name a unit's parameter has in checkpoints: the model's own, if known."""
+        if self.param_names is None:
+            return f"u{unit}.{local}"
+        return self.param_names[unit].get(local, f"u{unit}.{local}")
 
 
 _sources: dict[str, ModelSource] = {}
@@ -74,6 +82,7 @@ def _builtin(cfg: JobConfig) -> ModelSource:
         boundary_shape=(cfg.seq_len, cfg.model.dim),
         loss=token_cross_entropy,
         make_unit=make,
+        param_names=None,
         vocab=cfg.model.vocab,
     )
 
@@ -88,6 +97,7 @@ def _from_entry_point(cfg: JobConfig) -> ModelSource:
         boundary_shape=next(iter(boundaries)) if len(boundaries) == 1 else None,
         loss=model.loss,
         make_unit=lambda unit: copy.deepcopy(pristine[unit]),
+        param_names=tuple(dict(n) for n in model.param_names) if model.param_names else None,
         vocab=shapes[-1][-1] if model.loss is token_cross_entropy and shapes[-1] else None,
     )
 
