@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,55 @@ def import_state_dict(
     pieces = [p for p in pieces if p.hi > 0]
     engine = CheckpointEngine(CheckpointConfig(url=url))
     engine.save(step, pieces, rank=0, parts=1, extra={"step": step, "imported_from": source})
+    engine.flush()
+    engine.close()
+    if engine.stats.committed_step != step:
+        raise RuntimeError(f"import into {url} did not commit: {engine.stats.errors}")
+    progress(len(pieces), len(pieces))
+    return engine.stats.bytes_persisted
+
+
+def import_training_run(
+    path: str, url: str, step: int, param_names: Sequence[str], progress: Progress = _quiet
+) -> int:
+    """A plain PyTorch loop's `torch.save({"model": model.state_dict(), "optim":
+    optimizer.state_dict()})` (AdamW; loaded with weights_only=True) as a committed
+    checkpoint of `step` that `--resume` continues at any layout. The optimizer's state
+    is keyed by parameter index; `param_names` names them in the order the optimizer was
+    given the parameters (`model.parameters()`), in the model's own names. ValueError,
+    writing nothing, if the run does not fit (other names, another step count)."""
+    with fs.open_read(path) as f:
+        run = torch.load(f, map_location="cpu", weights_only=True)
+    if not isinstance(run, dict) or not {"model", "optim"} <= set(run):
+        raise ValueError(f"{path}: expected a dict with 'model' and 'optim' state dicts")
+    model, optim = run["model"], run["optim"]
+    indices = [i for group in optim.get("param_groups", []) for i in group["params"]]
+    if len(indices) != len(param_names):
+        raise ValueError(
+            f"{path}: the optimizer holds {len(indices)} parameters, the model "
+            f"{len(param_names)}: was it built with model.parameters()?"
+        )
+    missing = [n for n in param_names if n not in model]
+    if missing:
+        raise ValueError(f"{path}: the model state dict lacks {missing[:3]} (other names?)")
+    pieces = []
+    for index, name in zip(indices, param_names, strict=True):
+        moments = optim["state"].get(index)
+        if moments is None or "exp_avg" not in moments:
+            raise ValueError(f"{path}: no AdamW moments for parameter {index} ({name})")
+        taken = int(moments["step"])
+        if taken != step:
+            raise ValueError(f"{path}: {name} has taken {taken} optimizer steps, not {step}")
+        for prefix, tensor in (
+            ("model/", model[name]),
+            ("optim/exp_avg/", moments["exp_avg"]),
+            ("optim/exp_avg_sq/", moments["exp_avg_sq"]),
+        ):
+            t = tensor.detach().to("cpu", torch.float32).contiguous().reshape(-1)
+            shape = tuple(model[name].shape)
+            pieces.append(Piece(name=prefix + name, shape=shape, lo=0, hi=t.numel(), data=t))
+    engine = CheckpointEngine(CheckpointConfig(url=url))
+    engine.save(step, pieces, rank=0, parts=1, extra={"step": step, "imported_from": path})
     engine.flush()
     engine.close()
     if engine.stats.committed_step != step:

@@ -61,6 +61,16 @@ def names_in(root: nn.Module, units: Sequence[nn.Module]) -> list[dict[str, str]
     ]
 
 
+def model_param_names(model: UnitModel) -> list[str]:
+    """Every parameter's name, in unit order: the order `model.parameters()` of the
+    whole model gives them, in the model's own names where it has them."""
+    names = []
+    for u, unit in enumerate(model.units):
+        own = model.param_names[u] if model.param_names is not None else {}
+        names += [own.get(local, f"u{u}.{local}") for local, _ in unit.named_parameters()]
+    return names
+
+
 def load_builder(entry: str) -> Callable[..., Any]:
     """The callable an entry point `pkg.module:attr` names; ValueError saying what failed."""
     module_name, colon, attr = entry.partition(":")

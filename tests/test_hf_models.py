@@ -14,12 +14,15 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from elastiq.agent.runtime.data.open_dataset import open_dataset
 from elastiq.cli.chaos_spec import ChaosSpec
 from elastiq.cli.local_run import run_local_async
 from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.cli.main import main
 from elastiq.config import JobConfig
-from elastiq.hf import build
+from elastiq.hf import build, config_of
+from elastiq.lr import lr_at
+from elastiq.model_api import token_cross_entropy
 
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {
@@ -153,3 +156,65 @@ def test_a_checkpoint_exports_to_what_from_pretrained_loads(tmp_path: pathlib.Pa
             h = unit.eval()(h)
         logits = loaded(ids).logits
     assert torch.equal(h, logits)
+
+
+@pytest.mark.slow
+def test_a_plain_pytorch_run_is_imported_and_resumed_at_another_layout(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A user's own loop trains a Hugging Face Llama for 10 steps with torch.optim.AdamW
+    and saves its model and optimizer with torch.save; imported, it resumes under elastiq
+    on 2 pipeline stages and continues with the loss the original loop has."""
+    args = {"family": "llama", "config": FAMILIES["llama"]}
+    job = JobConfig(
+        job="hf-resume",
+        steps=20,
+        global_batch=8,
+        micro_batch=2,
+        seq_len=32,
+        pipeline_stages=2,
+        model_entry="elastiq.hf:build",
+        model_args=args,
+        checkpoint_url=str(tmp_path / "ckpt"),
+        resume=True,
+        step_log=str(tmp_path / "steps"),
+    )
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config_of(args), attn_implementation="sdpa")
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=job.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        weight_decay=job.weight_decay,
+    )
+    order = open_dataset(job, None)
+    theirs = {}
+    for step in range(1, job.steps + 1):
+        tokens = order.samples((step - 1) * job.global_batch, job.global_batch)
+        logits = model(tokens[:, :-1]).logits
+        loss = token_cross_entropy(logits, tokens[:, 1:]).sum() / job.global_batch
+        theirs[step] = float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), job.grad_clip)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, peak=job.lr, warmup=job.warmup_steps, total=job.steps)
+        opt.step()
+        if step == 10:
+            torch.save(
+                {"model": model.state_dict(), "optim": opt.state_dict()}, tmp_path / "run.pt"
+            )
+    argv = ["ckpt", "convert", str(tmp_path / "run.pt"), str(tmp_path / "ckpt"), "--from"]
+    argv += ["torch-run", "--step", "10", "--model", "elastiq.hf:build"]
+    argv += ["--model-arg", f"family={args['family']}", "--model-arg"]
+    argv += ["config=" + json.dumps(args["config"])]
+    assert main(argv) == 0
+    summary = asyncio.run(
+        run_local_async(job, LocalRunConfig(workers=2, run_dir=str(tmp_path)), out=io.StringIO())
+    )
+    assert summary.succeeded, summary
+    ours = _losses(str(tmp_path / "steps"))
+    assert sorted(ours) == list(range(11, 21)), "resumed after step 10"
+    worst = max(abs(ours[s] - theirs[s]) for s in ours)
+    assert worst <= 1e-4, [(s, ours[s], theirs[s]) for s in sorted(ours)]

@@ -15,6 +15,7 @@ import sys
 import time
 
 from elastiq.checkpoint.manifest import ManifestError
+from elastiq.cli.flags import parse_model_args
 from elastiq.cli.progress import progress_bar
 
 
@@ -78,6 +79,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.format == "hf":
         written = export_pretrained(args.src, args.dst)
         what = "a Hugging Face model directory (from_pretrained loads it)"
+    elif args.source_format == "torch-run":
+        from elastiq.model_api import build_model, model_param_names
+
+        if not args.model:
+            raise ValueError("--from torch-run needs --model (the run's parameter names)")
+        built = build_model(args.model, parse_model_args(args.model_arg), seed=0)
+        written = convert.import_training_run(
+            args.src, args.dst, args.step, model_param_names(built), progress_bar("import")
+        )
+        what = f"universal checkpoint of step {args.step} (parameters and AdamW moments)"
     elif kind == "elastiq":
         written = convert.export_safetensors(args.src, args.dst, progress=progress_bar("export"))
         what = "consolidated safetensors"
@@ -120,7 +131,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--from", dest="source_format", choices=("elastiq", "dcp", "state-dict"))
+    p.add_argument(
+        "--from",
+        dest="source_format",
+        choices=("elastiq", "dcp", "state-dict", "torch-run"),
+        help="torch-run: torch.save({'model': model.state_dict(), 'optim': "
+        "adamw.state_dict()}) of a plain PyTorch loop, resumable with --resume",
+    )
+    p.add_argument("--model", default="", help="with --from torch-run: the model's builder")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--step", type=int, default=0, help="step recorded for an import")
     p.add_argument(
         "--format",

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import json
 import textwrap
 import typing
 from collections.abc import Collection, Mapping
@@ -146,3 +147,17 @@ def config_from(
             value = envvars.resolve(value, env[path], _default(f), kind)
         values[f.name] = value
     return cls(**values, **given)
+
+
+def parse_model_args(pairs: list[str]) -> dict[str, Any]:
+    """`--model-arg KEY=VALUE` pairs: VALUE as JSON where it parses, else a string."""
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--model-arg {pair!r}: expected KEY=VALUE")
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args

@@ -19,7 +19,7 @@ from typing import Any
 from elastiq import envvars, logs
 from elastiq.agent.agent import AgentConfig
 from elastiq.cli import ckpt, data
-from elastiq.cli.flags import add_flags, config_from
+from elastiq.cli.flags import add_flags, config_from, parse_model_args
 from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.cli.summary import phase_name
 from elastiq.config import JobConfig
@@ -50,21 +50,8 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _model_args(pairs: list[str]) -> dict[str, Any]:
-    args: dict[str, Any] = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key:
-            raise ValueError(f"--model-arg {pair!r}: expected KEY=VALUE")
-        try:
-            args[key] = json.loads(value)
-        except json.JSONDecodeError:
-            args[key] = value
-    return args
-
-
 def _job_config(args: argparse.Namespace) -> JobConfig:
-    return config_from(JobConfig, args, skip=_JOB_SKIP, model_args=_model_args(args.model_arg))
+    return config_from(JobConfig, args, skip=_JOB_SKIP, model_args=parse_model_args(args.model_arg))
 
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
