@@ -159,3 +159,14 @@ def test_one_worker_trains_a_user_model_like_a_plain_pytorch_loop(
     assert ours.shape == theirs.shape
     diff = float((ours - theirs).abs().max())
     assert diff <= 1e-5, diff
+
+
+@pytest.mark.slow
+def test_a_model_whose_boundaries_differ_is_refused_for_pipelines_at_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    assert model_source(toy("tests.toy_units:build_narrowing")).boundary_shape is None
+    job = toy("tests.toy_units:build_narrowing", pipeline_stages=2, steps=5)
+    local = LocalRunConfig(workers=2, run_dir=str(tmp_path))
+    summary = asyncio.run(run_local_async(job, local, out=io.StringIO()))
+    assert summary.phase == "Failed" and "one shape at every boundary" in summary.error

@@ -60,3 +60,17 @@ def build_unchained(args: dict[str, Any]) -> elastiq.UnitModel:
 
 def build_nothing(args: dict[str, Any]) -> int:
     return 3
+
+
+class Narrow(nn.Module):
+    def __init__(self, dim: int, out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def build_narrowing(args: dict[str, Any]) -> elastiq.UnitModel:
+    """Boundaries of different widths: fine for data parallelism, not for pipelines."""
+    return elastiq.UnitModel(units=[Embed(256, 32), Narrow(32, 16), Head(256, 16)])

@@ -57,6 +57,11 @@ class Worker:
         self.cfg = cfg
         self.worker_id = worker_id
         self.holding = Holding(TrainState(cfg))
+        if cfg.pipeline_stages > 1 and self.state.source.boundary_shape is None:
+            raise ValueError(
+                f"{cfg.model_entry}: its unit boundaries carry different shapes, and pipeline "
+                "stages need one shape at every boundary; run it with pipeline_stages=1"
+            )
         unit_numel = list(self.state.source.unit_numel)
         shape = RouteShape(
             blocks=len(unit_numel) - 2,
