@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from elastiq.cli.chaos_spec import ChaosSpec
+from elastiq.cli.flags import add_model_args, job_overrides
 from elastiq.cli.local_run import run_local
 from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.config import JobConfig, ModelConfig
@@ -31,15 +32,19 @@ from elastiq.config import JobConfig, ModelConfig
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+#: set from --model and the batch flags (elastiq.cli.flags.add_model_args)
+OVERRIDES: dict[str, Any] = {}
+
+
 def job_config(steps: int, zero: int = 0) -> JobConfig:
+    fields: dict[str, Any] = {"global_batch": 32, "micro_batch": 4, "seq_len": 64}
+    fields.update(OVERRIDES)
     return JobConfig(
         job="bench-mttr",
         zero=zero,
         steps=steps,
-        global_batch=32,
-        micro_batch=4,
-        seq_len=64,
         model=ModelConfig(dim=64, n_layers=4, n_heads=4),
+        **fields,
     )
 
 
@@ -207,7 +212,9 @@ def main() -> None:
         "from its buddy's snapshot)",
     )
     parser.add_argument("--elastiq-only", action="store_true", help="skip the torchrun baseline")
+    add_model_args(parser)
     args = parser.parse_args()
+    OVERRIDES.update(job_overrides(args))
     if args.reps < 1 or not 0 < args.kill_at < args.steps:
         raise SystemExit("need reps >= 1 and 0 < kill-at < steps")
     ours, theirs = [], []

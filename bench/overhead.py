@@ -27,6 +27,7 @@ import sys
 import tempfile
 from typing import Any
 
+from elastiq.cli.flags import add_model_args, job_overrides
 from elastiq.cli.local_run import run_local
 from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.config import JobConfig, ModelConfig
@@ -35,16 +36,20 @@ from elastiq.controller.stages import balance_stages
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+#: set from --model and the batch flags (elastiq.cli.flags.add_model_args)
+OVERRIDES: dict[str, Any] = {}
+
+
 def job_config(steps: int, zero: int, stages: int = 1) -> JobConfig:
+    fields: dict[str, Any] = {"global_batch": 32, "micro_batch": 4, "seq_len": 64}
+    fields.update(OVERRIDES)
     return JobConfig(
         job="bench-overhead",
         pipeline_stages=stages,
         steps=steps,
-        global_batch=32,
-        micro_batch=4,
-        seq_len=64,
         zero=zero,
         model=ModelConfig(dim=64, n_layers=4, n_heads=4),
+        **fields,
     )
 
 
@@ -109,7 +114,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--reps", type=int, default=5)
+    add_model_args(parser)
     args = parser.parse_args()
+    OVERRIDES.update(job_overrides(args))
     n, w, r = args.steps, args.warmup, args.reps
     runs = {
         "ddp": lambda: plain_step_times(n),
@@ -118,6 +125,9 @@ def main() -> None:
         "pipelining_pp2": lambda: pipelining_step_times(n, 2),
         "elastiq_pp2": lambda: elastiq_step_times(n, 0, stages=2, workers=2),
     }
+    if args.model:
+        # the pipelining baseline builds the built-in decoder's units only
+        del runs["pipelining_pp2"], runs["elastiq_pp2"]
     per_rep: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(r):
         for name, measure in runs.items():
@@ -133,6 +143,8 @@ def main() -> None:
         "overhead_pp2": ("elastiq_pp2", "pipelining_pp2"),
     }
     for key, (mine, plain) in pairs.items():
+        if mine not in per_rep:
+            continue
         ratios = [a / b for a, b in zip(per_rep[mine], per_rep[plain], strict=True)]
         result[key] = round(statistics.median(ratios), 3)
         result[f"{key}_per_round"] = [round(x, 3) for x in ratios]

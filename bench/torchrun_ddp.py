@@ -22,20 +22,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from elastiq.agent.runtime.data.byte_corpus import ByteCorpus, load_corpus
-from elastiq.agent.runtime.data.sample_order import SampleOrder
-from elastiq.agent.runtime.models.decoder import build_unit, num_units
+from elastiq.agent.runtime.data.open_dataset import open_dataset
+from elastiq.agent.runtime.models.source import ModelSource, model_source
 from elastiq.config import JobConfig
 from elastiq.lr import lr_at
 from elastiq.partition import even_split
 
 
 class Stack(nn.Module):
-    def __init__(self, cfg: JobConfig) -> None:
+    """The job's model (built-in or an entry point) as one module, built as elastiq
+    builds it, so both sides start from the same weights."""
+
+    def __init__(self, source: ModelSource) -> None:
         super().__init__()
-        self.units = nn.ModuleList(
-            build_unit(cfg.model, u, cfg.seq_len, cfg.seed) for u in range(num_units(cfg.model))
-        )
+        self.units = nn.ModuleList(source.make_unit(u) for u in range(source.num_units))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for unit in self.units:
@@ -54,10 +54,9 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    order = SampleOrder(
-        ByteCorpus(load_corpus(cfg.data, cfg.data_max_bytes)), cfg.seq_len, cfg.seed
-    )
-    model = Stack(cfg)
+    source = model_source(cfg)
+    order = open_dataset(cfg, source.vocab)
+    model = Stack(source)
     ddp = DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     ckpt = os.path.join(args.workdir, "ckpt.pt")
@@ -78,16 +77,7 @@ def main() -> None:
             tokens = order.samples(base + mb * cfg.micro_batch, cfg.micro_batch)
             ctx = ddp.no_sync() if i < hi - lo - 1 else torch.enable_grad()
             with ctx:
-                logits = ddp(tokens[:, :-1])
-                per = (
-                    nn.functional.cross_entropy(
-                        logits.reshape(-1, logits.shape[-1]),
-                        tokens[:, 1:].reshape(-1),
-                        reduction="none",
-                    )
-                    .view(cfg.micro_batch, -1)
-                    .mean(1)
-                )
+                per = source.loss(ddp(tokens[:, :-1]), tokens[:, 1:])
                 # DDP averages over the world; scale so the result is the sum / global batch
                 (per.sum() * world / cfg.global_batch).backward()
         if cfg.grad_clip:

@@ -161,3 +161,27 @@ def parse_model_args(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             args[key] = value
     return args
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--model, --model-arg and the batch shape, for tools that run a job of their own
+    (the benchmarks): the same job with the user's model instead of the built-in one."""
+    g = parser.add_argument_group("model (default: the built-in decoder)")
+    g.add_argument("--model", default="", help="builder entry point, e.g. elastiq.hf:build")
+    g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--global-batch", type=int, default=32)
+    g.add_argument("--micro-batch", type=int, default=4)
+    g.add_argument("--seq-len", type=int, default=64)
+
+
+def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """JobConfig fields that `add_model_args` flags set."""
+    overrides: dict[str, Any] = {
+        "global_batch": args.global_batch,
+        "micro_batch": args.micro_batch,
+        "seq_len": args.seq_len,
+    }
+    if args.model:
+        overrides["model_entry"] = args.model
+        overrides["model_args"] = parse_model_args(args.model_arg)
+    return overrides
