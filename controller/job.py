@@ -213,6 +213,8 @@ class JobController:
             refused = self.planner.learn_model(req.model.unit_numel)
             if refused:
                 self._event("worker_refused", f"{req.worker_id}: {refused}")
+                if self.planner.unit_numel is None:  # the job's own model cannot run
+                    self._fail(f"{req.worker_id}: {refused}")
                 return pb.EventAck(accepted=False, reason=refused)
             node.workers[req.worker_id] = WorkerState(
                 WorkerRef(node_id, req.slot, req.worker_id), pid=req.pid

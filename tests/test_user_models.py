@@ -170,3 +170,15 @@ def test_a_model_whose_boundaries_differ_is_refused_for_pipelines_at_once(
     local = LocalRunConfig(workers=2, run_dir=str(tmp_path))
     summary = asyncio.run(run_local_async(job, local, out=io.StringIO()))
     assert summary.phase == "Failed" and "one shape at every boundary" in summary.error
+
+
+@pytest.mark.slow
+def test_a_plain_module_asked_for_pipeline_stages_fails_with_how_to_split_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    job = toy("tests.toy_units:build_plain", pipeline_stages=2, steps=5)
+    local = LocalRunConfig(workers=2, run_dir=str(tmp_path))
+    summary = asyncio.run(run_local_async(job, local, out=io.StringIO()))
+    assert summary.phase == "Failed"
+    assert "fewer than pipeline_stages=2" in summary.error
+    assert "split the model into more units" in summary.error, summary.error

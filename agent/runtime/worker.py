@@ -57,6 +57,12 @@ class Worker:
         self.cfg = cfg
         self.worker_id = worker_id
         self.holding = Holding(TrainState(cfg))
+        if self.state.source.num_units < cfg.pipeline_stages:
+            raise ValueError(
+                f"{cfg.model_entry}: its model has {self.state.source.num_units} layer unit(s), "
+                f"fewer than pipeline_stages={cfg.pipeline_stages}: lower pipeline_stages, or "
+                "split the model into more units (return an elastiq.UnitModel)"
+            )
         if cfg.pipeline_stages > 1 and self.state.source.boundary_shape is None:
             raise ValueError(
                 f"{cfg.model_entry}: its unit boundaries carry different shapes, and pipeline "
