@@ -119,3 +119,12 @@ def test_a_parquet_dataset_without_token_rows_is_refused(tmp_path: pathlib.Path)
         ParquetTokens(path, "text", vocab=32)
     with pytest.raises(ValueError, match="token id 3, outside the model's vocabulary of 3"):
         ParquetTokens(path, "input_ids", vocab=3)
+
+
+def test_arrow_stream_files_as_datasets_saves_them_read_the_same(tmp_path: pathlib.Path) -> None:
+    table = pa.table({"input_ids": [[1, 2, 3], [4, 5]], "attention_mask": [[1, 1, 1], [1, 1]]})
+    path = str(tmp_path / "data-00000-of-00001.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    source = ParquetTokens(str(tmp_path), "input_ids", vocab=32)
+    assert source.read(0, 5).tolist() == [1, 2, 3, 4, 5]

@@ -1,5 +1,6 @@
-"""Parquet datasets of token ids (what Hugging Face `datasets` saves after tokenizing):
-one row per document, a list column of ids (`input_ids` by default).
+"""Parquet and Arrow datasets of token ids (what Hugging Face `datasets` writes after
+tokenizing: `to_parquet`, or the `.arrow` stream files of `save_to_disk`): one row per
+document, a list column of ids (`input_ids` by default).
 
 The rows' ids are read in file order and concatenated into one token stream, which
 `SampleOrder` cuts into samples like any other source; a row is found by binary search
@@ -28,14 +29,17 @@ class ParquetTokens:
         import pyarrow.parquet as pq
 
         started = time.monotonic()
-        files = fs.expand(url, (".parquet",)) or fs.expand(url)
+        files = fs.expand(url, (".parquet", ".arrow")) or fs.expand(url)
         if not files:
-            raise ValueError(f"no Parquet files at {url!r}")
+            raise ValueError(f"no Parquet or Arrow files at {url!r}")
         chunks: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
         for path in files:
             with fs.open_read(path) as fh:
-                table = pq.read_table(fh, columns=None)
+                if path.endswith(".arrow"):
+                    table = pa.ipc.open_stream(fh).read_all()
+                else:
+                    table = pq.read_table(fh, columns=None)
             if column not in table.column_names:
                 raise ValueError(
                     f"{path} has no column {column!r} (columns: {table.column_names}); set "
