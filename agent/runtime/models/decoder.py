@@ -6,19 +6,22 @@ projection to the vocabulary). Any contiguous range of units is a valid
 pipeline stage, and each unit is initialised from its own seed (seed, unit), so
 the initial weights do not depend on how the units are laid out.
 
-User models plug in through `LayerStack` (see docs/design.md): a list of modules
-whose composition maps token ids to logits.
+It is itself an entry point (`build`, see elastiq/model_api.py): a job with an empty
+`model_entry` trains it through the same path as any user model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from elastiq.config import ModelConfig
+from elastiq.model_api import UnitModel
 
 
 class RMSNorm(nn.Module):
@@ -125,3 +128,22 @@ def build_unit(cfg: ModelConfig, unit: int, seq_len: int, seed: int) -> nn.Modul
 
 def num_units(cfg: ModelConfig) -> int:
     return cfg.n_layers + 2
+
+
+#: the built-in decoder's entry point: what a job with an empty model_entry trains
+ENTRY_POINT = "elastiq.agent.runtime.models.decoder:build"
+
+
+def build(args: dict[str, Any]) -> UnitModel:
+    """The built-in decoder as an entry point. `args`: the ModelConfig fields, plus
+    `seq_len` (the rotary tables' length) and `seed`; each unit is initialised from
+    (seed, unit), so the weights do not depend on how units are laid out."""
+    fields = {k: v for k, v in args.items() if k not in ("seq_len", "seed")}
+    cfg = ModelConfig(**fields)
+    seq_len, seed = int(args.get("seq_len", 64)), int(args.get("seed", 0))
+    return UnitModel(units=[build_unit(cfg, u, seq_len, seed) for u in range(num_units(cfg))])
+
+
+def entry_args(model: ModelConfig, seq_len: int, seed: int) -> dict[str, Any]:
+    """`build`'s arguments for a job that trains the built-in decoder."""
+    return {**dataclasses.asdict(model), "seq_len": seq_len, "seed": seed}

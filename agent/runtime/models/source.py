@@ -2,15 +2,15 @@
 
 Where it sits: `TrainState` (agent/runtime/trainer.py) asks `model_source(cfg)` for
 fresh copies of the units of its stage, their sizes and the loss; the worker reports
-the sizes to the controller (`ModelShape`), which plans with them. Two kinds:
+the sizes to the controller (`ModelShape`), which plans with them.
 
-- the built-in decoder (`JobConfig.model_entry` empty): each unit built on its own from
-  the seed (seed, unit), so nothing else is ever built;
-- an entry point (elastiq/model_api.py): the whole model is built once per process with
-  torch's RNG seeded from the job's seed (so every worker starts from the same weights,
-  whatever its stage), then probed on one tiny batch: every unit must accept the one
-  before it, and the loss must give one value per sample. Each state gets deep copies
-  of its units, so two states (before and after a re-split) never share parameters.
+Every model comes from an entry point (elastiq/model_api.py); an empty `model_entry` is
+the built-in decoder's (`decoder.build`, each unit initialised from (seed, unit)). The
+whole model is built once per process with torch's RNG seeded from the job's seed (so
+every worker starts from the same weights, whatever its stage), then probed on one tiny
+batch: every unit must accept the one before it, and the loss must give one value per
+sample. Each state gets deep copies of its units, so two states (before and after a
+re-split) never share parameters.
 
 A model that fails to import, build or chain raises ValueError with the reason; the
 worker reports it (`START_FAILED`) and the job fails at once.
@@ -22,11 +22,12 @@ import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from elastiq.agent.runtime.models.decoder import build_unit
+from elastiq.agent.runtime.models import decoder
 from elastiq.config import JobConfig
 from elastiq.model_api import UnitModel, build_model, token_cross_entropy
 
@@ -74,23 +75,21 @@ def model_source(cfg: JobConfig) -> ModelSource:
 
 
 def _builtin(cfg: JobConfig) -> ModelSource:
-    def make(unit: int) -> nn.Module:
-        return build_unit(cfg.model, unit, cfg.seq_len, cfg.seed)
-
-    return ModelSource(
-        unit_numel=tuple(cfg.unit_numel()),
-        boundary_shape=(cfg.seq_len, cfg.model.dim),
-        loss=token_cross_entropy,
-        make_unit=make,
-        param_names=None,
-        vocab=cfg.model.vocab,
-    )
+    """The built-in decoder, through its entry point like any model."""
+    args = decoder.entry_args(cfg.model, cfg.seq_len, cfg.seed)
+    source = _from_entry_point(cfg, decoder.ENTRY_POINT, args)
+    if list(source.unit_numel) != cfg.unit_numel():
+        raise RuntimeError("the built-in decoder's analytic unit sizes disagree with the model")
+    return source
 
 
-def _from_entry_point(cfg: JobConfig) -> ModelSource:
-    model = build_model(cfg.model_entry, cfg.model_args, cfg.seed)
+def _from_entry_point(
+    cfg: JobConfig, entry: str | None = None, args: dict[str, Any] | None = None
+) -> ModelSource:
+    entry = entry or cfg.model_entry
+    model = build_model(entry, cfg.model_args if args is None else args, cfg.seed)
     pristine = list(model.units)
-    shapes = _probe(cfg, model)
+    shapes = _probe(cfg, model, entry)
     boundaries = set(shapes[:-1])
     return ModelSource(
         unit_numel=tuple(sum(p.numel() for p in u.parameters()) for u in pristine),
@@ -102,9 +101,8 @@ def _from_entry_point(cfg: JobConfig) -> ModelSource:
     )
 
 
-def _probe(cfg: JobConfig, model: UnitModel) -> list[tuple[int, ...]]:
+def _probe(cfg: JobConfig, model: UnitModel, entry: str) -> list[tuple[int, ...]]:
     """Run one sample through every unit and the loss; the output shape of each unit."""
-    entry = cfg.model_entry
     for u, unit in enumerate(model.units):
         for name, p in unit.named_parameters():
             if p.dtype != torch.float32:
