@@ -61,14 +61,21 @@ def names_in(root: nn.Module, units: Sequence[nn.Module]) -> list[dict[str, str]
     ]
 
 
+def param_name(param_names: Sequence[Mapping[str, str]] | None, unit: int, local: str) -> str:
+    """The name a unit's parameter has in checkpoints: the model's own where
+    `param_names` gives it, else `u<unit>.<local name>`."""
+    fallback = f"u{unit}.{local}"
+    return param_names[unit].get(local, fallback) if param_names is not None else fallback
+
+
 def model_param_names(model: UnitModel) -> list[str]:
     """Every parameter's name, in unit order: the order `model.parameters()` of the
     whole model gives them, in the model's own names where it has them."""
-    names = []
-    for u, unit in enumerate(model.units):
-        own = model.param_names[u] if model.param_names is not None else {}
-        names += [own.get(local, f"u{u}.{local}") for local, _ in unit.named_parameters()]
-    return names
+    return [
+        param_name(model.param_names, u, local)
+        for u, unit in enumerate(model.units)
+        for local, _ in unit.named_parameters()
+    ]
 
 
 def load_builder(entry: str) -> Callable[..., Any]:

@@ -7,6 +7,7 @@ real processes that start real worker processes; faults are real signals.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -249,3 +250,15 @@ def run_reference(workdir: str, job: dict[str, object], workers: int) -> Referen
     if end.phase != pb.JOB_SUCCEEDED:
         raise RuntimeError(f"the failure-free reference run of {job} did not succeed: {end}")
     return Reference(params, root)
+
+
+def step_losses(step_log: str) -> dict[int, float]:
+    """Each step's loss from a run's step log (the same on every rank; a recomputed
+    step's last value)."""
+    losses: dict[int, float] = {}
+    for name in sorted(os.listdir(step_log)):
+        with open(os.path.join(step_log, name), encoding="utf-8") as fh:
+            for line in fh:
+                entry = json.loads(line)
+                losses[entry["step"]] = entry["loss"]
+    return losses

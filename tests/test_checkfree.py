@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import math
 import os
 
@@ -22,6 +21,7 @@ from elastiq.config import JobConfig, ModelConfig
 from elastiq.controller.checkfree_plan import plan_checkfree
 from elastiq.controller.planner import WorkerRef, make_hybrid_plan, measured_profile
 from elastiq.proto import elastiq_pb2 as pb
+from tests.cluster import step_losses
 
 
 def test_the_rebuild_is_the_gradient_norm_weighted_average_of_the_neighbours() -> None:
@@ -104,16 +104,6 @@ def statuses_checkfree_plan(statuses: list[pb.StatusResponse]) -> list[pb.Stage]
     return []
 
 
-def _losses(step_log: str) -> dict[int, float]:
-    losses: dict[int, float] = {}
-    for name in os.listdir(step_log):
-        with open(os.path.join(step_log, name), encoding="utf-8") as fh:
-            for line in fh:
-                entry = json.loads(line)
-                losses[entry["step"]] = entry["loss"]  # the same on every rank
-    return losses
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("victim", "plus"),
@@ -164,7 +154,7 @@ def test_a_stage_lost_with_nothing_holding_it_is_rebuilt_and_the_loss_recovers(
         assert list(final.plan.lr_scaled_units) == [block]
     else:
         assert not rebuild.checkfree_copies and rebuild.checkfree_lo == 2
-    losses = _losses(step_log)
+    losses = step_losses(step_log)
     before = sum(losses[s] for s in range(51, 61)) / 10
     windows = [sum(losses[s + k] for k in range(10)) / 10 for s in range(61, 172)]
     assert min(windows) <= 1.1 * before, (before, windows[:5], min(windows))

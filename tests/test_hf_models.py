@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -23,6 +22,7 @@ from elastiq.config import JobConfig
 from elastiq.hf import build, config_of
 from elastiq.lr import lr_at
 from elastiq.model_api import token_cross_entropy
+from tests.cluster import step_losses
 
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {
@@ -99,24 +99,13 @@ def test_a_hugging_face_model_trains_through_a_killed_worker_as_without_it(
         assert summary.succeeded, summary
         assert [r.lost_steps for r in summary.recoveries] == ([0] if chaos else [])
         assert summary.final_loss < summary.first_loss - 0.5
-        return _losses(str(tmp_path / name / "steps"))
+        return step_losses(str(tmp_path / name / "steps"))
 
     clean = run("clean", [])
     killed = run("killed", [ChaosSpec(fault, rank=1, step=12)])
     assert sorted(killed) == sorted(clean) == list(range(1, 31))
     worst = max(abs(killed[s] - clean[s]) for s in clean)
     assert worst <= 1e-4, worst
-
-
-def _losses(step_log: str) -> dict[int, float]:
-    """Each step's loss (the same on every rank; a recomputed step's last value)."""
-    losses: dict[int, float] = {}
-    for name in sorted(os.listdir(step_log)):
-        with open(os.path.join(step_log, name), encoding="utf-8") as fh:
-            for line in fh:
-                entry = json.loads(line)
-                losses[entry["step"]] = entry["loss"]
-    return losses
 
 
 @pytest.mark.slow
@@ -220,7 +209,7 @@ def test_a_plain_pytorch_run_is_imported_and_resumed_at_another_layout(
         run_local_async(job, LocalRunConfig(workers=2, run_dir=str(tmp_path)), out=io.StringIO())
     )
     assert summary.succeeded, summary
-    ours = _losses(str(tmp_path / "steps"))
+    ours = step_losses(str(tmp_path / "steps"))
     assert sorted(ours) == list(range(11, 21)), "resumed after step 10"
     worst = max(abs(ours[s] - theirs[s]) for s in ours)
     assert worst <= 1e-4, [(s, ours[s], theirs[s]) for s in sorted(ours)]

@@ -29,7 +29,7 @@ from torch import nn
 
 from elastiq.agent.runtime.models import decoder
 from elastiq.config import JobConfig
-from elastiq.model_api import UnitModel, build_model, token_cross_entropy
+from elastiq.model_api import UnitModel, build_model, param_name, token_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,7 @@ class ModelSource:
 
     def param_name(self, unit: int, local: str) -> str:
         """The name a unit's parameter has in checkpoints: the model's own, if known."""
-        if self.param_names is None:
-            return f"u{unit}.{local}"
-        return self.param_names[unit].get(local, f"u{unit}.{local}")
+        return param_name(self.param_names, unit, local)
 
 
 _sources: dict[str, ModelSource] = {}
