@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 
 import pytest
 import torch
@@ -73,3 +74,29 @@ def test_bad_input_gets_a_clear_error_and_writes_nothing(
     assert main(["ckpt", "convert", not_a_ckpt, f"{tmp_path}/out"]) == 2
     assert "neither an elastiq checkpoint" in capsys.readouterr().err
     assert not os.path.exists(f"{tmp_path}/out")
+
+
+def test_a_training_run_that_does_not_fit_is_refused_and_writes_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    from elastiq.checkpoint.convert import import_training_run
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    run = tmp_path / "run.pt"
+    names = ["weight", "bias"]
+    out = tmp_path / "ckpt"
+    torch.save({"model": net.state_dict()}, run)
+    with pytest.raises(ValueError, match="expected a dict with 'model' and 'optim'"):
+        import_training_run(str(run), str(out), 1, names)
+    torch.save({"model": net.state_dict(), "optim": opt.state_dict()}, run)
+    with pytest.raises(ValueError, match="has taken 1 optimizer steps, not 5"):
+        import_training_run(str(run), str(out), 5, names)
+    with pytest.raises(ValueError, match="holds 2 parameters, the model 1"):
+        import_training_run(str(run), str(out), 1, ["weight"])
+    with pytest.raises(ValueError, match="lacks"):
+        import_training_run(str(run), str(out), 1, ["w", "b"])
+    assert not out.exists()
+    assert import_training_run(str(run), str(out), 1, names) > 0
