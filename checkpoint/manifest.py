@@ -28,6 +28,11 @@ VERSION = 1
 MANIFEST = "manifest.json"
 COMMITTED = "COMMITTED"
 DEFAULT_BLOCK_BYTES = 8 << 20
+#: a manifest of a 70B model with ZeRO-3 over 1,024 ranks is tens of MB
+MAX_MANIFEST_BYTES = 512 << 20
+#: 2^48 elements (1 PB of float32) per tensor: above it a size is not a size
+MAX_NUMEL = 1 << 48
+MAX_DIMS = 16
 
 # safetensors dtype names and their sizes in bytes
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
@@ -125,6 +130,8 @@ class Manifest:
             raw = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ManifestError(f"{where}: not valid JSON ({exc})") from exc
+        except RecursionError as exc:  # nested deeper than any manifest is
+            raise ManifestError(f"{where}: JSON nested too deeply to be a manifest") from exc
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ManifestError(f"{where}: not an {FORMAT} manifest")
         if raw.get("version") != VERSION:
@@ -156,8 +163,8 @@ class Manifest:
                 block_bytes=int(raw.get("block_bytes", DEFAULT_BLOCK_BYTES)),
                 tiers={str(k): str(v) for k, v in dict(raw.get("tiers", {})).items()},
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"{where}: malformed entry ({exc!r})") from exc
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+            raise ManifestError(f"{where}: malformed entry ({exc!r})"[:500]) from exc
         manifest.validate(where, partial=partial)
         return manifest
 
@@ -165,13 +172,23 @@ class Manifest:
         """Raise ManifestError unless every file is inside the checkpoint and every
         tensor is covered exactly once (at most once if `partial`) by in-range
         fragments with one CRC per block."""
-        if self.step < 0 or self.parts < 1 or self.block_bytes < 1:
+        if not (0 <= self.step < 1 << 62 and 1 <= self.parts <= 1 << 20) or not (
+            1 <= self.block_bytes <= 1 << 40
+        ):
             raise ManifestError(f"{where}: bad step/parts/block_bytes")
         for t in self.tensors.values():
             if t.dtype not in DTYPE_SIZES:
                 raise ManifestError(f"{where}: tensor {t.name!r} has unknown dtype {t.dtype!r}")
-            if any(d < 0 for d in t.shape):
-                raise ManifestError(f"{where}: tensor {t.name!r} has a negative dimension")
+            if any(d < 0 for d in t.shape) or len(t.shape) > MAX_DIMS:
+                raise ManifestError(
+                    f"{where}: tensor {t.name!r} has a negative dimension or more than "
+                    f"{MAX_DIMS} dimensions"
+                )
+            if any(d > MAX_NUMEL for d in t.shape) or t.numel > MAX_NUMEL:
+                raise ManifestError(
+                    f"{where}: tensor {t.name!r} claims {t.numel} elements, more than "
+                    f"{MAX_NUMEL}: not a real size"
+                )
         by_tensor: dict[str, list[Fragment]] = {}
         for f in self.fragments:
             check_file_name(f.file, where)

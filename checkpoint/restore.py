@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from elastiq import fs
-from elastiq.checkpoint import catalog
+from elastiq.checkpoint import catalog, tensorfile
 from elastiq.checkpoint.manifest import (
     COMMITTED,
     MANIFEST,
+    MAX_MANIFEST_BYTES,
     Manifest,
     ManifestError,
     Read,
@@ -75,7 +76,11 @@ def read_manifest(url: str, step: int) -> Manifest:
     where = fs.join(url, step_dir(step))
     if not fs.exists(fs.join(where, COMMITTED)):
         raise NoCheckpoint(f"{where} is not a committed checkpoint (no {COMMITTED} marker)")
-    return Manifest.from_json(fs.read_bytes(fs.join(where, MANIFEST)), f"{where}/{MANIFEST}")
+    try:
+        text = fs.read_regular(fs.join(where, MANIFEST), MAX_MANIFEST_BYTES)
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{where}/{MANIFEST}: {exc}") from exc
+    return Manifest.from_json(text, f"{where}/{MANIFEST}")
 
 
 class CheckpointReader:
@@ -112,9 +117,16 @@ class CheckpointReader:
         scratch = torch.empty(0, dtype=torch.uint8)
         for name, reads in sorted(by_file.items()):
             url = self._file_url(name)
-            with fs.open_read(url) as f:
+            with self._open(url, reads[0][1].tensor) as f:
+                size = f.seek(0, 2)
                 for read, req in sorted(reads, key=lambda x: x[0].start):
                     n = read.end - read.start
+                    if read.end > size:  # before allocating what a hostile manifest asks
+                        raise CorruptCheckpoint(
+                            f"{url} is truncated: tensor {req.tensor!r} needs bytes up to "
+                            f"{read.end}, the file has {size}",
+                            req.tensor,
+                        )
                     if scratch.numel() < n:
                         scratch = torch.empty(n, dtype=torch.uint8)
                     buf = scratch[:n]
@@ -127,6 +139,47 @@ class CheckpointReader:
                     self._verify(read, buf, req.tensor, url)
                     self._place(read, buf, req)
                     self.bytes_read += n
+
+    @staticmethod
+    def _open(url: str, tensor: str) -> Any:
+        try:
+            return fs.open_read(url, follow_links=False)
+        except FileNotFoundError as exc:
+            raise CorruptCheckpoint(f"{url} is missing: tensor {tensor!r}", tensor) from exc
+        except OSError as exc:
+            raise CorruptCheckpoint(f"{url} cannot be read: {exc}", tensor) from exc
+
+    def file_header_problems(self) -> list[str]:
+        """Each tensor file's own (safetensors) header must parse and agree with the
+        manifest: the checksums cover the data, not the header, and a file whose
+        header no longer parses is useless to every other reader of the format."""
+        problems = []
+        for name in self.manifest.files():
+            url = self._file_url(name)
+            try:
+                with self._open(url, "") as f:
+                    size = f.seek(0, 2)
+                    f.seek(0)
+                    first8 = f.read(8)
+                    n = tensorfile.header_length(first8)
+                    if 8 + n > size:
+                        raise tensorfile.TensorFileError(f"header of {n} bytes is past the end")
+                    entries, _ = tensorfile.parse(first8 + f.read(n), size)
+            except (CorruptCheckpoint, tensorfile.TensorFileError) as exc:
+                problems.append(f"{url}: header is unreadable ({exc})")
+                continue
+            starts = {e.start: e for e in entries}
+            for frag in self.manifest.fragments:
+                if frag.file != name:
+                    continue
+                itemsize = self.manifest.tensors[frag.tensor].itemsize
+                entry = starts.get(frag.offset)
+                if entry is None or entry.nbytes != frag.nbytes(itemsize):
+                    problems.append(
+                        f"{url}: header does not describe tensor {frag.tensor!r} "
+                        f"[{frag.lo}, {frag.hi}) at byte {frag.offset}"
+                    )
+        return problems
 
     def _verify(self, read: Read, buf: torch.Tensor, tensor: str, url: str) -> None:
         block = self.manifest.block_bytes

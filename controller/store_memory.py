@@ -2,8 +2,9 @@
 
 The default for `elastiq run`, so a single machine needs no server. Same semantics
 as etcd for revisions, CAS, leases and watches. Persistence writes the whole state
-atomically (temp file + rename) after each change; leases are not persisted, so
-keys bound to a lease are gone after a restart, as if their TTL had run out.
+atomically (temp file, fsync, rename, fsync of the directory) after each change;
+leases are not persisted, so keys bound to a lease are gone after a restart, as if
+their TTL had run out.
 """
 
 from __future__ import annotations
@@ -62,9 +63,20 @@ class MemoryStore(Store):
             if kv.lease == 0
         }
         tmp = f"{self._path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        # durable before it replaces the old state, and the rename itself durable: a
+        # crash leaves either the old file or the new one, never an empty one; 0600,
+        # since the state names the job's nodes and plans
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump({"revision": self._revision, "data": data}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self._path)
+        dir_fd = os.open(os.path.dirname(os.path.abspath(self._path)), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     # internals ----------------------------------------------------------------
     def _ensure_reaper(self) -> None:

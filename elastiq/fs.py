@@ -87,17 +87,55 @@ def write_chunks(url: str, chunks: Iterable[bytes | memoryview]) -> int:
     return written
 
 
+def publish_chunks(url: str, chunks: Iterable[bytes | memoryview]) -> int:
+    """Like write_chunks, for a file whose existence is its publication (an export):
+    written under a temporary name and moved into place only once every chunk was
+    produced, so a failure midway (a corrupt source) leaves nothing at `url`."""
+    tmp = f"{url}.partial-{os.getpid()}"
+    try:
+        written = write_chunks(tmp, chunks)
+    except BaseException:
+        fs, path = filesystem(tmp)
+        if fs.exists(path):
+            fs.rm(path)
+        raise
+    rename(tmp, url)
+    return written
+
+
 def copy_file(src_url: str, dst_url: str) -> int:
     """Stream one file to another tier (local disk -> remote); returns bytes."""
     with open_read(src_url) as f:
         return write_chunks(dst_url, iter(lambda: f.read(_COPY_CHUNK), b""))
 
 
-def open_read(url: str) -> Any:
+def open_read(url: str, *, follow_links: bool = True) -> Any:
+    """A binary file object. `follow_links=False` (checkpoint files): a local path whose
+    last component is a symbolic link is an OSError, checked atomically by the open
+    itself (O_NOFOLLOW), so a link planted in a checkpoint never reads a file outside
+    it. Object stores have no links."""
     fs, path = filesystem(url)
     if _is_local(fs):
-        return open(path, "rb")
+        if follow_links:
+            return open(path, "rb")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if os.path.islink(path):
+                raise OSError(f"{path} is a symbolic link; refusing to follow it") from exc
+            raise
+        return os.fdopen(fd, "rb")
     return fs.open(path, "rb")
+
+
+def read_regular(url: str, limit: int) -> bytes:
+    """A whole file that must not be a symbolic link (see open_read) nor be larger
+    than `limit` bytes (ValueError): metadata read before anything is verified."""
+    with open_read(url, follow_links=False) as f:
+        data = bytes(f.read(limit + 1))
+    if len(data) > limit:
+        raise ValueError(f"{url} is larger than {limit} bytes")
+    return data
 
 
 def read_into(f: Any, offset: int, out: memoryview) -> None:

@@ -146,6 +146,31 @@ def test_embedded_store_persists_unleased_keys(tmp_path: Any) -> None:
     assert node is None
 
 
+def test_embedded_store_file_is_fsynced_before_and_after_it_replaces_the_old_one(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    path = f"{tmp_path}/state.json"
+
+    async def write(store: Store) -> None:
+        await store.put("/t/plan", b"p1")
+
+    with_store(f"embedded://{path}", write)
+    # the new file's bytes, then the directory entry that the rename changed
+    assert synced[:2] == [f"{path}.tmp", str(tmp_path)]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
 def test_unknown_store_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="etcd://host:port"):
         open_store("redis://x")

@@ -104,11 +104,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _guarded(func: object) -> object:
     def run(args: argparse.Namespace) -> int:
-        from elastiq.checkpoint.restore import NoCheckpoint
+        from elastiq.checkpoint.restore import CorruptCheckpoint, NoCheckpoint
 
         try:
             return func(args)  # type: ignore[operator]
-        except (NoCheckpoint, ManifestError, FileNotFoundError) as exc:
+        except (NoCheckpoint, ManifestError, CorruptCheckpoint, OSError) as exc:
             print(f"elastiq ckpt: {exc}", file=sys.stderr)
             return 2
 
