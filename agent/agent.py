@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from elastiq.agent.workers import WorkerProcess, spawn_worker, stop_workers
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
+_CHAOS_ACTIONS = frozenset(pb.ChaosAction.values()) - {pb.CHAOS_UNSPECIFIED}
 
 
 @dataclass(kw_only=True, slots=True)
@@ -38,7 +40,7 @@ class AgentConfig:
     controllers: list[str] = field(default_factory=list)
     """Controller addresses (host:port), tried in turn."""
     token: str = ""
-    """The job's token."""
+    """The agent token Register needs (read from a file or the environment)."""
     node_id: str = ""
     """This node's id; default hostname-pid."""
     slots: int = 1
@@ -75,6 +77,8 @@ class Agent:
         """What this node's workers built: re-registrations tell a new leader."""
         self.config_json = ""
         self.lease = 0
+        self.node_secret = ""
+        """Issued by Register: this node's credential for every later call."""
         self.heartbeat_s = 0.5
         self.client: rpc.ControllerClient | None = None
         self.outbox: asyncio.Queue[pb.EventReport] = asyncio.Queue()
@@ -96,6 +100,7 @@ class Agent:
                 slots=self.config.slots,
                 address=socket.gethostname(),
                 model=self.model,
+                node_secret=self.node_secret,
             )
             for w in self.workers.values():
                 if not w.gone:
@@ -115,13 +120,20 @@ class Agent:
                 log.info("controller %s unavailable (%s); retrying", address, exc)
                 await asyncio.sleep(min(1.0, 0.1 * attempt))
                 continue
-            except rpc.RpcRejected:
+            except rpc.RpcRejected as exc:
                 await client.close()
-                raise
+                if exc.code != "ALREADY_EXISTS":
+                    raise
+                # our id is still held (this agent restarted): its lease runs out soon
+                attempt += 1
+                log.warning("%s; waiting for the old lease to expire", exc.details)
+                await asyncio.sleep(1.0)
+                continue
             if self.client is not None:
                 await self.client.close()
             self.client = client
             self.lease = reply.lease_id
+            self.node_secret = reply.node_secret
             logs.context.job = reply.job or logs.context.job
             self.heartbeat_s = reply.heartbeat_interval_s
             self.config_json = reply.config_json
@@ -145,13 +157,16 @@ class Agent:
                 raise exc
 
     async def _stream(self, client: rpc.ControllerClient) -> None:
-        request = pb.WatchPlanRequest(token=self.config.token, node_id=self.config.node_id)
+        request = pb.WatchPlanRequest(node_secret=self.node_secret, node_id=self.config.node_id)
         async for directive in client.stream("WatchPlan", request):
             kind = directive.WhichOneof("kind")
             if kind == "plan":
                 self._relay_plan(directive.plan)
             elif kind == "chaos":
-                self.chaos.append(directive.chaos)
+                if directive.chaos.action in _CHAOS_ACTIONS:
+                    self.chaos.append(directive.chaos)
+                else:
+                    log.warning("ignoring chaos of unknown action %d", directive.chaos.action)
             elif kind == "shutdown":
                 self.shutdown = directive.shutdown
                 log.info("the job is over: %s", pb.JobPhase.Name(directive.shutdown))
@@ -160,7 +175,7 @@ class Agent:
     async def _heartbeat(self, client: rpc.ControllerClient) -> None:
         while self.shutdown is None:
             request = pb.HeartbeatRequest(
-                token=self.config.token, node_id=self.config.node_id, lease_id=self.lease
+                node_secret=self.node_secret, node_id=self.config.node_id, lease_id=self.lease
             )
             for w in self.workers.values():
                 if w.phase in (pb.WORKER_PHASE_RUNNING, pb.WORKER_PHASE_FINISHED):
@@ -169,7 +184,9 @@ class Agent:
                         rank=w.rank,
                         generation=w.generation,
                         step=w.step,
-                        loss=w.loss,
+                        # the controller refuses a non-finite number: a diverged loss is
+                        # in the worker's log, not in the job's status
+                        loss=w.loss if math.isfinite(w.loss) else 0.0,
                         tokens_per_s=w.tokens_per_s,
                         step_time_s=w.step_time_s,
                         wall_time=w.step_wall,
@@ -189,7 +206,7 @@ class Agent:
             report = await self.outbox.get()
             if self.client is None:
                 continue
-            report.token, report.node_id = self.config.token, self.config.node_id
+            report.node_secret, report.node_id = self.node_secret, self.config.node_id
             try:
                 ack = await self.client.call("ReportEvent", report)
                 if not ack.accepted:
@@ -400,10 +417,12 @@ class Agent:
         if command.action == pb.KILL_WORKER:
             target.signal(signal.SIGKILL)
             what = "kill-worker"
-        else:
+        elif command.action == pb.HANG_WORKER:
             target.signal(signal.SIGSTOP)
             target.stopped = True
             what = "hang (SIGSTOP)"
+        else:  # filtered on receipt; never a default that stops a process
+            return
         log.warning("chaos: %s on %s at step %d", what, target.worker_id, target.step)
         self.report(pb.CHAOS_INJECTED, target, what, wall_time=now, step=target.step)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,11 @@ class GenerationPlanner:
         self.swap = taken.swap
         self.unit_numel = taken.unit_numel or self.unit_numel
 
+    @property
+    def units(self) -> int:
+        """Layer units of the model (0: no worker reported it yet)."""
+        return len(self.unit_numel) if self.unit_numel is not None else 0
+
     def learn_model(self, unit_numel: Sequence[int]) -> str:
         """A worker built a model with these layer unit sizes. The first one sets the
         job's model; a different one is refused (returns why, empty if accepted):
@@ -142,6 +148,8 @@ class GenerationPlanner:
 
     def observe_unit_costs(self, costs: dict[int, float]) -> None:
         for unit, cost in costs.items():
+            if not (0 <= unit < (self.units or unit + 1) and 0 <= cost < math.inf):
+                continue  # the service refuses these; the planner never sees one anyway
             old = self.unit_costs.get(unit)
             self.unit_costs[unit] = cost if old is None else 0.8 * old + 0.2 * cost
 

@@ -2,9 +2,9 @@
 
 Sits between the gRPC service (which validates input and calls in here) and the
 store (the only place state is written, by this controller alone while it leads).
-Every membership change goes through `_replan`, which coalesces changes that
-arrive within a few tens of milliseconds (two failures in one step become one
-generation), asks controller/generation_plan.py for the next plan, writes it with
+Every membership change goes through `_replan` (when: controller/replan_scheduler.py,
+which coalesces changes within a few tens of milliseconds and retries failures),
+which asks controller/generation_plan.py for the next plan, writes it with
 compare-and-set and pushes it to every agent's stream. Its parts: the agents and
 their leases (node_registry.py), the recovery clock (recovery_clock.py), the source
 of lost state (lost_state.py), chaos orders (chaos_admin.py), status (status_view.py).
@@ -35,6 +35,7 @@ from elastiq.controller.metrics import ControllerMetrics
 from elastiq.controller.node_registry import NodeRegistry
 from elastiq.controller.planner import HybridLayout, WorkerRef
 from elastiq.controller.recovery_clock import RecoveryClock
+from elastiq.controller.replan_scheduler import ReplanScheduler
 from elastiq.controller.status_view import build_status
 from elastiq.controller.store import Store
 from elastiq.controller.wire import takeover_of
@@ -76,8 +77,9 @@ class JobController:
         self.events: collections.deque[pb.Event] = collections.deque(maxlen=config.events_kept)
         self.recoveries: list[pb.Recovery] = []
         self.recovery = RecoveryClock()
-        self._replan_task: asyncio.Task[None] | None = None
-        self._replan_reasons: list[str] = []
+        self.replans = ReplanScheduler(
+            self._replan, self._fail, self._event, coalesce_s=config.coalesce_s
+        )
         self._start_task: asyncio.Task[None] | None = None
         self._lease_watch: asyncio.Task[None] | None = None
         self.failure_message = ""
@@ -112,7 +114,8 @@ class JobController:
         )
 
     async def stop(self) -> None:
-        for task in (self._lease_watch, self._replan_task, self._start_task):
+        self.replans.stop()
+        for task in (self._lease_watch, self._start_task):
             if task is not None:
                 task.cancel()
 
@@ -132,15 +135,17 @@ class JobController:
 
     # agents ---------------------------------------------------------------------------
     async def register(self, req: pb.RegisterRequest) -> pb.RegisterResponse:
-        """Raises ValueError, changing nothing, if its workers built another model."""
+        """Raises, changing nothing, Refusal if a live node holds the id and this is not
+        it, ValueError if its workers built another model."""
+        secret = await self.registry.secret_for(req)
         if req.model.unit_numel:
             refused = self.planner.learn_model(req.model.unit_numel)
             if refused:
                 raise ValueError(f"{req.node_id}: {refused}")
         if req.node_id in self.nodes:
-            # a re-registration (stream broke, agent restarted): its old workers are gone
+            # the same agent again (its stream broke): the workers it lists are current
             await self._lose_node(req.node_id, "re-registered")
-        node = await self.registry.admit(req)
+        node = await self.registry.admit(req, secret)
         self._event("node_registered", f"{req.node_id} with {req.slots} slot(s)")
         if node.workers:
             self._on_membership_grew(f"{req.node_id} rejoined")
@@ -151,10 +156,11 @@ class JobController:
             config_json=self.job.to_json(),
             generation=self.generation,
             job=self.job.job,
+            node_secret=secret,
         )
 
     async def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
-        node = self.registry.known(req.node_id, req.lease_id)
+        node = self.nodes.get(req.node_id)
         if node is None:
             return pb.HeartbeatResponse(generation=self.generation, known=False)
         if not await self.registry.refresh(node):
@@ -168,16 +174,19 @@ class JobController:
         self.metrics.observe_progress(self.registry.progress())
         return pb.HeartbeatResponse(generation=self.generation, known=True)
 
-    def open_stream(self, node_id: str) -> asyncio.Queue[pb.Directive]:
+    def open_stream(self, node_id: str) -> asyncio.Queue[pb.Directive | None]:
+        """The newest stream of a node gets its directives; an older one is ended."""
         node = self.nodes[node_id]
-        node.streams += 1
+        node.queue.put_nowait(None)
+        node.queue = asyncio.Queue()
+        node.streams = 1
         if self.plan is not None:
             node.queue.put_nowait(pb.Directive(plan=self.plan))
         if self.over:
             node.queue.put_nowait(pb.Directive(shutdown=self.phase))
         return node.queue
 
-    async def close_stream(self, node_id: str, queue: asyncio.Queue[pb.Directive]) -> None:
+    async def close_stream(self, node_id: str, queue: asyncio.Queue[pb.Directive | None]) -> None:
         node = self.nodes.get(node_id)
         if node is None or node.queue is not queue:
             return
@@ -248,6 +257,8 @@ class JobController:
         if req.kind in (pb.JOINED, pb.RESUMED):
             self._on_joined(worker, req)
         elif req.kind == pb.FINISHED:
+            if not self._in_plan(req.worker_id) or req.generation != self.generation:
+                return pb.EventAck(accepted=False, reason="not a member of the current plan")
             worker.state = "finished"
             if worker.progress is None:
                 worker.progress = pb.WorkerProgress(worker_id=req.worker_id)
@@ -334,18 +345,7 @@ class JobController:
 
     # planning ---------------------------------------------------------------------------
     def _request_replan(self, reason: str) -> None:
-        self._replan_reasons.append(reason)
-        if self._replan_task is None or self._replan_task.done():
-            self._replan_task = asyncio.get_running_loop().create_task(self._replan_soon())
-
-    async def _replan_soon(self) -> None:
-        await asyncio.sleep(self.config.coalesce_s)
-        reasons, self._replan_reasons = self._replan_reasons, []
-        try:
-            await self._replan("; ".join(dict.fromkeys(reasons)))
-        except Exception:
-            log.exception("replanning failed")
-            raise
+        self.replans.request(reason)
 
     def _holders(self, source: HybridLayout | None) -> set[str]:
         return self.registry.holders_of(source.generation) if source is not None else set()

@@ -14,8 +14,6 @@ from elastiq.proto import elastiq_pb2 as pb
 class ControllerConfig:
     """Control-plane timing and admission; the training itself is in JobConfig."""
 
-    token: str = ""
-    """Shared secret every agent and admin call must carry (empty: no check)."""
     lease_ttl_s: float = 3.0
     """An agent that misses heartbeats for this long is declared lost."""
     heartbeat_interval_s: float = 0.5
@@ -69,6 +67,9 @@ class NodeState:
     slots: int
     address: str
     lease: int
+    secret: str
+    """The node's credential (controller/service.py); issued by Register."""
     workers: dict[str, WorkerState] = field(default_factory=dict)
-    queue: asyncio.Queue[pb.Directive] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[pb.Directive | None] = field(default_factory=asyncio.Queue)
+    """The newest plan stream's queue; None ends a stream."""
     streams: int = 0

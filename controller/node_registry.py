@@ -13,12 +13,17 @@ reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Collection
 
 from elastiq.controller.job_state import ControllerConfig, NodeState, WorkerState
 from elastiq.controller.metrics import ControllerMetrics
 from elastiq.controller.planner import WorkerRef
+from elastiq.controller.request_checks import Refusal
 from elastiq.controller.store import Store
 from elastiq.proto import elastiq_pb2 as pb
 
@@ -33,6 +38,10 @@ _MEMBER_STATE = {
 _IN_PLAN = (pb.WORKER_PHASE_RUNNING, pb.WORKER_PHASE_FINISHED)
 
 
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
 class NodeRegistry:
     def __init__(
         self, store: Store, prefix: str, config: ControllerConfig, metrics: ControllerMetrics
@@ -43,10 +52,39 @@ class NodeRegistry:
         self.metrics = metrics
         self.nodes: dict[str, NodeState] = {}
 
-    async def admit(self, req: pb.RegisterRequest) -> NodeState:
-        """A new lease and record for the agent, with the workers it says it runs."""
+    async def secret_for(self, req: pb.RegisterRequest) -> str:
+        """The secret the node will hold: the one it presents if its id is held by a
+        live node (in memory, or in the store under an earlier leader), else a new one.
+        Refusal ALREADY_EXISTS for a live id without its secret: one client cannot
+        evict another's node; an agent that lost its secret waits out the lease."""
+        held = self.nodes.get(req.node_id)
+        if held is not None:
+            digest = _digest(held.secret)
+        else:
+            kv = await self.store.get(self.prefix + req.node_id)
+            digest = pb.NodeRecord.FromString(kv.value).secret_sha256 if kv is not None else b""
+        if not digest:
+            return secrets.token_urlsafe(32)
+        if req.node_secret and hmac.compare_digest(_digest(req.node_secret), digest):
+            return req.node_secret
+        raise Refusal(
+            "ALREADY_EXISTS",
+            f"node id {req.node_id!r} is held by a live agent; register with its secret, or "
+            f"again after its lease ({self.config.lease_ttl_s:g}s) expires",
+        )
+
+    async def admit(self, req: pb.RegisterRequest, secret: str) -> NodeState:
+        """A new lease and record for the agent, with the workers it says it runs. The
+        store is written first: if it refuses, nothing is kept in memory either."""
         lease = await self.store.grant_lease(self.config.lease_ttl_s)
-        node = NodeState(req.node_id, req.slots, req.address, lease)
+        record = pb.NodeRecord(address=req.address, slots=req.slots, secret_sha256=_digest(secret))
+        try:
+            await self.store.put(self.prefix + req.node_id, record.SerializeToString(), lease=lease)
+        except Exception:
+            with contextlib.suppress(Exception):  # the lease expires on its own anyway
+                await self.store.revoke_lease(lease)
+            raise
+        node = NodeState(req.node_id, req.slots, req.address, lease, secret)
         for w in req.workers:
             node.workers[w.worker_id] = WorkerState(
                 WorkerRef(req.node_id, w.slot, w.worker_id),
@@ -55,14 +93,8 @@ class NodeRegistry:
                 joined_generation=w.generation if w.phase in _IN_PLAN else 0,
             )
         self.nodes[req.node_id] = node
-        record = pb.NodeRecord(address=req.address, slots=req.slots)
-        await self.store.put(self.prefix + req.node_id, record.SerializeToString(), lease=lease)
         self.metrics.nodes.set(len(self.nodes))
         return node
-
-    def known(self, node_id: str, lease: int) -> NodeState | None:
-        node = self.nodes.get(node_id)
-        return node if node is not None and node.lease == lease else None
 
     async def refresh(self, node: NodeState) -> bool:
         """Keep the node's lease; False if the store already let it expire."""

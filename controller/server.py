@@ -19,7 +19,7 @@ from elastiq import rpc
 from elastiq.config import JobConfig
 from elastiq.controller.job import ControllerConfig, JobController
 from elastiq.controller.metrics import ControllerMetrics
-from elastiq.controller.service import ControllerService
+from elastiq.controller.service import ControllerService, Credentials
 from elastiq.controller.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,23 @@ def _rendezvous_store(host: str) -> tuple[object, int]:
 class Controller:
     """A running controller; `await start()`, then `port`, `metrics_port`, `job`."""
 
-    def __init__(self, job: JobConfig, control: ControllerConfig, server: ServerConfig) -> None:
+    def __init__(
+        self,
+        job: JobConfig,
+        control: ControllerConfig,
+        server: ServerConfig,
+        credentials: Credentials,
+    ) -> None:
         self.job_config = job
         self.control = control
         self.server_config = server
         self.identity = f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = ControllerMetrics()
-        self.service = ControllerService()
+        self.service = ControllerService(credentials)
+        if credentials.insecure:
+            log.warning(
+                "controller started with --insecure: calls without credentials are accepted"
+            )
         self.store: Store | None = None
         self.job: JobController | None = None
         self.port = 0

@@ -1,10 +1,17 @@
 """The controller's gRPC service: authenticate, validate, then delegate to JobController.
 
-Every request is checked before anything changes: a wrong token is
-PERMISSION_DENIED; an unknown node id, a malformed id, an out-of-range rank or
-slot count is INVALID_ARGUMENT with a message that says what was wrong; a report
-from an older generation is accepted=False and logged. A standby controller (not
-the leader) answers UNAVAILABLE so agents try the next address.
+Every request is authenticated first (a standby reveals nothing, not even the
+leader's address, to a caller without a valid credential), then every field is
+checked (controller/request_checks.py), and only then does anything change. Three
+credentials, each compared in constant time:
+
+- the agent token: Register only;
+- the node secret Register issues: Heartbeat, WatchPlan, ReportEvent for that node
+  (an agent can act for its own node only);
+- the operator token: Status and Admin (an agent cannot inject chaos or read the job).
+
+A standby controller (not the leader) answers UNAVAILABLE so agents try the next
+address. The status codes are listed in the proto's contract.
 """
 
 from __future__ import annotations
@@ -12,99 +19,145 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from elastiq import rpc
+from elastiq.controller import request_checks as checks
 from elastiq.controller.job import JobController
+from elastiq.controller.job_state import NodeState
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-MAX_SLOTS = 1024
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The two tokens a controller checks (node secrets are issued by it)."""
+
+    agent_token: str = ""
+    """What an agent presents to Register."""
+    operator_token: str = ""
+    """What `elastiq status`, `elastiq chaos` and the operator present."""
+    insecure: bool = False
+    """Accept calls without credentials (empty tokens only): never the default."""
+
+    def __post_init__(self) -> None:
+        if not self.insecure and not (self.agent_token and self.operator_token):
+            raise ValueError(
+                "the controller needs an agent token and an operator token (from a file or "
+                "the environment); to run without any, say so with --insecure"
+            )
+        for name in ("agent_token", "operator_token"):
+            token = getattr(self, name)
+            if token and len(token) < 16:
+                raise ValueError(f"{name} is {len(token)} characters; use at least 16")
+        if self.agent_token and self.agent_token == self.operator_token:
+            raise ValueError("the agent token and the operator token must differ")
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 class ControllerService(rpc.ControllerServicerBase):
-    def __init__(self, job: JobController | None = None) -> None:
+    def __init__(self, credentials: Credentials, job: JobController | None = None) -> None:
+        self.credentials = credentials
         self.job = job
         self.leader_address = ""
 
-    async def _leader(self, context: Any) -> JobController:
+    # authentication -------------------------------------------------------------------
+    async def _token(self, given: str, expected: str, who: str, context: Any) -> None:
+        if self.credentials.insecure and not expected:
+            return
+        if not given:
+            await self._deny(context, "UNAUTHENTICATED", f"this call needs the {who} token")
+        if not _same(given, expected):
+            await self._deny(context, "PERMISSION_DENIED", f"wrong {who} token")
+
+    async def _deny(self, context: Any, code: str, message: str) -> None:
+        if self.job is not None:
+            self.job.metrics.rejected.labels("token").inc()
+        log.warning("refused a request: %s", message)
+        await rpc.reject(context, code, message)
+
+    async def _leader(self, context: Any, *, authenticated: bool = True) -> JobController:
+        """The job, if this controller leads; the leader's address only goes to a caller
+        that has already presented a valid token."""
         if self.job is None:
-            await rpc.reject(
-                context,
-                "UNAVAILABLE",
-                f"this controller is a standby; the leader is {self.leader_address or '?'}",
-            )
+            where = f"; the leader is {self.leader_address or '?'}" if authenticated else ""
+            await rpc.reject(context, "UNAVAILABLE", f"this controller is a standby{where}")
         return self.job
 
-    async def _auth(self, job: JobController, token: str, context: Any) -> None:
-        expected = job.config.token
-        if expected and not hmac.compare_digest(token.encode(), expected.encode()):
-            job.metrics.rejected.labels("token").inc()
-            log.warning("rejected a request with a wrong job token")
-            await rpc.reject(
-                context,
-                "PERMISSION_DENIED",
-                "wrong job token: use the token the job was started with",
-            )
-
-    async def _node(self, job: JobController, node_id: str, context: Any) -> None:
-        if node_id not in job.nodes:
+    async def _node(
+        self, node_id: str, secret: str, context: Any
+    ) -> tuple[JobController, NodeState]:
+        """The leader and the node `secret` belongs to; refuses a wrong secret."""
+        job = await self._leader(context, authenticated=False)
+        node = job.nodes.get(node_id)
+        if node is None:
             job.metrics.rejected.labels("unknown_node").inc()
             await rpc.reject(
                 context,
                 "INVALID_ARGUMENT",
-                f"unknown node id {node_id!r}: register first (known: {sorted(job.nodes)})",
+                f"unknown node id {node_id[:80]!r}: register first",
             )
+        if not _same(secret, node.secret):
+            await self._deny(context, "PERMISSION_DENIED", f"wrong secret for node {node_id!r}")
+        return job, node
 
-    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
-        job = await self._leader(context)
-        await self._auth(job, request.token, context)
-        if not _ID.match(request.node_id):
-            await rpc.reject(
-                context,
-                "INVALID_ARGUMENT",
-                f"node id {request.node_id!r} must be 1-128 characters of [A-Za-z0-9._:/-]",
-            )
-        if not 1 <= request.slots <= MAX_SLOTS:
-            await rpc.reject(
-                context, "INVALID_ARGUMENT", f"slots={request.slots} must be in 1..{MAX_SLOTS}"
-            )
-        if request.model.unit_numel:
-            problem = _model_problem(request.model)
-            if problem:
-                await rpc.reject(context, "INVALID_ARGUMENT", f"{request.node_id}: {problem}")
-        for w in request.workers:
-            if not _ID.match(w.worker_id) or not 0 <= w.slot < request.slots:
-                await rpc.reject(
-                    context,
-                    "INVALID_ARGUMENT",
-                    f"worker {w.worker_id!r} slot {w.slot} is not valid for "
-                    f"{request.slots} slot(s)",
-                )
+    async def _checked(self, context: Any, check: Callable[[], None]) -> None:
         try:
-            return await job.register(request)
+            check()
+        except checks.Refusal as refusal:
+            if self.job is not None:
+                self.job.metrics.rejected.labels("invalid").inc()
+            await rpc.reject(context, refusal.code, refusal.message)
+
+    async def _change(self, context: Any, change: Awaitable[T]) -> T:
+        """Run a state change; a ValueError is the job's refusal (nothing changed)."""
+        try:
+            return await change
+        except checks.Refusal as refusal:
+            await rpc.reject(context, refusal.code, refusal.message)
         except ValueError as exc:
             await rpc.reject(context, "FAILED_PRECONDITION", str(exc))
 
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+    @staticmethod
+    def _limits(job: JobController) -> checks.JobLimits:
+        return checks.JobLimits(
+            total_steps=job.job.steps, generation=job.generation, units=job.planner.units
+        )
+
+    # the RPCs -------------------------------------------------------------------------
+    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+        await self._token(request.token, self.credentials.agent_token, "agent", context)
         job = await self._leader(context)
-        await self._auth(job, request.token, context)
+        await self._checked(context, lambda: checks.check_register(request))
+        return await self._change(context, job.register(request))
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+        job = await self._leader(context, authenticated=False)
+        if request.node_id not in job.nodes:  # lease expired or a new leader: register again
+            return pb.HeartbeatResponse(generation=job.generation, known=False)
+        job, node = await self._node(request.node_id, request.node_secret, context)
+        limits = self._limits(job)
+        await self._checked(context, lambda: checks.check_heartbeat(request, node.slots, limits))
         return await job.heartbeat(request)
 
     async def WatchPlan(
         self, request: pb.WatchPlanRequest, context: Any
     ) -> AsyncIterator[pb.Directive]:
-        job = await self._leader(context)
-        await self._auth(job, request.token, context)
-        await self._node(job, request.node_id, context)
+        job, _ = await self._node(request.node_id, request.node_secret, context)
         queue = job.open_stream(request.node_id)
         try:
             while True:
                 directive = await queue.get()
+                if directive is None:  # a newer stream of this node took over
+                    return
                 yield directive
                 if directive.WhichOneof("kind") == "shutdown":
                     # let the agent read it before the stream ends
@@ -114,57 +167,22 @@ class ControllerService(rpc.ControllerServicerBase):
             await job.close_stream(request.node_id, queue)
 
     async def ReportEvent(self, request: pb.EventReport, context: Any) -> pb.EventAck:
-        job = await self._leader(context)
-        await self._auth(job, request.token, context)
-        await self._node(job, request.node_id, context)
-        if request.kind == pb.EVENT_UNSPECIFIED:
-            await rpc.reject(context, "INVALID_ARGUMENT", "event kind is missing")
-        if request.kind != pb.CHAOS_INJECTED and not _ID.match(request.worker_id):
-            await rpc.reject(
-                context, "INVALID_ARGUMENT", f"worker id {request.worker_id!r} is malformed"
-            )
-        if request.generation < 0:
-            await rpc.reject(
-                context, "INVALID_ARGUMENT", f"generation {request.generation} is negative"
-            )
-        if request.kind == pb.WORKER_READY:
-            problem = _model_problem(request.model)
-            if problem:
-                await rpc.reject(context, "INVALID_ARGUMENT", f"{request.worker_id}: {problem}")
-        return await job.report(request.node_id, request)
+        job, node = await self._node(request.node_id, request.node_secret, context)
+        limits = self._limits(job)
+        await self._checked(context, lambda: checks.check_event(request, node.slots, limits))
+        return await self._change(context, job.report(request.node_id, request))
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
+        await self._token(request.token, self.credentials.operator_token, "operator", context)
         job = await self._leader(context)
-        await self._auth(job, request.token, context)
         return job.status()
 
     async def Admin(self, request: pb.AdminRequest, context: Any) -> pb.AdminResponse:
+        await self._token(request.token, self.credentials.operator_token, "operator", context)
         job = await self._leader(context)
-        await self._auth(job, request.token, context)
-        if request.action == pb.CHAOS_UNSPECIFIED:
-            await rpc.reject(context, "INVALID_ARGUMENT", "admin action is missing")
-        if request.at_step < 0:
-            await rpc.reject(context, "INVALID_ARGUMENT", f"at_step={request.at_step} must be >= 0")
+        await self._checked(context, lambda: checks.check_admin(request))
         try:
             detail = job.inject_chaos(request)
         except ValueError as exc:
             await rpc.reject(context, "INVALID_ARGUMENT", str(exc))
         return pb.AdminResponse(accepted=True, detail=detail)
-
-
-#: far above any model this runtime splits into units, far below what breaks planning
-MAX_UNITS = 100_000
-MAX_UNIT_NUMEL = 1 << 40
-
-
-def _model_problem(model: pb.ModelShape) -> str:
-    """Why a reported model shape cannot be planned with; empty if it can."""
-    sizes = list(model.unit_numel)
-    if not sizes:
-        return "reports no model shape (ModelShape.unit_numel is empty)"
-    if len(sizes) > MAX_UNITS:
-        return f"reports {len(sizes)} layer units; at most {MAX_UNITS} are supported"
-    bad = [n for n in sizes if not 0 < n <= MAX_UNIT_NUMEL]
-    if bad:
-        return f"reports layer units of {bad[:3]} parameters; each must be in 1..{MAX_UNIT_NUMEL}"
-    return ""

@@ -15,8 +15,10 @@ T = TypeVar("T")
 
 #: controller address for agents, status and chaos (host:port)
 CONTROLLER = "ELASTIQ_CONTROLLER"
-#: shared secret every agent and admin call must carry
-TOKEN = "ELASTIQ_TOKEN"
+#: the agent token (what an agent presents to Register); the token itself, not a path
+AGENT_TOKEN = "ELASTIQ_AGENT_TOKEN"
+#: the operator token (status, chaos, the Kubernetes operator)
+OPERATOR_TOKEN = "ELASTIQ_OPERATOR_TOKEN"
 #: store URL of the controller: "embedded", "embedded:///path/state.json", "etcd://host:port"
 STORE = "ELASTIQ_STORE"
 #: node id of an agent (defaults to hostname-pid)
@@ -24,7 +26,7 @@ NODE_ID = "ELASTIQ_NODE_ID"
 #: log level name for the elastiq loggers
 LOG_LEVEL = "ELASTIQ_LOG_LEVEL"
 
-ALL = (CONTROLLER, TOKEN, STORE, NODE_ID, LOG_LEVEL)
+ALL = (CONTROLLER, AGENT_TOKEN, OPERATOR_TOKEN, STORE, NODE_ID, LOG_LEVEL)
 
 
 def resolve(explicit: T | None, name: str, default: T, parse: Callable[[str], T]) -> T:

@@ -98,44 +98,50 @@ class ModelShape(_message.Message):
     def __init__(self, unit_numel: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("token", "node_id", "slots", "address", "workers", "model")
+    __slots__ = ("token", "node_id", "slots", "address", "workers", "model", "node_secret")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
     token: str
     node_id: str
     slots: int
     address: str
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     model: ModelShape
-    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., slots: _Optional[int] = ..., address: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., model: _Optional[_Union[ModelShape, _Mapping]] = ...) -> None: ...
+    node_secret: str
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., slots: _Optional[int] = ..., address: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., model: _Optional[_Union[ModelShape, _Mapping]] = ..., node_secret: _Optional[str] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("address", "slots")
+    __slots__ = ("address", "slots", "secret_sha256")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
     address: str
     slots: int
-    def __init__(self, address: _Optional[str] = ..., slots: _Optional[int] = ...) -> None: ...
+    secret_sha256: bytes
+    def __init__(self, address: _Optional[str] = ..., slots: _Optional[int] = ..., secret_sha256: _Optional[bytes] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("lease_id", "lease_ttl_s", "heartbeat_interval_s", "config_json", "generation", "job")
+    __slots__ = ("lease_id", "lease_ttl_s", "heartbeat_interval_s", "config_json", "generation", "job", "node_secret")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
     lease_id: int
     lease_ttl_s: float
     heartbeat_interval_s: float
     config_json: str
     generation: int
     job: str
-    def __init__(self, lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., config_json: _Optional[str] = ..., generation: _Optional[int] = ..., job: _Optional[str] = ...) -> None: ...
+    node_secret: str
+    def __init__(self, lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., config_json: _Optional[str] = ..., generation: _Optional[int] = ..., job: _Optional[str] = ..., node_secret: _Optional[str] = ...) -> None: ...
 
 class WorkerProgress(_message.Message):
     __slots__ = ("worker_id", "rank", "generation", "step", "loss", "tokens_per_s", "step_time_s", "wall_time", "phase", "unit_costs", "checkpoint_held_s", "checkpoint_committed_step")
@@ -173,16 +179,16 @@ class WorkerProgress(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., wall_time: _Optional[float] = ..., phase: _Optional[_Union[WorkerPhase, str]] = ..., unit_costs: _Optional[_Mapping[int, float]] = ..., checkpoint_held_s: _Optional[float] = ..., checkpoint_committed_step: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("token", "node_id", "lease_id", "progress")
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("node_secret", "node_id", "lease_id", "progress")
+    NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
-    token: str
+    node_secret: str
     node_id: str
     lease_id: int
     progress: _containers.RepeatedCompositeFieldContainer[WorkerProgress]
-    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ...) -> None: ...
+    def __init__(self, node_secret: _Optional[str] = ..., node_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("generation", "known")
@@ -193,12 +199,12 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., known: _Optional[bool] = ...) -> None: ...
 
 class WatchPlanRequest(_message.Message):
-    __slots__ = ("token", "node_id")
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("node_secret", "node_id")
+    NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    token: str
+    node_secret: str
     node_id: str
-    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, node_secret: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("rank", "worker_id", "node_id", "slot", "holder")
@@ -345,8 +351,8 @@ class JoinTimings(_message.Message):
     def __init__(self, join_start: _Optional[float] = ..., comm_rebuild_s: _Optional[float] = ..., migrate_s: _Optional[float] = ..., reached_step: _Optional[int] = ...) -> None: ...
 
 class EventReport(_message.Message):
-    __slots__ = ("token", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall_time", "detail", "slot", "pid", "loss", "join", "model")
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("node_secret", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall_time", "detail", "slot", "pid", "loss", "join", "model")
+    NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -360,7 +366,7 @@ class EventReport(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
-    token: str
+    node_secret: str
     node_id: str
     generation: int
     kind: EventKind
@@ -374,7 +380,7 @@ class EventReport(_message.Message):
     loss: float
     join: JoinTimings
     model: ModelShape
-    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., detail: _Optional[str] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., loss: _Optional[float] = ..., join: _Optional[_Union[JoinTimings, _Mapping]] = ..., model: _Optional[_Union[ModelShape, _Mapping]] = ...) -> None: ...
+    def __init__(self, node_secret: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., detail: _Optional[str] = ..., slot: _Optional[int] = ..., pid: _Optional[int] = ..., loss: _Optional[float] = ..., join: _Optional[_Union[JoinTimings, _Mapping]] = ..., model: _Optional[_Union[ModelShape, _Mapping]] = ...) -> None: ...
 
 class EventAck(_message.Message):
     __slots__ = ("accepted", "reason")

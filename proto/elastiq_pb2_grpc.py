@@ -26,7 +26,18 @@ if _version_not_supported:
 
 
 class ControllerStub:
-    """Missing associated documentation comment in .proto file."""
+    """Validation contract (controller/service.py, controller/request_checks.py): every
+    field of every request is checked before anything changes, in memory or in the
+    store. A refused request changes nothing and is answered with
+    UNAUTHENTICATED    missing credential; PERMISSION_DENIED  wrong credential
+    INVALID_ARGUMENT   a field out of range, an unknown enum value, a malformed id
+    FAILED_PRECONDITION valid, but not now (another model; a step not reached)
+    ALREADY_EXISTS     a node id a live agent holds (wait for its lease to expire)
+    UNAVAILABLE        a standby (no leader address before authentication)
+    never UNKNOWN. Credentials: the agent token (Register only), a per-node secret
+    issued by Register (every node-scoped call: the node can act for itself only) and
+    the operator token (Status, Admin). Store values are protobuf messages.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,11 +78,22 @@ class ControllerStub:
 
 
 class ControllerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Validation contract (controller/service.py, controller/request_checks.py): every
+    field of every request is checked before anything changes, in memory or in the
+    store. A refused request changes nothing and is answered with
+    UNAUTHENTICATED    missing credential; PERMISSION_DENIED  wrong credential
+    INVALID_ARGUMENT   a field out of range, an unknown enum value, a malformed id
+    FAILED_PRECONDITION valid, but not now (another model; a step not reached)
+    ALREADY_EXISTS     a node id a live agent holds (wait for its lease to expire)
+    UNAVAILABLE        a standby (no leader address before authentication)
+    never UNKNOWN. Credentials: the agent token (Register only), a per-node secret
+    issued by Register (every node-scoped call: the node can act for itself only) and
+    the operator token (Status, Admin). Store values are protobuf messages.
+    """
 
     def Register(self, request, context):
         """An agent joins (or rejoins after a controller takeover) with its slots and
-        the workers it already runs.
+        the workers it already runs; the reply carries the node's secret.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,7 +175,18 @@ def add_ControllerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Controller:
-    """Missing associated documentation comment in .proto file."""
+    """Validation contract (controller/service.py, controller/request_checks.py): every
+    field of every request is checked before anything changes, in memory or in the
+    store. A refused request changes nothing and is answered with
+    UNAUTHENTICATED    missing credential; PERMISSION_DENIED  wrong credential
+    INVALID_ARGUMENT   a field out of range, an unknown enum value, a malformed id
+    FAILED_PRECONDITION valid, but not now (another model; a step not reached)
+    ALREADY_EXISTS     a node id a live agent holds (wait for its lease to expire)
+    UNAVAILABLE        a standby (no leader address before authentication)
+    never UNKNOWN. Credentials: the agent token (Register only), a per-node secret
+    issued by Register (every node-scoped call: the node can act for itself only) and
+    the operator token (Status, Admin). Store values are protobuf messages.
+    """
 
     @staticmethod
     def Register(request,

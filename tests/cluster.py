@@ -17,10 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from elastiq import rpc
+from elastiq import envvars, rpc
 from elastiq.proto import elastiq_pb2 as pb
 
-TOKEN = "test-token"
+#: the test cluster's credentials: in the processes' environment, never in argv
+AGENT_TOKEN = "test-agent-token-0123456789"
+OPERATOR_TOKEN = "test-operator-token-0123456789"
 
 
 class Cluster:
@@ -69,8 +71,6 @@ class Cluster:
             "controller",
             "--store",
             self.store,
-            "--token",
-            TOKEN,
             "--port",
             str(port),
             "--port-file",
@@ -90,7 +90,11 @@ class Cluster:
             elif value is not False:
                 args += [f"--{key}", str(value)]
         self.controller = subprocess.Popen(
-            args, stdout=self._log("controller"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            args,
+            stdout=self._log("controller"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env(),
         )
         deadline = time.monotonic() + 60
         while not os.path.exists(port_file):
@@ -102,12 +106,24 @@ class Cluster:
         with open(port_file, encoding="utf-8") as fh:
             self.port = int(fh.read())
 
+    @staticmethod
+    def env(agent_token: str = AGENT_TOKEN) -> dict[str, str]:
+        return {
+            **os.environ,
+            envvars.AGENT_TOKEN: agent_token,
+            envvars.OPERATOR_TOKEN: OPERATOR_TOKEN,
+        }
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start_agent(
-        self, node_id: str, slots: int = 1, liveness_timeout: float = 3.0, token: str = TOKEN
+        self,
+        node_id: str,
+        slots: int = 1,
+        liveness_timeout: float = 3.0,
+        token: str = AGENT_TOKEN,
     ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [
@@ -119,8 +135,6 @@ class Cluster:
                 "agent",
                 "--controller",
                 self.address,
-                "--token",
-                token,
                 "--node-id",
                 node_id,
                 "--slots",
@@ -131,6 +145,7 @@ class Cluster:
             stdout=self._log(node_id),
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=self.env(token),
         )
         self.agents[node_id] = proc
         return proc
@@ -143,7 +158,7 @@ class Cluster:
             client.close()
 
     def status(self) -> pb.StatusResponse:
-        return self.call("Status", pb.StatusRequest(token=TOKEN))
+        return self.call("Status", pb.StatusRequest(token=OPERATOR_TOKEN))
 
     def wait_for(
         self, what: str, predicate: Callable[[pb.StatusResponse], bool], timeout: float = 120.0
@@ -219,7 +234,7 @@ def run(
         for victim in victims:
             cluster.call(
                 "Admin",
-                pb.AdminRequest(token="test-token", action=action, rank=victim, at_step=15),
+                pb.AdminRequest(token=OPERATOR_TOKEN, action=action, rank=victim, at_step=15),
             )
         end = cluster.wait_for(
             "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180

@@ -5,78 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 
 from elastiq import rpc
 from elastiq.config import JobConfig
-from elastiq.controller.job import ControllerConfig
-from elastiq.controller.server import Controller, ServerConfig
+from elastiq.controller.server import Controller
 from elastiq.proto import elastiq_pb2 as pb
-
-TOKEN = "s3cret"
-
-
-def with_controller(body: Callable[[Controller, rpc.ControllerClient], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        controller = Controller(
-            JobConfig(job="input-test", steps=5),
-            ControllerConfig(token=TOKEN, min_workers=1, settle_s=0.0, coalesce_s=0.0),
-            ServerConfig(metrics_port=0),
-        )
-        await controller.start()
-        client = rpc.ControllerClient(f"127.0.0.1:{controller.port}")
-        try:
-            return await body(controller, client)
-        finally:
-            await client.close()
-            await controller.stop()
-
-    return asyncio.run(asyncio.wait_for(main(), 60))
-
-
-async def snapshot(controller: Controller) -> list[tuple[str, bytes]]:
-    assert controller.store is not None
-    return [(kv.key, kv.value) for kv in await controller.store.get_prefix("/elastiq/")]
-
-
-async def register(client: rpc.ControllerClient, node: str = "node-a", token: str = TOKEN) -> Any:
-    return await client.call("Register", pb.RegisterRequest(token=token, node_id=node, slots=1))
-
-
-async def ready_worker(client: rpc.ControllerClient, node: str = "node-a") -> None:
-    await client.call(
-        "ReportEvent",
-        pb.EventReport(
-            token=TOKEN,
-            node_id=node,
-            kind=pb.WORKER_READY,
-            worker_id=f"{node}.w0",
-            slot=0,
-            pid=1,
-            model=pb.ModelShape(unit_numel=JobConfig().unit_numel()),
-        ),
-    )
-
-
-async def planned_one_worker(controller: Controller, client: rpc.ControllerClient) -> None:
-    """Register node-a with one ready worker and wait for generation 1."""
-    await register(client)
-    await ready_worker(client)
-    for _ in range(100):
-        if controller.job is not None and controller.job.generation == 1:
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("generation 1 was not planned")
+from tests.live_controller import Session, planned_one_worker, snapshot, with_controller
 
 
 def test_wrong_token_is_permission_denied_and_the_agent_is_not_added() -> None:
-    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
+    async def body(controller: Controller, session: Session) -> None:
         before = await snapshot(controller)
         with pytest.raises(rpc.RpcRejected) as err:
-            await register(client, token="wrong")
+            await session.register(token="wrong-token-0123456789")
         assert err.value.code == "PERMISSION_DENIED" and "token" in err.value.details
         assert controller.job is not None and "node-a" not in controller.job.nodes
         assert await snapshot(controller) == before
@@ -85,25 +28,18 @@ def test_wrong_token_is_permission_denied_and_the_agent_is_not_added() -> None:
 
 
 def test_unknown_node_and_malformed_ids_are_invalid_argument() -> None:
-    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
+    async def body(controller: Controller, session: Session) -> None:
         before = await snapshot(controller)
         with pytest.raises(rpc.RpcRejected) as err:
-            await client.call(
-                "ReportEvent",
-                pb.EventReport(
-                    token=TOKEN, node_id="ghost", kind=pb.WORKER_EXITED, worker_id="ghost.w0"
-                ),
-            )
+            await session.report("ghost", kind=pb.WORKER_EXITED, worker_id="ghost.w0")
         assert (
             err.value.code == "INVALID_ARGUMENT" and "unknown node id 'ghost'" in err.value.details
         )
         with pytest.raises(rpc.RpcRejected) as err:
-            await client.call(
-                "Register", pb.RegisterRequest(token=TOKEN, node_id="bad id!", slots=1)
-            )
+            await session.register("bad id!")
         assert err.value.code == "INVALID_ARGUMENT" and "node id" in err.value.details
         with pytest.raises(rpc.RpcRejected) as err:
-            await client.call("Register", pb.RegisterRequest(token=TOKEN, node_id="n", slots=0))
+            await session.register("n", slots=0)
         assert err.value.code == "INVALID_ARGUMENT" and "slots=0" in err.value.details
         assert await snapshot(controller) == before
 
@@ -111,11 +47,11 @@ def test_unknown_node_and_malformed_ids_are_invalid_argument() -> None:
 
 
 def test_out_of_range_rank_is_invalid_argument_and_changes_nothing() -> None:
-    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
-        await planned_one_worker(controller, client)
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
         before = await snapshot(controller)
         with pytest.raises(rpc.RpcRejected) as err:
-            await client.call("Admin", pb.AdminRequest(token=TOKEN, action=pb.KILL_WORKER, rank=7))
+            await session.admin(action=pb.KILL_WORKER, rank=7)
         assert err.value.code == "INVALID_ARGUMENT"
         assert "rank 7 is out of range: the current plan has 1 rank(s)" in err.value.details
         assert await snapshot(controller) == before
@@ -124,22 +60,12 @@ def test_out_of_range_rank_is_invalid_argument_and_changes_nothing() -> None:
 
 
 def test_a_report_from_an_older_generation_is_ignored() -> None:
-    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
-        await planned_one_worker(controller, client)
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
         job = controller.job
         assert job is not None and job.generation == 1
         before = await snapshot(controller)
-        ack = await client.call(
-            "ReportEvent",
-            pb.EventReport(
-                token=TOKEN,
-                node_id="node-a",
-                kind=pb.FINISHED,
-                worker_id="node-a.w0",
-                generation=0,
-                step=5,
-            ),
-        )
+        ack = await session.report(kind=pb.FINISHED, worker_id="node-a.w0", generation=0, step=5)
         assert not ack.accepted and "stale generation 0 < current 1" in ack.reason
         assert job.phase == pb.JOB_RUNNING, "a stale FINISHED must not end the job"
         assert await snapshot(controller) == before
@@ -148,12 +74,12 @@ def test_a_report_from_an_older_generation_is_ignored() -> None:
 
 
 def test_metrics_are_served_with_the_elastiq_prefix() -> None:
-    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
-        await register(client)
-        await ready_worker(client)
+    async def body(controller: Controller, session: Session) -> None:
+        await session.register()
+        await session.ready_worker()
         await asyncio.sleep(0.3)
         with pytest.raises(rpc.RpcRejected):
-            await register(client, token="nope")
+            await session.register(token="nope")
         url = f"http://127.0.0.1:{controller.metrics_port}/metrics"
         text = await asyncio.to_thread(
             lambda: urllib.request.urlopen(url, timeout=5).read().decode()
@@ -166,29 +92,15 @@ def test_metrics_are_served_with_the_elastiq_prefix() -> None:
 
 
 def test_a_worker_that_reports_no_model_shape_is_invalid_argument() -> None:
-    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
-        await register(client)
+    async def body(controller: Controller, session: Session) -> None:
+        await session.register()
         before = await snapshot(controller)
         with pytest.raises(rpc.RpcRejected) as err:
-            await client.call(
-                "ReportEvent",
-                pb.EventReport(
-                    token=TOKEN, node_id="node-a", kind=pb.WORKER_READY, worker_id="node-a.w0"
-                ),
-            )
+            await session.ready_worker(model=pb.ModelShape())
         assert err.value.code == "INVALID_ARGUMENT"
         assert "reports no model shape" in err.value.details
         with pytest.raises(rpc.RpcRejected) as err:
-            await client.call(
-                "ReportEvent",
-                pb.EventReport(
-                    token=TOKEN,
-                    node_id="node-a",
-                    kind=pb.WORKER_READY,
-                    worker_id="node-a.w0",
-                    model=pb.ModelShape(unit_numel=[16, -1, 16]),
-                ),
-            )
+            await session.ready_worker(model=pb.ModelShape(unit_numel=[16, -1, 16]))
         assert err.value.code == "INVALID_ARGUMENT" and "[-1]" in err.value.details
         assert controller.job is not None and not controller.job.nodes["node-a"].workers
         assert await snapshot(controller) == before
@@ -200,34 +112,20 @@ def test_a_worker_that_built_another_model_is_refused_and_not_planned() -> None:
     """The controller plans with the shape the first ready worker reported (it never
     imports the model); a worker whose model differs cannot train with the others."""
 
-    async def body(controller: Controller, client: rpc.ControllerClient) -> None:
-        await planned_one_worker(controller, client)
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
         job = controller.job
         assert job is not None
-        await register(client, node="node-b")
+        await session.register("node-b")
         other = list(JobConfig().unit_numel())
         other[1] += 1
-        ack = await client.call(
-            "ReportEvent",
-            pb.EventReport(
-                token=TOKEN,
-                node_id="node-b",
-                kind=pb.WORKER_READY,
-                worker_id="node-b.w0",
-                model=pb.ModelShape(unit_numel=other),
-            ),
-        )
+        ack = await session.ready_worker("node-b", model=pb.ModelShape(unit_numel=other))
         assert not ack.accepted and "every worker must build the same model" in ack.reason
         await asyncio.sleep(0.2)
         assert job.generation == 1 and not job.nodes["node-b"].workers
         assert any(e.kind == "worker_refused" for e in job.status().events)
         with pytest.raises(rpc.RpcRejected) as err:
-            await client.call(
-                "Register",
-                pb.RegisterRequest(
-                    token=TOKEN, node_id="node-c", slots=1, model=pb.ModelShape(unit_numel=other)
-                ),
-            )
+            await session.register("node-c", model=pb.ModelShape(unit_numel=other))
         assert err.value.code == "FAILED_PRECONDITION" and "same model" in err.value.details
         assert "node-c" not in job.nodes
 

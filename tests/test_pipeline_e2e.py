@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from elastiq.proto import elastiq_pb2 as pb
-from tests.cluster import Cluster, ReferenceRuns, planned, run
+from tests.cluster import OPERATOR_TOKEN, Cluster, ReferenceRuns, planned, run
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,7 @@ def test_a_joiner_restores_a_lost_stage_and_training_matches_a_run_without_failu
         victim = first.plan.stages[1].ranks[0]
         cluster.call(
             "Admin",
-            pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=victim, at_step=15),
+            pb.AdminRequest(token=OPERATOR_TOKEN, action=pb.KILL_WORKER, rank=victim, at_step=15),
         )
         merged = cluster.wait_for("one stage", lambda s: len(s.plan.stages) == 1, 90)
         assert merged.plan.world_size == 1
@@ -192,10 +192,11 @@ def test_a_failure_during_a_reconfiguration_is_survived(
         cluster.wait_for("the first plan", lambda s: s.generation >= 1 and s.step >= 1, 90)
         cluster.call(
             "Admin",
-            pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=2, at_generation=2),
+            pb.AdminRequest(token=OPERATOR_TOKEN, action=pb.KILL_WORKER, rank=2, at_generation=2),
         )
         cluster.call(
-            "Admin", pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=1, at_step=15)
+            "Admin",
+            pb.AdminRequest(token=OPERATOR_TOKEN, action=pb.KILL_WORKER, rank=1, at_step=15),
         )
         end = cluster.wait_for(
             "the job to end", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 240

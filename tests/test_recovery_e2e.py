@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from elastiq.proto import elastiq_pb2 as pb
-from tests.cluster import Cluster, planned
+from tests.cluster import OPERATOR_TOKEN, Cluster, planned
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_survivors_keep_their_pids_when_a_worker_is_killed(cluster: Cluster) -> 
     assert len(pids_before) == 4
     loss_start = first_loss(cluster)
     reply = cluster.call(
-        "Admin", pb.AdminRequest(token="test-token", action=pb.KILL_WORKER, rank=2, at_step=20)
+        "Admin", pb.AdminRequest(token=OPERATOR_TOKEN, action=pb.KILL_WORKER, rank=2, at_step=20)
     )
     assert reply.accepted
     victim = before.plan.assignments[2].worker_id
@@ -68,7 +68,7 @@ def test_a_hung_worker_is_killed_by_the_watchdog_and_the_job_goes_on(cluster: Cl
     before = start(cluster, liveness_timeout=2.0)
     victim = before.plan.assignments[1].worker_id
     cluster.call(
-        "Admin", pb.AdminRequest(token="test-token", action=pb.HANG_WORKER, rank=1, at_step=15)
+        "Admin", pb.AdminRequest(token=OPERATOR_TOKEN, action=pb.HANG_WORKER, rank=1, at_step=15)
     )
     end = cluster.wait_for(
         "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180
@@ -111,7 +111,7 @@ def test_a_killed_node_is_dropped_with_its_workers(cluster: Cluster) -> None:
     start(cluster)
     cluster.call(
         "Admin",
-        pb.AdminRequest(token="test-token", action=pb.KILL_NODE, node_id="node3", at_step=15),
+        pb.AdminRequest(token=OPERATOR_TOKEN, action=pb.KILL_NODE, node_id="node3", at_step=15),
     )
     end = cluster.wait_for(
         "the job to finish", lambda s: s.phase in (pb.JOB_SUCCEEDED, pb.JOB_FAILED), 180

@@ -15,13 +15,13 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from elastiq import envvars
 from elastiq.cli.chaos_spec import ChaosSpec
 from elastiq.cli.local_run_config import LocalRunConfig, run_file_path
 from elastiq.cli.progress import ProgressView
@@ -29,7 +29,9 @@ from elastiq.cli.summary import RunSummary, print_summary, summarize
 from elastiq.config import JobConfig
 from elastiq.controller.job import ControllerConfig, JobController
 from elastiq.controller.server import Controller, ServerConfig
+from elastiq.controller.service import Credentials
 from elastiq.proto import elastiq_pb2 as pb
+from elastiq.secret_files import new_token, write_private
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,13 @@ async def run_local_async(
     """Run the job; `on_status` sees every status polled, the final one last."""
     run_dir = local.run_dir or os.path.join("runs", job.job)
     os.makedirs(run_dir, exist_ok=True)
-    token = secrets.token_hex(16)
+    # a local run makes its own credentials: the agents get theirs in their environment
+    # (readable by this user only), `elastiq status` and `chaos` the operator's from
+    # the 0600 run file
+    credentials = Credentials(agent_token=new_token(), operator_token=new_token())
     controller = Controller(
         job,
         ControllerConfig(
-            token=token,
             min_workers=local.workers,
             max_workers=local.workers if local.spare_nodes else 0,
             settle_s=0.0,
@@ -55,13 +59,23 @@ async def run_local_async(
             heartbeat_interval_s=min(0.5, local.lease_ttl_s / 3),
         ),
         ServerConfig(store=local.store, metrics_port=local.metrics_port),
+        credentials,
     )
     await controller.start()
     address = f"127.0.0.1:{controller.port}"
     run_file = run_file_path(job.job)
-    os.makedirs(os.path.dirname(run_file), exist_ok=True)
-    with open(run_file, "w", encoding="utf-8") as fh:
-        json.dump({"controller": address, "token": token, "pid": os.getpid()}, fh)
+    os.makedirs(os.path.dirname(run_file), mode=0o700, exist_ok=True)
+    write_private(
+        run_file,
+        json.dumps(
+            {
+                "controller": address,
+                "operator_token": credentials.operator_token,
+                "pid": os.getpid(),
+            }
+        ),
+    )
+    agent_env = {**os.environ, envvars.AGENT_TOKEN: credentials.agent_token}
     nodes = local.workers // local.workers_per_node + local.spare_nodes
     agents: list[subprocess.Popen[bytes]] = []
     logs: list[Any] = []
@@ -86,8 +100,6 @@ async def run_local_async(
                         "agent",
                         "--controller",
                         address,
-                        "--token",
-                        token,
                         "--node-id",
                         f"node{i}",
                         "--slots",
@@ -100,6 +112,7 @@ async def run_local_async(
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    env=agent_env,
                 )
             )
         job_ctl = controller.job

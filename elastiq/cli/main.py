@@ -1,9 +1,10 @@
 """The `elastiq` command line: run, controller, agent, status, chaos, ckpt.
 
 A short entry point: parse, build the validated config objects, hand over to the
-part that does the work. Where the controller and token come from, in order: the
-flag, the environment (ELASTIQ_CONTROLLER, ELASTIQ_TOKEN), then the run file a
-local `elastiq run` writes for its job.
+part that does the work. Where the controller and the operator token come from, in
+order: the flag (--token-file: a file, never the token itself in argv), the
+environment (ELASTIQ_CONTROLLER, ELASTIQ_OPERATOR_TOKEN), then the 0600 run file a
+local `elastiq run` writes for its job. Tokens: elastiq/secret_files.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from elastiq.cli.summary import phase_name
 from elastiq.config import JobConfig
 from elastiq.controller.job_state import ControllerConfig
 from elastiq.controller.server import ServerConfig
+from elastiq.controller.service import Credentials
 from elastiq.proto import elastiq_pb2 as pb
+from elastiq.secret_files import read_token
 
 #: the built-in decoder's shape keeps the short flags users know; --model names a builder
 MODEL_FLAGS = {
@@ -59,14 +62,14 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
     from elastiq.cli.local_run_config import run_file_path
 
     address = envvars.resolve(args.controller, envvars.CONTROLLER, "", str)
-    token = envvars.resolve(args.token, envvars.TOKEN, "", str)
+    token = read_token(args.token_file, envvars.OPERATOR_TOKEN, "operator")
     if not address or not token:
         path = run_file_path(args.job)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
                 saved = json.load(fh)
             address = address or saved["controller"]
-            token = token or saved["token"]
+            token = token or saved["operator_token"]
     if not address:
         raise SystemExit(
             f"no controller: pass --controller host:port, set {envvars.CONTROLLER}, "
@@ -78,8 +81,8 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
 #: LocalRunConfig fields `elastiq run` sets another way
 _RUN_SKIP = ("chaos", "log_level")
 _RUN_ENV = {"store": envvars.STORE}
-#: secrets never come from argv defaults; --token is its own flag (flag > $ELASTIQ_TOKEN)
-_CONTROLLER_SKIP = ("token",)
+#: secrets never come from argv: --*-token-file names a file (flag > environment)
+_CONTROLLER_SKIP: tuple[str, ...] = ()
 _SERVER_ENV = {"store": envvars.STORE}
 _AGENT_SKIP = ("controllers", "token", "log_level")
 _AGENT_ENV = {"node_id": envvars.NODE_ID}
@@ -104,13 +107,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_controller(args: argparse.Namespace) -> int:
     from elastiq.controller.server import Controller
 
-    token = envvars.resolve(args.token, envvars.TOKEN, "", str)
-    control = config_from(ControllerConfig, args, skip=_CONTROLLER_SKIP, token=token)
+    credentials = Credentials(
+        agent_token=read_token(args.agent_token_file, envvars.AGENT_TOKEN, "agent"),
+        operator_token=read_token(args.operator_token_file, envvars.OPERATOR_TOKEN, "operator"),
+        insecure=args.insecure,
+    )
+    control = config_from(ControllerConfig, args, skip=_CONTROLLER_SKIP)
     server = config_from(ServerConfig, args, env=_SERVER_ENV)
     job = _job_config(args)
 
     async def main() -> int:
-        controller = Controller(job, control, server)
+        controller = Controller(job, control, server, credentials)
         await controller.start(wait_for_leadership=False)
         line = f"elastiq controller listening on {server.host}:{controller.port}"
         if controller.metrics_port:
@@ -141,7 +148,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         skip=_AGENT_SKIP,
         env=_AGENT_ENV,
         controllers=[c for c in controllers.split(",") if c],
-        token=envvars.resolve(args.token, envvars.TOKEN, "", str),
+        token=read_token(args.token_file, envvars.AGENT_TOKEN, "agent"),
         log_level=args.log_level,
     )
     return asyncio.run(Agent(config).run())
@@ -265,7 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(ctl.add_argument_group("server (ServerConfig)"), ServerConfig, env=_SERVER_ENV)
     ctl.add_argument(
-        "--token", default=None, help=f"the job's shared secret (default: ${envvars.TOKEN})"
+        "--agent-token-file",
+        default=None,
+        help=f"file holding the token agents register with (default: ${envvars.AGENT_TOKEN})",
+    )
+    ctl.add_argument(
+        "--operator-token-file",
+        default=None,
+        help=f"file holding the token for status and chaos (default: ${envvars.OPERATOR_TOKEN})",
+    )
+    ctl.add_argument(
+        "--insecure",
+        action="store_true",
+        help="accept calls without tokens: only on a machine no one else can reach",
     )
     ctl.add_argument("--port-file", default="", help="write the bound port here")
     ctl.set_defaults(func=cmd_controller)
@@ -278,13 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"host:port[,host:port...] (default: ${envvars.CONTROLLER})",
     )
     agent.add_argument(
-        "--token", default=None, help=f"the job's shared secret (default: ${envvars.TOKEN})"
+        "--token-file",
+        default=None,
+        help=f"file holding the agent token (default: ${envvars.AGENT_TOKEN})",
     )
     agent.set_defaults(func=cmd_agent)
 
     status = sub.add_parser("status", help="members, generation, plan, last events")
     status.add_argument("--controller", default=None)
-    status.add_argument("--token", default=None)
+    status.add_argument(
+        "--token-file", default=None, help=f"operator token file (${envvars.OPERATOR_TOKEN})"
+    )
     status.add_argument("--job", default="elastiq", help="job whose local run file to use")
     status.add_argument("--events", type=int, default=10)
     status.add_argument("--json", action="store_true")
@@ -292,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     chaos = sub.add_parser("chaos", help="inject a fault into a running job")
     chaos.add_argument("--controller", default=None)
-    chaos.add_argument("--token", default=None)
+    chaos.add_argument(
+        "--token-file", default=None, help=f"operator token file (${envvars.OPERATOR_TOKEN})"
+    )
     chaos.add_argument("--job", default="elastiq")
     chaos_sub = chaos.add_subparsers(dest="action", required=True)
     for name, what in (
