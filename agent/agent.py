@@ -51,6 +51,12 @@ class AgentConfig:
     """Kill a planned worker that has committed no step for this long."""
     log_level: str = "INFO"
     """Log level for the agent and its workers."""
+    tls_ca: str = ""
+    """PEM CA that signed the controller's certificate (empty: plaintext gRPC)."""
+    tls_cert: str = ""
+    """PEM client certificate, for a controller that requires mutual TLS."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
 
     def __post_init__(self) -> None:
         if not self.controllers:
@@ -77,6 +83,7 @@ class Agent:
         """What this node's workers built: re-registrations tell a new leader."""
         self.config_json = ""
         self.lease = 0
+        self.tls = rpc.TlsFiles(ca=config.tls_ca, cert=config.tls_cert, key=config.tls_key)
         self.node_secret = ""
         """Issued by Register: this node's credential for every later call."""
         self.heartbeat_s = 0.5
@@ -93,7 +100,7 @@ class Agent:
         attempt = 0
         while self.shutdown is None:
             address = self.config.controllers[attempt % len(self.config.controllers)]
-            client = rpc.ControllerClient(address)
+            client = rpc.ControllerClient(address, tls=self.tls)
             request = pb.RegisterRequest(
                 token=self.config.token,
                 node_id=self.config.node_id,

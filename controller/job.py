@@ -72,7 +72,7 @@ class JobController:
         self.generations = CompletedGenerations()
         self.planner = GenerationPlanner(job, config, rendezvous, self.metrics)
         self.plan: pb.Plan | None = None
-        self._plan_revision = 0
+        self.plan_revision = 0
         self.phase: pb.JobPhase = pb.JOB_PENDING
         self.events: collections.deque[pb.Event] = collections.deque(maxlen=config.events_kept)
         self.recoveries: list[pb.Recovery] = []
@@ -102,7 +102,7 @@ class JobController:
             self.generations.completed = self.layout
             logs.context.generation = plan.generation
             self.plan = plan
-            self._plan_revision = kv.mod_revision
+            self.plan_revision = kv.mod_revision
             self.phase = pb.JOB_RECOVERING
             self.takeover = True
             self._event("takeover", f"took over at generation {plan.generation}")
@@ -163,9 +163,7 @@ class JobController:
         node = self.nodes.get(req.node_id)
         if node is None:
             return pb.HeartbeatResponse(generation=self.generation, known=False)
-        if not await self.registry.refresh(node):
-            await self._lose_node(req.node_id, "lease expired")
-            return pb.HeartbeatResponse(generation=self.generation, known=False)
+        await self.registry.refresh(node)
         for p in req.progress:
             worker = node.workers.get(p.worker_id)
             if worker is not None:
@@ -195,6 +193,10 @@ class JobController:
             await self._lose_node(node_id, "agent stream closed")
 
     async def _lease_expired(self, node_id: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None and self.registry.recently_seen(node):
+            await self.registry.relet(node)  # the store forgot it (an outage); it lives
+            return
         await self._lose_node(node_id, "lease expired")
 
     async def _lose_node(self, node_id: str, cause: str) -> None:
@@ -380,13 +382,13 @@ class JobController:
             return
         layout, plan = proposal.layout, proposal.plan
         ok = await self.store.compare_and_set(
-            self.prefix + "plan", plan.SerializeToString(), self._plan_revision
+            self.prefix + "plan", plan.SerializeToString(), self.plan_revision
         )
         if not ok:
             self._fail("another controller wrote the plan: this one is no longer the leader")
             return
         kv = await self.store.get(self.prefix + "plan")
-        self._plan_revision = kv.mod_revision if kv is not None else 0
+        self.plan_revision = kv.mod_revision if kv is not None else 0
         self.layout, self.plan = layout, plan
         self.takeover = False
         # shown as "joining" until they report it (which workers count as holders is

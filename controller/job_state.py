@@ -69,6 +69,8 @@ class NodeState:
     lease: int
     secret: str
     """The node's credential (controller/service.py); issued by Register."""
+    last_seen: float
+    """time.monotonic() of its last heartbeat (or registration)."""
     workers: dict[str, WorkerState] = field(default_factory=dict)
     queue: asyncio.Queue[pb.Directive | None] = field(default_factory=asyncio.Queue)
     """The newest plan stream's queue; None ends a stream."""

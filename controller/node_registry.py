@@ -18,13 +18,14 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Collection
 
 from elastiq.controller.job_state import ControllerConfig, NodeState, WorkerState
 from elastiq.controller.metrics import ControllerMetrics
 from elastiq.controller.planner import WorkerRef
 from elastiq.controller.request_checks import Refusal
-from elastiq.controller.store import Store
+from elastiq.controller.store import Store, StoreUnavailable
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ _MEMBER_STATE = {
     pb.WORKER_PHASE_FINISHED: "finished",
 }
 _IN_PLAN = (pb.WORKER_PHASE_RUNNING, pb.WORKER_PHASE_FINISHED)
+#: seconds between attempts to watch again while the store is away
+_REWATCH_S = 0.5
 
 
 def _digest(secret: str) -> bytes:
@@ -51,6 +54,7 @@ class NodeRegistry:
         self.config = config
         self.metrics = metrics
         self.nodes: dict[str, NodeState] = {}
+        self._outage_since = 0.0
 
     async def secret_for(self, req: pb.RegisterRequest) -> str:
         """The secret the node will hold: the one it presents if its id is held by a
@@ -84,7 +88,7 @@ class NodeRegistry:
             with contextlib.suppress(Exception):  # the lease expires on its own anyway
                 await self.store.revoke_lease(lease)
             raise
-        node = NodeState(req.node_id, req.slots, req.address, lease, secret)
+        node = NodeState(req.node_id, req.slots, req.address, lease, secret, time.monotonic())
         for w in req.workers:
             node.workers[w.worker_id] = WorkerState(
                 WorkerRef(req.node_id, w.slot, w.worker_id),
@@ -96,9 +100,35 @@ class NodeRegistry:
         self.metrics.nodes.set(len(self.nodes))
         return node
 
-    async def refresh(self, node: NodeState) -> bool:
-        """Keep the node's lease; False if the store already let it expire."""
-        return await self.store.refresh_lease(node.lease)
+    async def refresh(self, node: NodeState) -> None:
+        """A heartbeat: the node is alive now. Keep its lease; one the store let expire
+        (an outage, a stall) is let again; while the store is away, the node stays
+        alive in memory and the store is told when it is back."""
+        node.last_seen = time.monotonic()
+        try:
+            if not await self.store.refresh_lease(node.lease):
+                await self.relet(node)
+            if self._outage_since:
+                log.info("store back after %.1fs", time.monotonic() - self._outage_since)
+                self._outage_since = 0.0
+        except StoreUnavailable as exc:
+            if not self._outage_since:
+                self._outage_since = time.monotonic()
+                log.warning("store unavailable (%r): nodes are kept alive by heartbeats", exc)
+
+    def recently_seen(self, node: NodeState) -> bool:
+        """Heartbeated within two intervals: alive, whatever its lease in the store."""
+        return time.monotonic() - node.last_seen < 2 * self.config.heartbeat_interval_s
+
+    async def relet(self, node: NodeState) -> None:
+        """A new lease and record for a live node whose lease the store let expire."""
+        lease = await self.store.grant_lease(self.config.lease_ttl_s)
+        record = pb.NodeRecord(
+            address=node.address, slots=node.slots, secret_sha256=_digest(node.secret)
+        )
+        await self.store.put(self.prefix + node.node_id, record.SerializeToString(), lease=lease)
+        node.lease = lease
+        log.info("node %s is alive; its expired lease was let again", node.node_id)
 
     async def drop(self, node_id: str) -> NodeState | None:
         """Forget the node and revoke its lease; the node it was, if known."""
@@ -112,17 +142,39 @@ class NodeRegistry:
     async def watch_leases(
         self, start_revision: int, on_expired: Callable[[str], Awaitable[None]]
     ) -> None:
-        """Lease expiry deletes a node's key: watch from our first write, missing none."""
-        try:
-            async for event in self.store.watch_prefix(self.prefix, start_revision):
-                if event.kind == "delete":
-                    node_id = event.key[len(self.prefix) :]
-                    if node_id in self.nodes:
+        """Lease expiry deletes a node's key: watch from our first write, missing none.
+        When the watch breaks (the store went away), read the nodes' keys again once
+        it is back, report every node whose key vanished meanwhile, and watch again
+        from that read's revision: an outage of any length loses no expiry."""
+        revision = start_revision
+        broken_since = 0.0
+        while True:
+            try:
+                if broken_since:
+                    keys, at = await self.store.read_prefix(self.prefix)
+                    present = {kv.key[len(self.prefix) :] for kv in keys}
+                    log.info(
+                        "node lease watch restored after %.1fs (store revision %d)",
+                        time.monotonic() - broken_since,
+                        at,
+                    )
+                    broken_since, revision = 0.0, at + 1
+                    for node_id in [n for n in self.nodes if n not in present]:
                         await on_expired(node_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("node lease watch ended")
+                async for event in self.store.watch_prefix(self.prefix, revision):
+                    revision = event.revision + 1
+                    if event.kind == "delete":
+                        node_id = event.key[len(self.prefix) :]
+                        if node_id in self.nodes:
+                            await on_expired(node_id)
+                raise StoreUnavailable("the watch ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not broken_since:
+                    broken_since = time.monotonic()
+                    log.warning("node lease watch broke (%r); will re-watch", exc)
+                await asyncio.sleep(_REWATCH_S)
 
     def broadcast(self, directive: pb.Directive) -> None:
         for node in self.nodes.values():

@@ -2,7 +2,8 @@
 
 Several controllers may run against one etcd; the one holding the leader lease
 serves the job, the others answer UNAVAILABLE and wait to take over within one
-lease TTL. The rendezvous store every generation's process groups meet in is a
+lease TTL (controller/leader_lease.py, which also rides out store outages). The
+rendezvous store every generation's process groups meet in is a
 torch TCPStore hosted here, because the controller survives the loss of any
 worker or agent; a takeover starts a new one and the takeover plan names it.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from elastiq import rpc
 from elastiq.config import JobConfig
 from elastiq.controller.job import ControllerConfig, JobController
+from elastiq.controller.leader_lease import LeaderLease
 from elastiq.controller.metrics import ControllerMetrics
 from elastiq.controller.service import ControllerService, Credentials
 from elastiq.controller.store import Store, open_store
@@ -37,11 +39,23 @@ class ServerConfig:
     """Host workers use to reach the rendezvous store (empty: the bind host)."""
     metrics_port: int = -1
     """Prometheus port; -1 disables, 0 picks a free one."""
+    metrics_host: str = "127.0.0.1"
+    """Address /metrics binds to: loopback unless a scraper elsewhere needs it (it
+    shows the job's members and progress, so it is not opened by default)."""
     store: str = "embedded"
     """Store URL (see controller.store.open_store)."""
+    tls_cert: str = ""
+    """PEM certificate for TLS on the gRPC port (with tls_key; empty: plaintext)."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
+    tls_client_ca: str = ""
+    """PEM CA: require every caller to present a certificate it signed (mutual TLS)."""
 
     def __post_init__(self) -> None:
         self.advertise_host = self.advertise_host or self.host
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (a TLS server)")
+        rpc.TlsFiles(cert=self.tls_cert, key=self.tls_key)  # both or neither
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ValueError(
                 f"ports out of range: port={self.port} metrics_port={self.metrics_port}"
@@ -49,18 +63,28 @@ class ServerConfig:
 
 
 def _rendezvous_store(host: str) -> tuple[object, int]:
+    """A TCPStore listening on `host` only: torch's own binds every interface, so the
+    socket is made here and handed over (the store is unauthenticated; it must be
+    reachable by the workers and nobody else the network allows)."""
     import datetime
 
     import torch.distributed as dist
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, 0))
+    listener.listen(1024)
+    port = int(listener.getsockname()[1])
     store = dist.TCPStore(
         host,
-        0,
+        port,
         is_master=True,
         wait_for_workers=False,
         timeout=datetime.timedelta(seconds=60),
+        master_listen_fd=listener.fileno(),
     )
-    return store, int(store.port)
+    return (store, listener), port
 
 
 class Controller:
@@ -89,20 +113,20 @@ class Controller:
         self.metrics_port = 0
         self._server: object | None = None
         self._rdzv: object | None = None
-        self._leader_lease = 0
-        self._lost_lease = False
+        self._lead: LeaderLease | None = None
+        self._rdzv_port = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, wait_for_leadership: bool = True) -> None:
         self.store = open_store(self.server_config.store)
-        server, self.port = rpc.new_server(
-            self.service, self.server_config.host, self.server_config.port
-        )
+        cfg = self.server_config
+        tls = rpc.TlsFiles(ca=cfg.tls_client_ca, cert=cfg.tls_cert, key=cfg.tls_key)
+        server, self.port = rpc.new_server(self.service, cfg.host, cfg.port, tls)
         self._server = server
         await server.start()
         if self.server_config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(
-                self.server_config.metrics_port, self.server_config.host
+                self.server_config.metrics_port, self.server_config.metrics_host
             )
         log.info(
             "controller %s listening on %s:%d", self.identity, self.server_config.host, self.port
@@ -115,57 +139,54 @@ class Controller:
     async def _become_leader(self) -> None:
         if self.store is None:
             raise RuntimeError("start() first")
-        key = f"/elastiq/{self.job_config.job}/leader"
-        address = f"{self.server_config.advertise_host}:{self.port}"
-        while True:
-            lease = await self.store.grant_lease(self.control.lease_ttl_s)
-            if await self.store.compare_and_set(key, address.encode(), 0, lease=lease):
-                self._leader_lease = lease
-                self._lost_lease = False
-                break
-            await self.store.revoke_lease(lease)
-            current = await self.store.get(key)
-            self.service.leader_address = current.value.decode() if current else ""
-            await asyncio.sleep(self.control.lease_ttl_s / 3)
-        # keep the lease from the moment it is won: what follows (the first import of
-        # torch for the rendezvous store) can take longer than a TTL on a loaded machine,
-        # and it runs in a thread so the event loop keeps refreshing
-        self._tasks.append(asyncio.get_running_loop().create_task(self._keep_leadership()))
-        self._rdzv, rdzv_port = await asyncio.get_running_loop().run_in_executor(
-            None, _rendezvous_store, self.server_config.host
+        if self._rdzv is None:
+            # before competing: the first import of torch can take seconds on a loaded
+            # machine, and a standby must be ready to serve the moment it wins
+            self._rdzv, self._rdzv_port = await asyncio.get_running_loop().run_in_executor(
+                None, _rendezvous_store, self.server_config.host
+            )
+        self._lead = LeaderLease(
+            self.store,
+            f"/elastiq/{self.job_config.job}/leader",
+            f"{self.server_config.advertise_host}:{self.port}",
+            self.control.lease_ttl_s,
         )
+        compete = asyncio.get_running_loop().create_task(self._lead.win())
+        while not compete.done():  # tell callers who leads while this one waits
+            self.service.leader_address = self._lead.current_leader
+            await asyncio.wait({compete}, timeout=0.1)
+        compete.result()
         job = JobController(
             self.store,
             self.job_config,
             self.control,
-            f"{self.server_config.advertise_host}:{rdzv_port}",
+            f"{self.server_config.advertise_host}:{self._rdzv_port}",
             self.metrics,
             self.identity,
         )
         await job.start()
-        if self._lost_lease:
-            await job.stop()
-            raise RuntimeError("lost the leader lease while taking over; not serving the job")
         self.job = job
         self.service.job = job
+        self._tasks.append(asyncio.get_running_loop().create_task(self._keep_leadership(job)))
         log.info("controller %s leads job %s", self.identity, self.job_config.job)
 
-    async def _keep_leadership(self) -> None:
-        if self.store is None:
+    async def _keep_leadership(self, job: JobController) -> None:
+        lead = self._lead
+        if lead is None:
             return
-        while True:
-            await asyncio.sleep(self.control.lease_ttl_s / 3)
-            if not await self.store.refresh_lease(self._leader_lease):
-                log.error("lost the leader lease; stepping down and competing again")
-                self._lost_lease = True
-                self.service.job = None
-                if self.job is not None:
-                    await self.job.stop()
-                    self.job = None
-                # a lease lost to a stall (not to another controller) would otherwise
-                # leave a single-controller job without a leader for good
-                self._tasks.append(asyncio.get_running_loop().create_task(self._become_leader()))
-                return
+
+        async def still_ours() -> bool:
+            if self.store is None:
+                return False
+            plan = await self.store.get(job.prefix + "plan")
+            return (plan.mod_revision if plan is not None else 0) == job.plan_revision
+
+        await lead.keep(still_ours)
+        self.service.job = None
+        self.job = None
+        await job.stop()
+        # compete again: with no other controller this one leads again, from the store
+        self._tasks.append(asyncio.get_running_loop().create_task(self._become_leader()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -175,9 +196,6 @@ class Controller:
         if self._server is not None:
             await self._server.stop(grace=0.5)  # type: ignore[attr-defined]
         if self.store is not None:
-            if self._leader_lease:
-                try:
-                    await self.store.revoke_lease(self._leader_lease)
-                except Exception:  # store already gone; the lease expires on its own
-                    log.debug("could not revoke the leader lease", exc_info=True)
+            if self._lead is not None:
+                await self._lead.release()
             await self.store.close()

@@ -27,6 +27,7 @@ from elastiq import rpc
 from elastiq.controller import request_checks as checks
 from elastiq.controller.job import JobController
 from elastiq.controller.job_state import NodeState
+from elastiq.controller.store import StoreError
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -118,13 +119,21 @@ class ControllerService(rpc.ControllerServicerBase):
             await rpc.reject(context, refusal.code, refusal.message)
 
     async def _change(self, context: Any, change: Awaitable[T]) -> T:
-        """Run a state change; a ValueError is the job's refusal (nothing changed)."""
+        """Run a state change; a ValueError is the job's refusal (nothing changed), a
+        store error is UNAVAILABLE (retry), anything else INTERNAL, never UNKNOWN."""
         try:
             return await change
         except checks.Refusal as refusal:
             await rpc.reject(context, refusal.code, refusal.message)
         except ValueError as exc:
             await rpc.reject(context, "FAILED_PRECONDITION", str(exc))
+        except StoreError as exc:
+            await rpc.reject(context, "UNAVAILABLE", f"the job's store is unavailable: {exc}")
+        except Exception as exc:
+            if rpc.is_abort(exc):
+                raise
+            log.exception("internal error in a request handler")
+            await rpc.reject(context, "INTERNAL", f"internal error: {exc!r}"[:500])
 
     @staticmethod
     def _limits(job: JobController) -> checks.JobLimits:
@@ -146,7 +155,7 @@ class ControllerService(rpc.ControllerServicerBase):
         job, node = await self._node(request.node_id, request.node_secret, context)
         limits = self._limits(job)
         await self._checked(context, lambda: checks.check_heartbeat(request, node.slots, limits))
-        return await job.heartbeat(request)
+        return await self._change(context, job.heartbeat(request))
 
     async def WatchPlan(
         self, request: pb.WatchPlanRequest, context: Any

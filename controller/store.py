@@ -59,6 +59,11 @@ class Store(abc.ABC):
         """All keys under `prefix`, sorted by key."""
 
     @abc.abstractmethod
+    async def read_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """All keys under `prefix` (sorted) and the store's revision at that read: a
+        watch from revision + 1 then misses nothing that happened after it."""
+
+    @abc.abstractmethod
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Write unconditionally; returns the new revision."""
 

@@ -52,6 +52,11 @@ class EtcdStore(Store):
         result = await self._call(f"get_prefix {prefix}", self._client.get_prefix(prefix.encode()))
         return sorted((self._kv(kv) for kv in result), key=lambda kv: kv.key)
 
+    async def read_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        result = await self._call(f"read_prefix {prefix}", self._client.get_prefix(prefix.encode()))
+        kvs = sorted((self._kv(kv) for kv in result), key=lambda kv: kv.key)
+        return kvs, int(result.header.revision)
+
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         result = await self._call(
             f"put {key}", self._client.put(key.encode(), value, lease or None)

@@ -14,6 +14,7 @@ import base64
 import collections
 import json
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ class MemoryStore(Store):
         self._data: dict[str, KeyValue] = {}
         self._revision = 0
         self._leases: dict[int, _Lease] = {}
-        self._next_lease = 1
         self._watchers: list[tuple[str, asyncio.Queue[WatchEvent | None]]] = []
         # recent events, so a watch can start from a revision (as etcd's can)
         self._history: collections.deque[WatchEvent] = collections.deque(maxlen=10_000)
@@ -141,6 +141,9 @@ class MemoryStore(Store):
         self._expire(time.monotonic())
         return [self._data[k] for k in sorted(self._data) if k.startswith(prefix)]
 
+    async def read_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        return await self.get_prefix(prefix), self._revision
+
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         self._ensure_reaper()
         self._expire(time.monotonic())
@@ -166,8 +169,10 @@ class MemoryStore(Store):
         if ttl_s <= 0:
             raise StoreError(f"lease TTL must be positive, got {ttl_s}")
         self._ensure_reaper()
-        lease_id = self._next_lease
-        self._next_lease += 1
+        # random, as etcd's are not guessable from the previous one either
+        lease_id = secrets.randbits(62) + 1
+        while lease_id in self._leases:
+            lease_id = secrets.randbits(62) + 1
         self._leases[lease_id] = _Lease(ttl_s, time.monotonic() + ttl_s)
         return lease_id
 

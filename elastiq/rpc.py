@@ -8,7 +8,8 @@ RPC with the right status code and a message that says what was wrong.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -17,6 +18,54 @@ import grpc.aio
 from elastiq.proto import elastiq_pb2_grpc as pb_grpc
 
 RPC_TIMEOUT_S = 5.0
+_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class TlsFiles:
+    """PEM files for TLS on the controller's port. A server needs `cert` and `key`;
+    with `ca` it also requires every client to present a certificate that CA signed
+    (mutual TLS). A client needs `ca` (the CA that signed the server's certificate);
+    with `cert` and `key` it presents its own."""
+
+    ca: str = ""
+    """CA certificate that signed the peer's certificate."""
+    cert: str = ""
+    """This side's certificate chain."""
+    key: str = ""
+    """This side's private key."""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("TLS needs both a certificate and its key (--tls-cert, --tls-key)")
+
+    @staticmethod
+    def _read(path: str) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise ValueError(f"TLS file {path}: {exc.strerror}") from exc
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        if not self.cert:
+            raise ValueError("a TLS server needs --tls-cert and --tls-key")
+        key, cert = self._read(self.key), self._read(self.cert)
+        ca = self._read(self.ca)
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        if not self.ca:
+            raise ValueError("a TLS client needs the CA that signed the controller (--tls-ca)")
+        return grpc.ssl_channel_credentials(
+            root_certificates=self._read(self.ca),
+            private_key=self._read(self.key),
+            certificate_chain=self._read(self.cert),
+        )
 
 
 class RpcRetryable(Exception):
@@ -54,12 +103,16 @@ def translate(exc: BaseException) -> Exception:
 class ControllerClient:
     """Async client of the controller service; every unary call has a deadline."""
 
-    def __init__(self, address: str, timeout_s: float = RPC_TIMEOUT_S) -> None:
+    def __init__(
+        self, address: str, timeout_s: float = RPC_TIMEOUT_S, tls: TlsFiles | None = None
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[("grpc.enable_retries", 0), ("grpc.max_receive_message_length", 64 << 20)],
+        options = [("grpc.enable_retries", 0), *_OPTIONS]
+        self._channel = (
+            grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+            if tls is not None and tls.ca
+            else grpc.aio.insecure_channel(address, options=options)
         )
         self._stub = pb_grpc.ControllerStub(self._channel)
 
@@ -69,7 +122,7 @@ class ControllerClient:
         except (grpc.aio.AioRpcError, grpc.RpcError) as exc:
             raise translate(exc) from exc
 
-    async def stream(self, method: str, request: Any) -> AsyncIterator[Any]:
+    async def stream(self, method: str, request: Any) -> AsyncGenerator[Any, None]:
         call = getattr(self._stub, method)(request)
         try:
             async for item in call:
@@ -86,8 +139,14 @@ class ControllerClient:
 class SyncControllerClient:
     """Blocking client for the CLI (status, chaos)."""
 
-    def __init__(self, address: str, timeout_s: float = RPC_TIMEOUT_S) -> None:
-        self._channel = grpc.insecure_channel(address)
+    def __init__(
+        self, address: str, timeout_s: float = RPC_TIMEOUT_S, tls: TlsFiles | None = None
+    ) -> None:
+        self._channel = (
+            grpc.secure_channel(address, tls.channel_credentials(), options=_OPTIONS)
+            if tls is not None and tls.ca
+            else grpc.insecure_channel(address, options=_OPTIONS)
+        )
         self._stub = pb_grpc.ControllerStub(self._channel)
         self.timeout_s = timeout_s
 
@@ -108,11 +167,25 @@ async def reject(context: Any, code: str, message: str) -> NoReturn:
     raise RuntimeError("grpc context.abort() returned instead of raising")  # pragma: no cover
 
 
-def new_server(servicer: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """An aio server with the controller servicer bound; returns (server, bound port)."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+def is_abort(exc: BaseException) -> bool:
+    """Whether `exc` is how grpc ends an RPC that `reject` aborted (let it through)."""
+    return isinstance(exc, grpc.aio.AbortError)
+
+
+def new_server(
+    servicer: Any, host: str, port: int, tls: TlsFiles | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """An aio server with the controller servicer bound (TLS if `tls` has a
+    certificate); returns (server, bound port). Requests are capped at 4 MiB: the
+    largest legitimate one (a register of 1,024 workers) is a few hundred KB."""
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)]
+    )
     pb_grpc.add_ControllerServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is not None and tls.cert:
+        bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind the controller to {host}:{port}")
     return server, bound

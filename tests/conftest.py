@@ -77,6 +77,14 @@ class EtcdServer:
                 time.sleep(0.05)
         raise RuntimeError("etcd did not start listening within 15 s")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crashed store: `start()` again brings it back on the same port
+        with the same data."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -23,8 +23,8 @@ CREDENTIALS = Credentials(agent_token=AGENT_TOKEN, operator_token=OPERATOR_TOKEN
 class Session:
     """One gRPC client; `secrets` maps each node this session registered to its secret."""
 
-    def __init__(self, address: str) -> None:
-        self.client = rpc.ControllerClient(address)
+    def __init__(self, address: str, tls: rpc.TlsFiles | None = None) -> None:
+        self.client = rpc.ControllerClient(address, tls=tls)
         self.secrets: dict[str, str] = {}
 
     async def register(

@@ -5,7 +5,7 @@ changes nothing, in memory or in the store."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -13,6 +13,7 @@ from elastiq import rpc
 from elastiq.config import JobConfig
 from elastiq.controller.server import Controller, ServerConfig
 from elastiq.controller.service import Credentials
+from elastiq.controller.store import StoreUnavailable
 from elastiq.proto import elastiq_pb2 as pb
 from tests.live_controller import (
     AGENT_TOKEN,
@@ -22,6 +23,8 @@ from tests.live_controller import (
     snapshot,
     with_controller,
 )
+
+_WORKER_IN_PHASE_42 = pb.WorkerInfo(worker_id="node-a.w0", pid=1, phase=cast(Any, 42))
 
 
 async def _refused(code: str, call: Any) -> str:
@@ -213,7 +216,7 @@ def test_a_worker_ready_for_a_slot_or_pid_that_cannot_exist_is_refused(
         ("node-a", {"address": 'h", "slots": 9'}, "address"),
         ("node-a", {"address": "h" * (3 << 20)}, "address"),
         ("node-a", {"workers": [pb.WorkerInfo(worker_id="node-b.w0", pid=1)]}, "own workers"),
-        ("node-a", {"workers": [pb.WorkerInfo(worker_id="node-a.w0", pid=1, phase=42)]}, "phase"),
+        ("node-a", {"workers": [_WORKER_IN_PHASE_42]}, "phase"),
     ],
 )
 def test_a_register_with_a_hostile_field_is_refused_and_changes_nothing(
@@ -232,11 +235,12 @@ def test_a_register_the_store_refuses_leaves_no_node_in_memory() -> None:
         assert controller.store is not None
 
         async def refuse(*args: Any, **kwargs: Any) -> int:
-            raise RuntimeError("the store refused the write")
+            raise StoreUnavailable("the store refused the write")
 
         controller.store.put = refuse  # type: ignore[method-assign]
-        with pytest.raises(rpc.RpcRetryable):  # the store failed: retry later
+        with pytest.raises(rpc.RpcRetryable) as err:  # the store failed: retry later
             await session.register()
+        assert "UNAVAILABLE" in str(err.value)
         assert controller.job is not None and "node-a" not in controller.job.nodes
 
     with_controller(body)
@@ -293,3 +297,27 @@ def test_a_controller_without_credentials_refuses_to_start_unless_told_insecure(
     with pytest.raises(ValueError, match="must differ"):
         Credentials(agent_token="a" * 20, operator_token="a" * 20)
     assert Credentials(insecure=True).insecure
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses listening on `port`, from the kernel's own tables."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with open(table, encoding="ascii") as fh:
+            for line in fh.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.add("any" if int(address, 16) == 0 else address[:width])
+    return found
+
+
+def test_the_rendezvous_store_and_metrics_listen_on_loopback_only() -> None:
+    async def body(controller: Controller, session: Session) -> None:
+        assert controller.job is not None
+        rendezvous_port = int(controller.job.rendezvous.rsplit(":", 1)[1])
+        loopback = {"0100007F"}  # 127.0.0.1, as /proc/net/tcp writes it
+        assert _listening_addresses(rendezvous_port) == loopback
+        assert _listening_addresses(controller.metrics_port) == loopback
+
+    with_controller(body)

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from elastiq import envvars, logs
+from elastiq import envvars, logs, rpc
 from elastiq.agent.agent import AgentConfig
 from elastiq.cli import ckpt, data
 from elastiq.cli.flags import add_flags, config_from, parse_model_args
@@ -158,7 +158,8 @@ def _client(args: argparse.Namespace) -> tuple[Any, str]:
     from elastiq import rpc
 
     address, token = _endpoint(args)
-    return rpc.SyncControllerClient(address), token
+    tls = rpc.TlsFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    return rpc.SyncControllerClient(address, tls=tls), token
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -239,6 +240,12 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tls_client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-ca", default="", help="CA that signed the controller's certificate")
+    p.add_argument("--tls-cert", default="", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", default="", help="key of --tls-cert")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elastiq", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -308,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--token-file", default=None, help=f"operator token file (${envvars.OPERATOR_TOKEN})"
     )
+    _add_tls_client_args(status)
     status.add_argument("--job", default="elastiq", help="job whose local run file to use")
     status.add_argument("--events", type=int, default=10)
     status.add_argument("--json", action="store_true")
@@ -318,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument(
         "--token-file", default=None, help=f"operator token file (${envvars.OPERATOR_TOKEN})"
     )
+    _add_tls_client_args(chaos)
     chaos.add_argument("--job", default="elastiq")
     chaos_sub = chaos.add_subparsers(dest="action", required=True)
     for name, what in (
@@ -354,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"elastiq {args.command}: {exc}", file=sys.stderr)
         return 2
+    except (rpc.RpcRetryable, rpc.RpcRejected) as exc:
+        print(
+            f"elastiq {args.command}: the controller did not answer: {exc} (is the address "
+            "right, and does it expect TLS (--tls-ca) or another token?)",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
 
