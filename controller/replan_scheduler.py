@@ -36,6 +36,11 @@ class ReplanScheduler:
         """Failed attempts in a row."""
         self.stopped = False
 
+    @property
+    def idle(self) -> bool:
+        """Nothing requested or being planned."""
+        return not self._reasons and (self._task is None or self._task.done())
+
     def request(self, reason: str) -> None:
         self._reasons.append(reason)
         if not self.stopped and (self._task is None or self._task.done()):

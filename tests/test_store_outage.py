@@ -41,7 +41,8 @@ async def _crash(controller: Controller) -> None:
         task.cancel()
     if controller.job is not None:
         await controller.job.stop()
-    await controller._server.stop(grace=0)  # type: ignore[union-attr]
+    assert controller._server is not None
+    await controller._server.stop(grace=0)  # type: ignore[attr-defined]
 
 
 async def _until(what: str, check: Any, timeout: float) -> float:
