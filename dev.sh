@@ -164,7 +164,7 @@ typecheck() {
   # follow that mapping, so check a symlink tree shaped like the import namespace.
   local tree=build/typecheck/elastiq
   rm -rf build/typecheck && mkdir -p "$tree"
-  for f in elastiq/*.py elastiq/py.typed elastiq/cli; do ln -s "../../../$f" "$tree/$(basename "$f")"; done
+  for f in elastiq/*.py elastiq/py.typed elastiq/cli elastiq/chaos; do ln -s "../../../$f" "$tree/$(basename "$f")"; done
   for part in controller agent proto checkpoint; do ln -s "../../../$part" "$tree/$part"; done
   ln -s ../../tests build/typecheck/tests && ln -s ../../bench build/typecheck/bench
   (cd build/typecheck && "$VPY" -m mypy --config-file ../../pyproject.toml \

@@ -51,6 +51,10 @@ class AgentConfig:
     """Kill a planned worker that has committed no step for this long."""
     log_level: str = "INFO"
     """Log level for the agent and its workers."""
+    max_restarts: int = 0
+    """Times a slot's worker is started again after it exits or is killed (torchrun's
+    --max-restarts; 0: never). Each restart is a new process that joins as a newcomer,
+    after a back-off of 1 s doubling to 30 s."""
     tls_ca: str = ""
     """PEM CA that signed the controller's certificate (empty: plaintext gRPC)."""
     tls_cert: str = ""
@@ -67,6 +71,8 @@ class AgentConfig:
                 raise ValueError(f"controller address {address!r} is not host:port")
         if not 1 <= self.slots <= 1024:
             raise ValueError(f"slots={self.slots} must be in 1..1024")
+        if not 0 <= self.max_restarts <= 10_000:
+            raise ValueError(f"max_restarts={self.max_restarts} must be in 0..10000")
         if self.liveness_timeout_s <= 0 or self.progress_timeout_s <= 0:
             raise ValueError("watchdog timeouts must be positive")
         if not self.node_id:
@@ -85,6 +91,10 @@ class Agent:
         self.lease = 0
         self.tls = rpc.TlsFiles(ca=config.tls_ca, cert=config.tls_cert, key=config.tls_key)
         self.node_secret = ""
+        self._restarts: dict[int, int] = {}
+        """Restarts so far, by slot."""
+        self._respawn_at: dict[int, float] = {}
+        """Slots whose worker is due to start again, and when (time.monotonic())."""
         """Issued by Register: this node's credential for every later call."""
         self.heartbeat_s = 0.5
         self.client: rpc.ControllerClient | None = None
@@ -364,6 +374,8 @@ class Agent:
                     if self.shutdown is None and not w.exit_reported:
                         w.exit_reported = True
                         self.report(pb.WORKER_EXITED, w, f"exited with code {code}")
+                    if self.shutdown is None:
+                        self._plan_restart(w.slot, now)
                     continue
                 if w.phase == pb.WORKER_PHASE_STARTING:
                     continue
@@ -377,7 +389,43 @@ class Agent:
                 ):
                     self._kill_hung(w, f"no step for {now - w.last_progress:.1f}s")
             self._run_due_chaos()
+            for slot, due in list(self._respawn_at.items()):
+                if now >= due and self.shutdown is None:
+                    del self._respawn_at[slot]
+                    self._start_worker(slot)
             await asyncio.sleep(0.02)
+
+    def _plan_restart(self, slot: int, now: float) -> None:
+        done = self._restarts.get(slot, 0)
+        if slot in self._respawn_at or done >= self.config.max_restarts:
+            return
+        if any(w.slot == slot and not w.gone for w in self.workers.values()):
+            return
+        self._restarts[slot] = done + 1
+        delay = min(30.0, 2.0**done)
+        self._respawn_at[slot] = now + delay
+        log.warning(
+            "slot %d's worker is gone: starting it again in %.0fs (restart %d of %d)",
+            slot,
+            delay,
+            done + 1,
+            self.config.max_restarts,
+        )
+
+    def _start_worker(self, slot: int) -> None:
+        n = self._restarts.get(slot, 0)
+        worker_id = f"{self.config.node_id}.w{slot}" + (f"-r{n}" if n else "")
+        if self._loop is None:
+            return
+        self.workers[worker_id] = spawn_worker(
+            worker_id,
+            self.config.node_id,
+            slot,
+            self.config_json,
+            self.config.log_level,
+            self._loop,
+            self._on_worker_message,
+        )
 
     def _kill_hung(self, w: WorkerProcess, why: str) -> None:
         log.warning("watchdog: worker %s %s; killing it", w.worker_id, why)
@@ -442,16 +490,7 @@ class Agent:
         try:
             await self._register()
             for slot in range(self.config.slots):
-                worker_id = f"{self.config.node_id}.w{slot}"
-                self.workers[worker_id] = spawn_worker(
-                    worker_id,
-                    self.config.node_id,
-                    slot,
-                    self.config_json,
-                    self.config.log_level,
-                    self._loop,
-                    self._on_worker_message,
-                )
+                self._start_worker(slot)
             supervisor = asyncio.ensure_future(self._supervise())
             while self.shutdown is None:
                 await self._session()

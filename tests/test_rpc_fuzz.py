@@ -40,7 +40,9 @@ class LiveController:
         self.thread.start()
         self.controller = Controller(
             JobConfig(job="fuzz", steps=100),
-            ControllerConfig(min_workers=1, settle_s=0.0, coalesce_s=0.0),
+            # leases that outlive the test: a node registered by one example must not
+            # expire (a legitimate change) while a later example is checked
+            ControllerConfig(min_workers=1, settle_s=0.0, coalesce_s=0.0, lease_ttl_s=3600.0),
             ServerConfig(),
             CREDENTIALS,
         )

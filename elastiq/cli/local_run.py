@@ -108,6 +108,8 @@ async def run_local_async(
                         str(local.liveness_timeout_s),
                         "--progress-timeout",
                         str(local.progress_timeout_s),
+                        "--max-restarts",
+                        str(local.max_restarts),
                     ],
                     stdout=log_file,
                     stderr=subprocess.STDOUT,

@@ -30,6 +30,8 @@ class LocalRunConfig:
     """Agent watchdog: kill a worker silent for this long."""
     progress_timeout_s: float = 120.0
     """Agent watchdog: kill a worker without a step for this long."""
+    max_restarts: int = 0
+    """Times each agent starts a slot's worker again after it dies (0: never)."""
     lease_ttl_s: float = 3.0
     """Node lease TTL."""
     run_dir: str = ""
@@ -42,6 +44,8 @@ class LocalRunConfig:
     """Prometheus port of the controller (-1 off, 0 any free port)."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_restarts <= 10_000:
+            raise ValueError(f"max_restarts={self.max_restarts} must be in 0..10000")
         if self.spare_nodes < 0:
             raise ValueError(f"spare_nodes={self.spare_nodes} must be >= 0")
         if self.workers < 1 or self.workers_per_node < 1:

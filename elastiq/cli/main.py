@@ -54,7 +54,19 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
 
 
 def _job_config(args: argparse.Namespace) -> JobConfig:
-    return config_from(JobConfig, args, skip=_JOB_SKIP, model_args=parse_model_args(args.model_arg))
+    flags = config_from(
+        JobConfig, args, skip=_JOB_SKIP, model_args=parse_model_args(args.model_arg)
+    )
+    path = getattr(args, "job_config", "")
+    if not path:
+        return flags
+    if flags != JobConfig():
+        raise ValueError("give the job either as --job-config FILE or as flags, not both")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return JobConfig.from_json(fh.read())
+    except OSError as exc:
+        raise ValueError(f"--job-config {path}: {exc.strerror}") from exc
 
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
@@ -217,6 +229,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos_run(args: argparse.Namespace) -> int:
+    from elastiq.chaos.runner import run_scenario
+    from elastiq.chaos.scenario import Scenario
+
+    try:
+        with open(args.scenario, encoding="utf-8") as fh:
+            scenario = Scenario.from_yaml(fh.read(), args.scenario)
+    except OSError as exc:
+        raise ValueError(f"scenario {args.scenario}: {exc.strerror}") from exc
+    work_dir = args.work_dir or os.path.join("runs", time.strftime("chaos-%Y%m%d-%H%M%S"))
+    summary = run_scenario(scenario, work_dir)
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as fh:
+            fh.write(summary.to_json() + "\n")
+    ok = summary.faults_survived == summary.faults_injected
+    return 0 if ok and summary.phase == "JOB_SUCCEEDED" else 1
+
+
 def cmd_chaos(args: argparse.Namespace) -> int:
     from elastiq import rpc
     from elastiq.cli.chaos_spec import CHAOS_ACTIONS
@@ -294,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept calls without tokens: only on a machine no one else can reach",
     )
     ctl.add_argument("--port-file", default="", help="write the bound port here")
+    ctl.add_argument(
+        "--job-config",
+        default="",
+        help="the job as a JSON file (JobConfig's fields), instead of the job flags",
+    )
     ctl.set_defaults(func=cmd_controller)
 
     agent = sub.add_parser("agent", help="run a node agent")
@@ -344,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True)
     p.add_argument("--at-step", type=int, default=0)
     chaos.set_defaults(func=cmd_chaos)
+    p = chaos_sub.add_parser(
+        "run", help="run a job on real processes through a timed schedule of faults"
+    )
+    p.add_argument("scenario", help="the scenario (YAML; see elastiq/chaos/scenario.py)")
+    p.add_argument("--work-dir", default="", help="logs and state (default runs/chaos-<time>)")
+    p.add_argument("--summary-json", default="", help="also write the summary here")
+    p.set_defaults(func=cmd_chaos_run)
     ckpt.register(sub)
     data.register(sub)
     return parser
