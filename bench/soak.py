@@ -84,6 +84,7 @@ def main() -> int:
         "committed_checkpoints_lost": soak.committed_checkpoints_lost,
         "checkpoints_committed": soak.checkpoints_committed,
         "recoveries": soak.recoveries,
+        "rejoins": soak.rejoins,
         "final_loss": round(soak.final_loss, 5),
         "failure_free_final_loss": round(reference.final_loss, 5),
         "final_loss_diff": round(soak.final_loss - reference.final_loss, 5),

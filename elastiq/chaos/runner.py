@@ -47,6 +47,8 @@ class ChaosSummary:
     committed_checkpoints_lost: int = 0
     checkpoints_committed: int = 0
     recoveries: int = 0
+    rejoins: int = 0
+    """Generations that only took in restarted workers or replacement nodes."""
     mttr_s: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per fault kind: p50 and max seconds from failure to the job training again."""
     faults: list[dict[str, Any]] = field(default_factory=list)
@@ -68,6 +70,8 @@ class ChaosRun:
         self.injector = FaultInjector(self.cluster, scenario.seed)
         self.watches: list[_Watch] = []
         self.recoveries: dict[tuple[int, float], pb.Recovery] = {}
+        self.plan_reasons: dict[int, str] = {}
+        """Why each generation was planned, from the controllers' plan events."""
         self.committed_seen: set[int] = set()
         self.last: pb.StatusResponse | None = None
         self.leader = 0
@@ -83,6 +87,9 @@ class ChaosRun:
         self.last = status
         for r in status.recoveries:
             self.recoveries.setdefault((r.generation, round(r.failure_time, 3)), r)
+        for e in status.events:
+            if e.kind == "plan" and "(" in e.message:
+                self.plan_reasons[e.generation] = e.message.split("(", 1)[1].rstrip(")")
         limit = self.scenario.recovery_timeout_s
         for w in self.watches:
             in_time = time.time() - w.fault.wall_time <= limit
@@ -192,6 +199,9 @@ class ChaosRun:
         by_kind: dict[str, list[float]] = {}
         for r in sorted(self.recoveries.values(), key=lambda r: r.failure_time):
             summary.steps_lost += r.lost_steps
+            if self._only_joins(r.generation):
+                summary.rejoins += 1  # a restarted worker or a replacement node: no failure
+                continue
             kind = self._fault_before(r.failure_time)
             by_kind.setdefault(kind, []).append(r.resumed_time - r.failure_time)
         summary.mttr_s = {
@@ -211,6 +221,10 @@ class ChaosRun:
                     lost.add(newest)
             summary.committed_checkpoints_lost = len(lost)
         return summary
+
+    def _only_joins(self, generation: int) -> bool:
+        reasons = self.plan_reasons.get(generation, "").split("; ")
+        return all(r.endswith(" joined") for r in reasons)
 
     def _fault_before(self, when: float) -> str:
         kinds = [w.fault.kind for w in self.watches if w.fault.wall_time <= when + 1.0]
