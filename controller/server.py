@@ -76,15 +76,18 @@ def _rendezvous_store(host: str) -> tuple[object, int]:
     listener.bind((host, 0))
     listener.listen(1024)
     port = int(listener.getsockname()[1])
+    # the store owns the descriptor from here: a socket object that kept it would close
+    # it again when collected, closing whatever the number has been reused for since
+    fd = listener.detach()
     store = dist.TCPStore(
         host,
         port,
         is_master=True,
         wait_for_workers=False,
         timeout=datetime.timedelta(seconds=60),
-        master_listen_fd=listener.fileno(),
+        master_listen_fd=fd,
     )
-    return (store, listener), port
+    return store, port
 
 
 class Controller:

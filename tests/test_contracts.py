@@ -44,7 +44,8 @@ def _sources(part: str) -> list[pathlib.Path]:
 
 #: The layers, bottom up. A module may import its own layer and the ones below, never
 #: one above or beside it. The shared base is elastiq/*.py (config, partition, lr,
-#: logs, envvars and the fs/rpc adapters); the front end is elastiq/cli/.
+#: logs, envvars and the fs/rpc adapters); the front end is elastiq/cli/ and the chaos
+#: tool, elastiq/chaos/.
 BASE = "base"
 LAYERS: dict[str, tuple[str, ...]] = {
     # layer: the elastiq packages it may import (besides itself)
@@ -63,7 +64,7 @@ def _layer_of(path: pathlib.Path) -> str:
     rel = path.relative_to(ROOT).parts
     if rel[0] == "elastiq":
         # the package's __init__ is the public API, on top like the command line
-        return "cli" if rel[1] in ("cli", "__init__.py") else BASE
+        return "cli" if rel[1] in ("cli", "chaos", "__init__.py") else BASE
     if rel[0] == "agent" and len(rel) > 2 and rel[1] == "runtime":
         return "runtime"
     return rel[0]
