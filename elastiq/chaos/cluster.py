@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from elastiq import envvars, rpc
 from elastiq.chaos.scenario import Scenario
+from elastiq.child_processes import reap
 from elastiq.proto import elastiq_pb2 as pb
 from elastiq.secret_files import new_token
 
@@ -154,13 +155,7 @@ class ChaosCluster:
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        reap(procs)
         self.kill_etcd()
         for client in self._clients.values():
             client.close()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from elastiq import envvars
+from elastiq.child_processes import reap
 from elastiq.cli.chaos_spec import ChaosSpec
 from elastiq.cli.local_run_config import LocalRunConfig, run_file_path
 from elastiq.cli.progress import ProgressView
@@ -148,13 +149,7 @@ async def run_local_async(
             summary.write_json(local.summary_json)
         return summary
     finally:
-        deadline = time.monotonic() + 15
-        for agent in agents:
-            try:
-                agent.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait(5)
+        reap(agents)
         for fh in logs:
             fh.close()
         await controller.stop()
