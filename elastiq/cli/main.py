@@ -270,7 +270,13 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_tls_client_args(p: argparse.ArgumentParser) -> None:
+def _add_operator_client_args(p: argparse.ArgumentParser) -> None:
+    """How `status` and `chaos` reach the job (see _endpoint and _client)."""
+    p.add_argument("--controller", default=None)
+    p.add_argument(
+        "--token-file", default=None, help=f"operator token file (${envvars.OPERATOR_TOKEN})"
+    )
+    p.add_argument("--job", default="elastiq", help="job whose local run file to use")
     p.add_argument("--tls-ca", default="", help="CA that signed the controller's certificate")
     p.add_argument("--tls-cert", default="", help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", default="", help="key of --tls-cert")
@@ -346,23 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     agent.set_defaults(func=cmd_agent)
 
     status = sub.add_parser("status", help="members, generation, plan, last events")
-    status.add_argument("--controller", default=None)
-    status.add_argument(
-        "--token-file", default=None, help=f"operator token file (${envvars.OPERATOR_TOKEN})"
-    )
-    _add_tls_client_args(status)
-    status.add_argument("--job", default="elastiq", help="job whose local run file to use")
+    _add_operator_client_args(status)
     status.add_argument("--events", type=int, default=10)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
     chaos = sub.add_parser("chaos", help="inject a fault into a running job")
-    chaos.add_argument("--controller", default=None)
-    chaos.add_argument(
-        "--token-file", default=None, help=f"operator token file (${envvars.OPERATOR_TOKEN})"
-    )
-    _add_tls_client_args(chaos)
-    chaos.add_argument("--job", default="elastiq")
+    _add_operator_client_args(chaos)
     chaos_sub = chaos.add_subparsers(dest="action", required=True)
     for name, what in (
         ("kill-worker", "SIGKILL a worker"),
