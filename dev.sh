@@ -159,13 +159,31 @@ install_etcd() {
   systemctl stop etcd 2>/dev/null || service etcd stop 2>/dev/null || pkill -x etcd || true
 }
 
+# kubectl renders deploy/ in the tests (kubectl kustomize); Debian's kubernetes-client.
+need_kubectl() {
+  command -v kubectl >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    die "the tests need kubectl, which is not installed, and dev.sh cannot install it." \
+      "Install Debian's kubernetes-client (sudo apt-get install kubernetes-client) or put" \
+      "any kubectl on PATH, then rerun."
+  fi
+  step "installing kubernetes-client (kubectl)" install_kubectl
+}
+
+install_kubectl() {
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q kubernetes-client; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q kubernetes-client
+  fi
+}
+
 typecheck() {
   # setuptools maps controller/ agent/ proto/ checkpoint/ under elastiq.*; mypy cannot
   # follow that mapping, so check a symlink tree shaped like the import namespace.
   local tree=build/typecheck/elastiq
   rm -rf build/typecheck && mkdir -p "$tree"
   for f in elastiq/*.py elastiq/py.typed elastiq/cli elastiq/chaos; do ln -s "../../../$f" "$tree/$(basename "$f")"; done
-  for part in controller agent proto checkpoint; do ln -s "../../../$part" "$tree/$part"; done
+  for part in controller agent proto checkpoint kube; do ln -s "../../../$part" "$tree/$part"; done
   ln -s ../../tests build/typecheck/tests && ln -s ../../bench build/typecheck/bench
   (cd build/typecheck && "$VPY" -m mypy --config-file ../../pyproject.toml \
     --cache-dir ../mypy-cache elastiq tests bench)
@@ -190,7 +208,7 @@ case "${1:-}" in
 esac
 case "${1:-}" in
   setup)
-    if [ "${2:-}" = test ]; then need_etcd && setup "[test]"; else setup; fi
+    if [ "${2:-}" = test ]; then need_etcd && need_kubectl && setup "[test]"; else setup; fi
     say "ready: source .venv/bin/activate (or run .venv/bin/elastiq ...)"
     ;;
   demo)
@@ -201,6 +219,7 @@ case "${1:-}" in
     ;;
   test)
     need_etcd
+    need_kubectl
     setup "[test]"
     "$VPY" -m ruff check .
     "$VPY" -m ruff format --check .

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elastiq import logs, rpc
+from elastiq.agent.host_link import HostLink
 from elastiq.agent.plan_layout import PlanLayout
-from elastiq.agent.workers import WorkerProcess, spawn_worker, stop_workers
+from elastiq.agent.workers import Launcher, WorkerProcess, spawn_worker, start_local, stop_workers
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,12 @@ class AgentConfig:
     """PEM client certificate, for a controller that requires mutual TLS."""
     tls_key: str = ""
     """PEM private key of tls_cert."""
+    worker_socket: str = ""
+    """Sidecar mode (Kubernetes): listen on this Unix socket for the training
+    container's `elastiq worker-host` and start workers through it; empty: start them
+    as this agent's own children."""
+    host_timeout_s: float = 300.0
+    """Sidecar mode: give up when no worker host has connected for this long."""
 
     def __post_init__(self) -> None:
         if not self.controllers:
@@ -75,6 +82,8 @@ class AgentConfig:
             raise ValueError(f"max_restarts={self.max_restarts} must be in 0..10000")
         if self.liveness_timeout_s <= 0 or self.progress_timeout_s <= 0:
             raise ValueError("watchdog timeouts must be positive")
+        if self.host_timeout_s <= 0:
+            raise ValueError(f"host_timeout_s={self.host_timeout_s} must be positive")
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
 
@@ -103,6 +112,9 @@ class Agent:
         self.shutdown: pb.JobPhase | None = None
         self.done = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.host: HostLink | None = None
+        """Sidecar mode: the pod's worker host, which runs the workers."""
+        self._host_connections = 0
         logs.context.node = config.node_id
 
     # controller session --------------------------------------------------------------
@@ -371,7 +383,8 @@ class Agent:
                 code = w.proc.poll()
                 if code is not None:
                     w.phase = pb.WORKER_PHASE_GONE
-                    if self.shutdown is None and not w.exit_reported:
+                    # a worker its host never started (pid 0) was never known to anyone
+                    if self.shutdown is None and not w.exit_reported and w.pid > 0:
                         w.exit_reported = True
                         self.report(pb.WORKER_EXITED, w, f"exited with code {code}")
                     if self.shutdown is None:
@@ -389,11 +402,30 @@ class Agent:
                 ):
                     self._kill_hung(w, f"no step for {now - w.last_progress:.1f}s")
             self._run_due_chaos()
+            if self.host is not None and not self._host_ready():
+                await asyncio.sleep(0.05)
+                continue
             for slot, due in list(self._respawn_at.items()):
                 if now >= due and self.shutdown is None:
                     del self._respawn_at[slot]
                     self._start_worker(slot)
             await asyncio.sleep(0.02)
+
+    def _host_ready(self) -> bool:
+        """Sidecar mode: True while a worker host is connected. A host that connects
+        anew (the training container restarted, or this agent did) gets every slot that
+        has no live worker, started at once as newcomers."""
+        host = self.host
+        if host is None or not host.connected:
+            return False
+        if host.connections != self._host_connections:
+            self._host_connections = host.connections
+            busy = {w.slot for w in self.workers.values() if w.proc.poll() is None}
+            for slot in range(self.config.slots):
+                if slot not in busy and self.shutdown is None:
+                    self._respawn_at.pop(slot, None)
+                    self._start_worker(slot)
+        return True
 
     def _plan_restart(self, slot: int, now: float) -> None:
         done = self._restarts.get(slot, 0)
@@ -425,7 +457,11 @@ class Agent:
             self.config.log_level,
             self._loop,
             self._on_worker_message,
+            self._launcher(),
         )
+
+    def _launcher(self) -> Launcher:
+        return self.host.launch if self.host is not None else start_local
 
     def _kill_hung(self, w: WorkerProcess, why: str) -> None:
         log.warning("watchdog: worker %s %s; killing it", w.worker_id, why)
@@ -487,10 +523,15 @@ class Agent:
         self._loop = asyncio.get_running_loop()
         sender = asyncio.ensure_future(self._sender())
         supervisor: asyncio.Future[None] | None = None
+        if self.config.worker_socket:
+            self.host = HostLink(self.config.worker_socket)
         try:
             await self._register()
-            for slot in range(self.config.slots):
-                self._start_worker(slot)
+            if self.host is not None:
+                await self._wait_for_host()
+            else:
+                for slot in range(self.config.slots):
+                    self._start_worker(slot)
             supervisor = asyncio.ensure_future(self._supervise())
             while self.shutdown is None:
                 await self._session()
@@ -508,4 +549,22 @@ class Agent:
             sender.cancel()
             if self.client is not None:
                 await self.client.close()
+            if self.host is not None:
+                # the training container exits with the job's outcome: 0 completes the pod
+                self.host.finish(0 if self.shutdown == pb.JOB_SUCCEEDED else 1)
         return 0 if self.shutdown == pb.JOB_SUCCEEDED else 1
+
+    async def _wait_for_host(self) -> None:
+        host = self.host
+        if host is None:
+            return
+        log.info("waiting for the worker host on %s", host.path)
+        connected = await asyncio.get_running_loop().run_in_executor(
+            None, host.wait_connected, self.config.host_timeout_s
+        )
+        if not connected:
+            raise RuntimeError(
+                f"no worker host connected to {host.path} in {self.config.host_timeout_s:.0f}s: "
+                "is the training container running `elastiq worker-host`?"
+            )
+        self._host_ready()

@@ -1,9 +1,12 @@
 """Worker processes as the agent sees them: spawn, message pump, signals.
 
-Each worker is a child process `python -m elastiq.agent.runtime.worker` with two
-inherited pipes carrying typed messages (see channel.py). A reader thread per worker hands its
-messages to the agent's event loop. The worker arranges to die with its agent
-(PR_SET_PDEATHSIG), so losing the agent loses its workers, as losing a node would.
+Each worker is a process `python -m elastiq.agent.runtime.worker` with two inherited
+pipes carrying typed messages (see channel.py). A reader thread per worker hands its
+messages to the agent's event loop. Who starts the process is a `Launcher`: the agent
+itself (`start_local`, a child that dies with its agent through PR_SET_PDEATHSIG, so
+losing the agent loses its workers, as losing a node would), or, on Kubernetes, the
+worker host in the pod's training container (agent/host_link.py), handed the same
+pipe ends. Either way the agent holds a `ProcessHandle` with Popen's interface.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from elastiq.agent.channel import Channel
 from elastiq.proto import elastiq_pb2 as pb
@@ -25,11 +29,46 @@ from elastiq.proto import elastiq_pb2 as pb
 log = logging.getLogger(__name__)
 
 
+class ProcessHandle(Protocol):
+    """What the agent needs of a worker process (subprocess.Popen has it)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+#: starts `python -m elastiq.agent.runtime.worker` on the worker's ends of its pipes
+#: (worker_id, slot, read_fd, write_fd); the caller closes its copies of those ends
+Launcher = Callable[[str, int, int, int], ProcessHandle]
+
+
+def start_local(worker_id: str, slot: int, read_fd: int, write_fd: int) -> ProcessHandle:
+    """The agent's own child process (local runs, and agents outside Kubernetes)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "elastiq.agent.runtime.worker",
+            "--read-fd",
+            str(read_fd),
+            "--write-fd",
+            str(write_fd),
+        ],
+        pass_fds=(read_fd, write_fd),
+        stdin=subprocess.DEVNULL,
+    )
+
+
 @dataclass(slots=True)
 class WorkerProcess:
     worker_id: str
     slot: int
-    proc: subprocess.Popen[bytes]
+    proc: ProcessHandle
     channel: Channel[pb.FromWorker, pb.ToWorker]
     phase: pb.WorkerPhase = pb.WORKER_PHASE_STARTING
     started: float = field(default_factory=time.monotonic)
@@ -62,7 +101,7 @@ class WorkerProcess:
 
     def signal(self, sig: int) -> None:
         try:
-            os.kill(self.proc.pid, sig)
+            self.proc.send_signal(sig)
         except ProcessLookupError:
             pass
 
@@ -75,25 +114,16 @@ def spawn_worker(
     log_level: str,
     loop: asyncio.AbstractEventLoop,
     on_message: Callable[[WorkerProcess, pb.FromWorker | None], None],
+    launch: Launcher = start_local,
 ) -> WorkerProcess:
     """Start one worker and its reader thread; the config is its first message."""
     to_worker_r, to_worker_w = os.pipe()
     to_agent_r, to_agent_w = os.pipe()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "elastiq.agent.runtime.worker",
-            "--read-fd",
-            str(to_worker_r),
-            "--write-fd",
-            str(to_agent_w),
-        ],
-        pass_fds=(to_worker_r, to_agent_w),
-        stdin=subprocess.DEVNULL,
-    )
-    os.close(to_worker_r)
-    os.close(to_agent_w)
+    try:
+        proc = launch(worker_id, slot, to_worker_r, to_agent_w)
+    finally:
+        os.close(to_worker_r)
+        os.close(to_agent_w)
     worker = WorkerProcess(worker_id, slot, proc, Channel(to_agent_r, to_worker_w, pb.FromWorker))
     worker.send(
         pb.ToWorker(

@@ -25,8 +25,11 @@ STORE = "ELASTIQ_STORE"
 NODE_ID = "ELASTIQ_NODE_ID"
 #: log level name for the elastiq loggers
 LOG_LEVEL = "ELASTIQ_LOG_LEVEL"
+#: the Unix socket where an agent sidecar takes its pod's worker host (agent --worker-socket,
+#: worker-host --socket)
+AGENT_SOCKET = "ELASTIQ_AGENT_SOCKET"
 
-ALL = (CONTROLLER, AGENT_TOKEN, OPERATOR_TOKEN, STORE, NODE_ID, LOG_LEVEL)
+ALL = (CONTROLLER, AGENT_TOKEN, OPERATOR_TOKEN, STORE, NODE_ID, LOG_LEVEL, AGENT_SOCKET)
 
 
 def resolve(explicit: T | None, name: str, default: T, parse: Callable[[str], T]) -> T:

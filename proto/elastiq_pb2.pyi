@@ -649,3 +649,55 @@ class FromWorker(_message.Message):
     finished: WorkerFinished
     start_failed: WorkerProblem
     def __init__(self, ready: _Optional[_Union[WorkerReady, _Mapping]] = ..., alive: _Optional[_Union[WorkerAlive, _Mapping]] = ..., step: _Optional[_Union[StepDone, _Mapping]] = ..., joined: _Optional[_Union[JoinDone, _Mapping]] = ..., interrupted: _Optional[_Union[WorkerProblem, _Mapping]] = ..., state_lost: _Optional[_Union[WorkerProblem, _Mapping]] = ..., chaos_fired: _Optional[_Union[ChaosFired, _Mapping]] = ..., finished: _Optional[_Union[WorkerFinished, _Mapping]] = ..., start_failed: _Optional[_Union[WorkerProblem, _Mapping]] = ...) -> None: ...
+
+class ToHost(_message.Message):
+    __slots__ = ("start", "signal", "exit")
+    START_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    EXIT_FIELD_NUMBER: _ClassVar[int]
+    start: StartWorker
+    signal: SignalWorker
+    exit: int
+    def __init__(self, start: _Optional[_Union[StartWorker, _Mapping]] = ..., signal: _Optional[_Union[SignalWorker, _Mapping]] = ..., exit: _Optional[int] = ...) -> None: ...
+
+class StartWorker(_message.Message):
+    __slots__ = ("worker_id", "slot")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    slot: int
+    def __init__(self, worker_id: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...
+
+class SignalWorker(_message.Message):
+    __slots__ = ("worker_id", "signal")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    signal: int
+    def __init__(self, worker_id: _Optional[str] = ..., signal: _Optional[int] = ...) -> None: ...
+
+class FromHost(_message.Message):
+    __slots__ = ("hello", "started", "exited")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
+    hello: int
+    started: WorkerStarted
+    exited: WorkerExited
+    def __init__(self, hello: _Optional[int] = ..., started: _Optional[_Union[WorkerStarted, _Mapping]] = ..., exited: _Optional[_Union[WorkerExited, _Mapping]] = ...) -> None: ...
+
+class WorkerStarted(_message.Message):
+    __slots__ = ("worker_id", "pid")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    pid: int
+    def __init__(self, worker_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class WorkerExited(_message.Message):
+    __slots__ = ("worker_id", "code")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    code: int
+    def __init__(self, worker_id: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...

@@ -44,6 +44,7 @@ class Cluster:
         self.controller: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.hosts: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[Any] = []
 
     def _log(self, name: str) -> Any:
@@ -124,7 +125,10 @@ class Cluster:
         slots: int = 1,
         liveness_timeout: float = 3.0,
         token: str = AGENT_TOKEN,
+        worker_socket: str = "",
+        max_restarts: int = 0,
     ) -> subprocess.Popen[bytes]:
+        sidecar = ["--worker-socket", worker_socket] if worker_socket else []
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -141,6 +145,9 @@ class Cluster:
                 str(slots),
                 "--liveness-timeout",
                 str(liveness_timeout),
+                "--max-restarts",
+                str(max_restarts),
+                *sidecar,
             ],
             stdout=self._log(node_id),
             stderr=subprocess.STDOUT,
@@ -148,6 +155,20 @@ class Cluster:
             env=self.env(token),
         )
         self.agents[node_id] = proc
+        return proc
+
+    def start_worker_host(self, name: str, socket_path: str) -> subprocess.Popen[bytes]:
+        """`elastiq worker-host` for a sidecar agent: what a pod's training container runs.
+        Its environment holds no token (the training container gets none)."""
+        env = {k: v for k, v in os.environ.items() if k not in envvars.ALL}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "elastiq.cli", "--log-level", "INFO", "worker-host"],
+            stdout=self._log(name),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**env, envvars.AGENT_SOCKET: socket_path},
+        )
+        self.hosts[name] = proc
         return proc
 
     def call(self, method: str, request: Any) -> Any:
@@ -181,11 +202,12 @@ class Cluster:
             self.controller.wait(10)
 
     def close(self) -> None:
-        for proc in [*self.agents.values(), self.controller]:
+        everything = [*self.hosts.values(), *self.agents.values(), self.controller]
+        for proc in everything:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
-        for proc in [*self.agents.values(), self.controller]:
+        for proc in everything:
             if proc is None:
                 continue
             try:

@@ -16,6 +16,7 @@ PARTS = {
     "agent": "elastiq.agent",
     "proto": "elastiq.proto",
     "checkpoint": "elastiq.checkpoint",
+    "kube": "elastiq.kube",
 }
 
 
@@ -55,6 +56,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "controller": ("elastiq.proto", BASE, "elastiq.checkpoint", "elastiq.controller"),
     "agent": ("elastiq.proto", BASE, "elastiq.agent"),
     "runtime": ("elastiq.proto", BASE, "elastiq.checkpoint", "elastiq.agent"),
+    # the operator reads the controller's config types and talks to it over rpc only
+    "kube": ("elastiq.proto", BASE, "elastiq.controller.job_state", "elastiq.kube"),
     "cli": ("*",),
 }
 BASE_MODULES = {f"elastiq.{p.stem}" for p in (ROOT / "elastiq").glob("*.py")} | {"elastiq"}
@@ -134,6 +137,8 @@ def test_each_external_client_is_imported_by_one_adapter_module() -> None:
         "aetcd": {"controller/store_etcd.py"},
         "grpc": {"elastiq/rpc.py"},
         "fsspec": {"elastiq/fs.py"},
+        "kubernetes": {"kube/api.py"},
+        "kopf": {"kube/operator.py"},
     }
     for client, allowed in adapters.items():
         users = set()

@@ -15,43 +15,16 @@ by name. A field with an environment variable (`env`) gets no default in the par
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import functools
-import inspect
-import itertools
 import json
-import textwrap
 import typing
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from elastiq import envvars
+from elastiq.config_fields import field_docs, flag_name
 
 C = TypeVar("C")
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """{field: docstring} of a dataclass, from the string that follows each field."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    docs: dict[str, str] = {}
-    for node, after in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
-
-
-def flag_name(field: str) -> str:
-    name = field.removesuffix("_s") if field.endswith("_s") else field
-    return "--" + name.replace("_", "-")
 
 
 def add_flags(

@@ -19,6 +19,7 @@ from typing import Any
 
 from elastiq import envvars, logs, rpc
 from elastiq.agent.agent import AgentConfig
+from elastiq.agent.worker_host import WorkerHostConfig
 from elastiq.cli import ckpt, data
 from elastiq.cli.flags import add_flags, config_from, parse_model_args
 from elastiq.cli.local_run_config import LocalRunConfig
@@ -142,7 +143,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
         try:
             while controller.job is None or not controller.job.done.is_set():
                 await asyncio.sleep(0.2)
-            await asyncio.sleep(1.0)  # let agents read the final directive
+            # let agents read the final directive; on Kubernetes the operator reads the
+            # final status meanwhile, then removes this controller
+            await asyncio.sleep(args.linger_s)
             return 0 if controller.job.phase == pb.JOB_SUCCEEDED else 1
         finally:
             await controller.stop()
@@ -164,6 +167,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return asyncio.run(Agent(config).run())
+
+
+def cmd_worker_host(args: argparse.Namespace) -> int:
+    from elastiq.agent.worker_host import WorkerHost
+
+    config = config_from(WorkerHostConfig, args, env={"socket_path": envvars.AGENT_SOCKET})
+    return WorkerHost(config).run()
 
 
 def _client(args: argparse.Namespace) -> tuple[Any, str]:
@@ -331,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ctl.add_argument("--port-file", default="", help="write the bound port here")
     ctl.add_argument(
+        "--linger",
+        dest="linger_s",
+        metavar="SECONDS",
+        type=float,
+        default=1.0,
+        help="after the job ends, keep answering (status) this long before exiting",
+    )
+    ctl.add_argument(
         "--job-config",
         default="",
         help="the job as a JSON file (JobConfig's fields), instead of the job flags",
@@ -350,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"file holding the agent token (default: ${envvars.AGENT_TOKEN})",
     )
     agent.set_defaults(func=cmd_agent)
+
+    host = sub.add_parser(
+        "worker-host",
+        help="run a pod's workers for its agent sidecar (the training container's command)",
+    )
+    add_flags(host, WorkerHostConfig, env={"socket_path": envvars.AGENT_SOCKET})
+    host.set_defaults(func=cmd_worker_host)
 
     status = sub.add_parser("status", help="members, generation, plan, last events")
     _add_operator_client_args(status)
