@@ -44,6 +44,8 @@ def build_status(
                 state=w.state,
                 pid=w.pid,
             )
+            if p is not None:
+                resp.checkpoint_step = max(resp.checkpoint_step, p.checkpoint_committed_step)
             if p is not None and (
                 best is None or (p.step, p.wall_time) > (best.step, best.wall_time)
             ):

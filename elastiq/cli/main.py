@@ -28,6 +28,7 @@ from elastiq.config import JobConfig
 from elastiq.controller.job_state import ControllerConfig
 from elastiq.controller.server import ServerConfig
 from elastiq.controller.service import Credentials
+from elastiq.kube.job_runner import OperatorConfig
 from elastiq.proto import elastiq_pb2 as pb
 from elastiq.secret_files import read_token
 
@@ -167,6 +168,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return asyncio.run(Agent(config).run())
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from elastiq.kube.operator import run
+
+    run(config_from(OperatorConfig, args, skip=("namespaces",), namespaces=args.namespace))
+    return 0
 
 
 def cmd_worker_host(args: argparse.Namespace) -> int:
@@ -368,6 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"file holding the agent token (default: ${envvars.AGENT_TOKEN})",
     )
     agent.set_defaults(func=cmd_agent)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator for ElasticJobs")
+    add_flags(op, OperatorConfig, skip=("namespaces",))
+    scope = op.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "--all-namespaces", action="store_true", help="watch every namespace (the default)"
+    )
+    op.set_defaults(func=cmd_operator)
 
     host = sub.add_parser(
         "worker-host",
