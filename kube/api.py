@@ -106,15 +106,35 @@ class KubeApi:
                 return False
             raise
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete one object (its dependents go in the background); False if gone."""
+    async def delete(
+        self, kind: str, namespace: str, name: str, *, grace_s: int | None = None
+    ) -> bool:
+        """Delete one object (its dependents go in the background); False if gone.
+        `grace_s` overrides the pod's termination grace period (0: SIGKILL at once)."""
         deleters: dict[str, Callable[..., Any]] = {
             "Pod": self._core.delete_namespaced_pod,
             "Service": self._core.delete_namespaced_service,
             "Deployment": self._apps.delete_namespaced_deployment,
         }
+        options = {} if grace_s is None else {"grace_period_seconds": grace_s}
         try:
-            await self._call(deleters[kind], name, namespace)
+            await self._call(deleters[kind], name, namespace, **options)
+            return True
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    async def evict_pod(self, namespace: str, name: str) -> bool:
+        """Evict a pod as a node drain would (PodDisruptionBudgets apply); False if gone.
+        A 429 (a budget forbids it now) raises Retryable."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        try:
+            await self._call(self._core.create_namespaced_pod_eviction, name, namespace, body)
             return True
         except KubeError as exc:
             if exc.status == 404:

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp.web
 import kmock
 
 from elastiq.kube import operator
@@ -85,6 +86,8 @@ class ApiServer(kmock.KubernetesEmulator):
             self.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=False, verbs=_VERBS)
 
     async def _handle(self, request: Any) -> Any:
+        if request.subresource == "eviction" and request.resource is not None:
+            return await self._evict(request)
         data = request.data if isinstance(request.data, dict) else None
         if request.resource is not None and data is not None and request.subresource is None:
             if request.action == kmock.action.CREATE:
@@ -113,6 +116,22 @@ class ApiServer(kmock.KubernetesEmulator):
         if gone_uid and self._find(request.resource, request.namespace, request.name) is None:
             await self._collect_dependents(gone_uid)
         return response
+
+    async def _evict(self, request: Any) -> Any:
+        """POST pods/NAME/eviction: no PodDisruptionBudget here, so the pod goes."""
+        async with self._lock:
+            for (res, ns, name), obj in self.objects.items():
+                key = (request.resource, request.namespace, request.name)
+                if (res, ns, name) == key and not obj.deleted:
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[res].put({"type": "DELETED", "object": raw})
+                    return aiohttp.web.json_response(
+                        {"kind": "Status", "status": "Success", "code": 201}, status=201
+                    )
+        return aiohttp.web.json_response(
+            {"kind": "Status", "status": "Failure", "code": 404, "reason": "NotFound"}, status=404
+        )
 
     def _find(
         self, resource: Any, namespace: str | None, name: str | None

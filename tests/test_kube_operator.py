@@ -187,3 +187,41 @@ def test_an_elastic_job_recovers_a_deleted_pod_in_place_and_scales_4_6_3(
             lambda: cluster.get("Deployment", NS, "lm-controller") is None,
             30,
         )
+
+
+def _schedule(cluster: EmulatedCluster, name: str, node: str) -> None:
+    """What a scheduler and kubelet would write: the pod's node, and Running."""
+    cluster.patch("Pod", NS, name, {"spec": {"nodeName": node}})
+    cluster.request(
+        "PATCH", cluster.path("Pod", NS, name) + "/status", {"status": {"phase": "Running"}}
+    )
+
+
+def test_chaos_deletes_evicts_and_kills_a_nodes_pods_and_the_operator_replaces_them(
+    cluster: EmulatedCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from elastiq.cli.main import main
+
+    cluster.create(job("ch"))
+    with _operator(cluster):
+        wait_until("4 pods", lambda: len(_pods(cluster, "ch")) == 4, 30)
+        for i, node in enumerate(["n0", "n0", "n1", "n2"]):
+            _schedule(cluster, f"ch-w{i}", node)
+        base = ["chaos", "--job", "ch"]
+        where = ["--namespace", NS, "--api-server", cluster.url]
+        assert main([*base, "delete-pod", *where, "--pod", "ch-nope"]) == 2
+        assert "not a running worker pod of job ch" in capsys.readouterr().err
+        assert _pods(cluster, "ch") == ["ch-w0", "ch-w1", "ch-w2", "ch-w3"]
+        assert main([*base, "kill-node-pods", *where, "--node", "n0"]) == 0
+        assert "ch-w0, ch-w1" in capsys.readouterr().out
+        assert main([*base, "delete-pod", *where, "--pod", "ch-w2", "--grace", "0"]) == 0
+        assert main([*base, "evict-pod", *where]) == 0
+        assert "ch-w3" in capsys.readouterr().out  # the only running one left
+        replaced = wait_until(
+            "4 replacements",
+            lambda: (p := _pods(cluster, "ch")) == [f"ch-w{i}" for i in range(4, 8)] and p,
+            30,
+        )
+        assert len(replaced) == 4
+        reasons = [e["reason"] for e in cluster.list("Event", NS)]
+        assert "PodReplaced" in reasons

@@ -288,13 +288,35 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos_pod(args: argparse.Namespace) -> int:
+    from elastiq.chaos.pod_faults import PodFaultOrder, inject
+
+    order = PodFaultOrder(
+        fault=args.action,
+        job=args.job,
+        namespace=args.namespace,
+        pod=getattr(args, "pod", ""),
+        node=getattr(args, "node", ""),
+        grace_s=getattr(args, "grace", None),
+        seed=getattr(args, "seed", None),
+        api_server=args.api_server,
+    )
+    hit = inject(order)
+    print(f"{args.action}: {', '.join(hit)} (job {args.job} in namespace {args.namespace})")
+    return 0
+
+
 def _add_operator_client_args(p: argparse.ArgumentParser) -> None:
     """How `status` and `chaos` reach the job (see _endpoint and _client)."""
     p.add_argument("--controller", default=None)
     p.add_argument(
         "--token-file", default=None, help=f"operator token file (${envvars.OPERATOR_TOKEN})"
     )
-    p.add_argument("--job", default="elastiq", help="job whose local run file to use")
+    p.add_argument(
+        "--job",
+        default="elastiq",
+        help="the job: its local run file, or on Kubernetes the ElasticJob's name",
+    )
     p.add_argument("--tls-ca", default="", help="CA that signed the controller's certificate")
     p.add_argument("--tls-cert", default="", help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", default="", help="key of --tls-cert")
@@ -419,6 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True)
     p.add_argument("--at-step", type=int, default=0)
     chaos.set_defaults(func=cmd_chaos)
+    for name, what in (
+        ("delete-pod", "Kubernetes: delete one of the ElasticJob's (--job) worker pods"),
+        ("evict-pod", "Kubernetes: evict one (as a node drain does)"),
+        ("kill-node-pods", "Kubernetes: kill every pod of the job on one node (grace 0)"),
+    ):
+        p = chaos_sub.add_parser(name, help=what)
+        p.add_argument("--namespace", default="default", help="the ElasticJob's namespace")
+        p.add_argument("--api-server", default="", help="API server URL (default: kubeconfig)")
+        if name == "kill-node-pods":
+            p.add_argument("--node", required=True, help="the Kubernetes node")
+        else:
+            p.add_argument("--pod", default="", help="the pod (default: a running one at random)")
+            p.add_argument("--seed", type=int, default=None, help="seed of the random choice")
+        if name == "delete-pod":
+            p.add_argument("--grace", type=int, default=None, help="grace seconds (0: SIGKILL)")
+        p.set_defaults(func=cmd_chaos_pod)
     p = chaos_sub.add_parser(
         "run", help="run a job on real processes through a timed schedule of faults"
     )
