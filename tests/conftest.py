@@ -16,6 +16,24 @@ import pytest
 from tests.cluster import JOB, Reference, ReferenceRuns, run_reference
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--extended",
+        action="store_true",
+        help="also run the extended variants (more positions and families of what the "
+        "suite already proves once; about 5 minutes more)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--extended"):
+        return
+    skip = pytest.mark.skip(reason="an extended variant: bash dev.sh test --extended")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -69,8 +69,8 @@ def test_the_units_compute_what_the_models_own_forward_computes(family: str) -> 
     ("family", "stages", "fault"),
     [
         ("llama", 2, "kill-before-snapshot"),
-        ("llama", 1, "kill-worker"),
-        ("gpt2", 2, "kill-before-snapshot"),
+        pytest.param("llama", 1, "kill-worker", marks=pytest.mark.extended),
+        pytest.param("gpt2", 2, "kill-before-snapshot", marks=pytest.mark.extended),
         ("gpt2", 1, "kill-worker"),
     ],
     ids=["llama-pp2xdp2", "llama-dp", "gpt2-pp2xdp2", "gpt2-dp"],

@@ -31,7 +31,7 @@ def _assert_recovered_in_place(end: pb.StatusResponse, before: dict[str, int]) -
 
 
 # position 1 (stage 0, replica 1) is lost in the parameter-equality test below
-@pytest.mark.parametrize("victim", [0, 2, 3])
+@pytest.mark.parametrize("victim", [0, pytest.param(2, marks=pytest.mark.extended), 3])
 def test_every_stage_position_of_pp2_dp2_can_be_lost(tmp_path: object, victim: int) -> None:
     end, before = run(str(tmp_path), PP2, victim)
     _assert_recovered_in_place(end, before)
@@ -62,7 +62,7 @@ def _stage_ranks(stage: int) -> Callable[[pb.StatusResponse], list[int]]:
 PP3: dict[str, object] = {"pipeline-stages": 3, "zero": 1}
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("stage", [0, pytest.param(1, marks=pytest.mark.extended), 2])
 def test_a_whole_stage_of_pp3_lost_at_once_trains_like_a_run_without_failure(
     tmp_path: object, failure_free: ReferenceRuns, stage: int
 ) -> None:

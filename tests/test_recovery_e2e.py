@@ -79,6 +79,7 @@ def test_a_hung_worker_is_killed_by_the_watchdog_and_the_job_goes_on(cluster: Cl
     assert end.step == 80
 
 
+@pytest.mark.extended  # joining is proven by the Kubernetes e2e test and the pipeline joins
 def test_a_fifth_agent_joining_mid_run_makes_a_five_worker_generation(tmp_path: object) -> None:
     # slow steps so the joiner's start-up (importing torch) lands mid-run
     cluster = Cluster(str(tmp_path), job={"steps": 200, "step-delay": 0.04})

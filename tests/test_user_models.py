@@ -73,7 +73,7 @@ def test_an_entry_point_is_checked_for_its_form_at_submission() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["dp", "pp2xdp2"])
+@pytest.mark.parametrize("layout", [pytest.param("dp", marks=pytest.mark.extended), "pp2xdp2"])
 def test_a_user_model_survives_a_killed_worker_without_losing_a_step(
     layout: str, tmp_path: pathlib.Path
 ) -> None:
@@ -122,7 +122,7 @@ HF_GPT2 = {
     [
         ("tests.toy_units:build", {"dim": 32, "blocks": 4}),
         ("elastiq.hf:build", HF_LLAMA),
-        ("elastiq.hf:build", HF_GPT2),
+        pytest.param("elastiq.hf:build", HF_GPT2, marks=pytest.mark.extended),
     ],
     ids=["toy", "hf-llama", "hf-gpt2"],
 )

@@ -37,7 +37,9 @@ def _assert_recovered_from_the_buddy(
 
 
 # ZeRO-1's third interval (rank 2) is lost in the parameter-equality test below
-@pytest.mark.parametrize(("zero", "victim"), [(1, 0), (1, 3), (2, 1)])
+@pytest.mark.parametrize(
+    ("zero", "victim"), [pytest.param(1, 0, marks=pytest.mark.extended), (1, 3), (2, 1)]
+)
 def test_any_zero_interval_can_be_lost_and_recovered_without_a_checkpoint(
     tmp_path: object, zero: int, victim: int
 ) -> None:
@@ -45,7 +47,7 @@ def test_any_zero_interval_can_be_lost_and_recovered_without_a_checkpoint(
     _assert_recovered_from_the_buddy(end, before, zero)
 
 
-@pytest.mark.parametrize("zero", [0, 1])
+@pytest.mark.parametrize("zero", [pytest.param(0, marks=pytest.mark.extended), 1])
 def test_parameters_after_a_recovery_match_a_run_without_failure(
     tmp_path: object, zero: int, failure_free: ReferenceRuns
 ) -> None:
