@@ -84,6 +84,10 @@ class CompletedGenerations:
     def joined(self, generation: int, worker_id: str) -> None:
         self._joined.setdefault(generation, set()).add(worker_id)
 
+    def complete(self, layout: HybridLayout) -> bool:
+        """Every member of `layout` reported joining it."""
+        return set(layout.worker_ids()) <= self._joined.get(layout.generation, set())
+
     def source(self, current: HybridLayout | None) -> HybridLayout | None:
         if current is None:
             return None

@@ -70,6 +70,8 @@ class JobController:
         self.layout: HybridLayout | None = None
         # the last layout every member finished joining: plans take state from it
         self.generations = CompletedGenerations()
+        self._growth_waiting: list[str] = []
+        """Newcomers' reasons, waiting for the generation being joined to complete."""
         self.planner = GenerationPlanner(job, config, rendezvous, self.metrics)
         self.plan: pb.Plan | None = None
         self.plan_revision = 0
@@ -279,6 +281,7 @@ class JobController:
             worker.joined_generation = max(worker.joined_generation, req.generation)
             self.generations.joined(req.generation, worker_id)
             self.recovery.joined(worker_id, req.generation, req.step, req.join)
+            self._plan_waiting_growth()
             return
         if req.step == 1 and not self.first_loss:
             self.first_loss = req.loss
@@ -338,8 +341,24 @@ class JobController:
                     self._start_after_settle()
                 )
             return
-        if self.phase in (pb.JOB_RUNNING, pb.JOB_RECOVERING):
-            self._request_replan(reason)
+        if self.phase not in (pb.JOB_RUNNING, pb.JOB_RECOVERING):
+            return
+        if not self.generations.complete(self.layout):
+            # A newcomer waits for the generation being joined to complete. Planning
+            # past it now would name the older, completed generation as the source of
+            # state while its members finish moving to the newer layout (two scale-ups
+            # 0.2 s apart failed a job that way). A failure meanwhile plans at once and
+            # takes the newcomer in with it.
+            self._growth_waiting.append(reason)
+            return
+        self._request_replan(reason)
+
+    def _plan_waiting_growth(self) -> None:
+        """The current generation completed: newcomers that waited for it are planned."""
+        layout = self.layout
+        if self._growth_waiting and layout is not None and self.generations.complete(layout):
+            reasons, self._growth_waiting = self._growth_waiting, []
+            self._request_replan("; ".join(dict.fromkeys(reasons)))
 
     async def _start_after_settle(self) -> None:
         await asyncio.sleep(self.config.settle_s)
@@ -347,7 +366,9 @@ class JobController:
 
     # planning ---------------------------------------------------------------------------
     def _request_replan(self, reason: str) -> None:
-        self.replans.request(reason)
+        # a plan takes every live worker, so growth that waited is planned with it
+        waiting, self._growth_waiting = self._growth_waiting, []
+        self.replans.request("; ".join([reason, *waiting]))
 
     def _holders(self, source: HybridLayout | None) -> set[str]:
         return self.registry.holders_of(source.generation) if source is not None else set()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from elastiq import rpc
 from elastiq.kube import openapi, resources
 from elastiq.kube.job_spec import check_name, parse_spec
+from elastiq.kube.job_status import ElasticJobStatus
 from elastiq.kube.reconcile import (
     Actions,
     KubeEvent,
@@ -108,7 +109,7 @@ class JobRunner:
             actions = invalid_spec(
                 previous, str(exc), metadata_generation=generation, now=now_rfc3339()
             )
-            await self._apply(obj, None, actions)
+            await self._apply(obj, None, actions, previous)
             return actions
         ref = resources.JobRef(
             name=self.name,
@@ -133,13 +134,18 @@ class JobRunner:
         actions = reconcile(
             ref, pods, previous, controller, metadata_generation=generation, now=now_rfc3339()
         )
-        await self._apply(obj, ref, actions)
+        await self._apply(obj, ref, actions, previous)
         return actions
 
     async def _apply(
-        self, obj: dict[str, Any], ref: resources.JobRef | None, actions: Actions
+        self,
+        obj: dict[str, Any],
+        ref: resources.JobRef | None,
+        actions: Actions,
+        previous: ElasticJobStatus,
     ) -> None:
-        await self.api.patch_job_status(self.namespace, self.name, openapi.dump(actions.status))
+        if actions.status != previous:  # an unchanged status is not written again
+            await self.api.patch_job_status(self.namespace, self.name, openapi.dump(actions.status))
         for event in actions.events:
             self._emit(obj, event)
         if ref is not None:

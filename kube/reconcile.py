@@ -147,7 +147,7 @@ def reconcile(
         return actions
 
     if controller is not None:
-        _mirror(status, controller, actions, cond)
+        _mirror(status, controller, actions, cond, ref.spec.job.checkpoint_url)
     if status.phase in TERMINAL:
         actions.remove_controller = True
         status.replicas = sum(p.up for p in pods)
@@ -223,6 +223,7 @@ def _mirror(
     controller: pb.StatusResponse,
     actions: Actions,
     cond: _Conditions,
+    checkpoint_url: str,
 ) -> None:
     """Copy the controller's view into the status; events for what is new."""
     phase = _PHASES.get(controller.phase, status.phase)
@@ -232,7 +233,9 @@ def _mirror(
     status.loss = controller.loss
     status.failures = controller.failures
     if controller.checkpoint_step:
-        status.last_checkpoint = CheckpointStatus(step=controller.checkpoint_step)
+        status.last_checkpoint = CheckpointStatus(
+            step=controller.checkpoint_step, url=checkpoint_url
+        )
     newest = max(controller.recoveries, key=lambda r: r.generation, default=None)
     seen = status.last_recovery.generation if status.last_recovery else 0
     if newest is not None and newest.resumed_time and newest.generation > seen:

@@ -131,8 +131,9 @@ def test_the_controllers_view_is_mirrored_with_one_event_per_recovery() -> None:
             )
         ],
     )
+    job = ref(job={"checkpointUrl": "s3://bucket/lm", "checkpointEvery": 10})
     first = reconcile(
-        ref(),
+        job,
         pods(0, 2, 3, 4),
         status(pods_created=5, replicas=4),
         reply,
@@ -142,9 +143,10 @@ def test_the_controllers_view_is_mirrored_with_one_event_per_recovery() -> None:
     st = first.status
     assert (st.phase, st.generation, st.members, st.step, st.failures) == ("Running", 3, 4, 57, 1)
     assert st.last_recovery is not None and st.last_recovery.mttr_seconds == 0.4
-    assert st.last_checkpoint is not None and st.last_checkpoint.step == 50
+    assert st.last_checkpoint is not None
+    assert (st.last_checkpoint.step, st.last_checkpoint.url) == (50, "s3://bucket/lm")
     assert [e.reason for e in first.events] == ["Recovered"]
-    again = reconcile(ref(), pods(0, 2, 3, 4), st, reply, metadata_generation=1, now=NOW)
+    again = reconcile(job, pods(0, 2, 3, 4), st, reply, metadata_generation=1, now=NOW)
     assert again.events == []
     running = next(c for c in again.status.conditions if c.type == "Running")
     assert running.status == "True" and running.last_transition_time == NOW

@@ -1,0 +1,92 @@
+"""Membership changes against a live controller (gRPC on port 0, embedded store)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from elastiq.config import JobConfig
+from elastiq.controller.server import Controller
+from elastiq.proto import elastiq_pb2 as pb
+from tests.live_controller import Session, planned_one_worker, with_controller
+
+
+async def _until(what: str, ok: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if ok():
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(what)
+
+
+def test_a_newcomer_waits_for_the_generation_being_joined_to_complete() -> None:
+    """Two scale-ups 0.2 s apart once failed a job: generation 3 was planned from
+    generation 1's layout while the workers had already moved to generation 2's."""
+
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
+        job = controller.job
+        assert job is not None
+
+        async def joined(node: str, generation: int) -> None:
+            ack = await session.report(
+                node, kind=pb.JOINED, worker_id=f"{node}.w0", slot=0, pid=1, generation=generation
+            )
+            assert ack.accepted, ack.reason
+
+        await joined("node-a", 1)
+        await session.register("node-b")
+        await session.ready_worker("node-b")
+        await _until("generation 2", lambda: job.generation == 2)
+        await joined("node-a", 2)
+        await session.register("node-c")
+        await session.ready_worker("node-c")
+        await asyncio.sleep(0.3)
+        assert job.generation == 2, "planned past a generation still being joined"
+        await joined("node-b", 2)
+        await _until("generation 3", lambda: job.generation == 3)
+        assert job.layout is not None
+        assert set(job.layout.worker_ids()) == {"node-a.w0", "node-b.w0", "node-c.w0"}
+        assert job.generations.completed is not None
+        assert job.generations.completed.generation == 2
+
+    with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)
+
+
+def test_a_failure_while_a_newcomer_waits_plans_them_together() -> None:
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
+        job = controller.job
+        assert job is not None
+
+        async def joined(node: str, generation: int) -> None:
+            ack = await session.report(
+                node, kind=pb.JOINED, worker_id=f"{node}.w0", slot=0, pid=1, generation=generation
+            )
+            assert ack.accepted, ack.reason
+
+        await joined("node-a", 1)
+        for node in ("node-b", "node-c"):
+            await session.register(node)
+            await session.ready_worker(node)
+        await _until("generation 2", lambda: job.generation >= 2)
+        settled = job.generation  # being joined: node-d has to wait
+        await session.register("node-d")
+        await session.ready_worker("node-d")
+        await asyncio.sleep(0.2)
+        assert job.generation == settled
+        ack = await session.report(
+            "node-b",
+            kind=pb.WORKER_EXITED,
+            worker_id="node-b.w0",
+            slot=0,
+            pid=1,
+            generation=settled,
+            detail="exited with code -9",
+        )
+        assert ack.accepted, ack.reason
+        await _until("a generation after the failure", lambda: job.generation == settled + 1)
+        assert job.layout is not None
+        assert set(job.layout.worker_ids()) == {"node-a.w0", "node-c.w0", "node-d.w0"}
+
+    with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)
