@@ -71,6 +71,8 @@ class JobController:
         # the last layout every member finished joining: plans take state from it
         self.generations = CompletedGenerations()
         self._growth_waiting: list[str] = []
+        self._all_lost_since = 0.0
+        """When the last live worker was lost (0: some are alive)."""
         """Newcomers' reasons, waiting for the generation being joined to complete."""
         self.planner = GenerationPlanner(job, config, rendezvous, self.metrics)
         self.plan: pb.Plan | None = None
@@ -353,6 +355,39 @@ class JobController:
             return
         self._request_replan(reason)
 
+    def _wait_for_any(self, reason: str) -> bool:
+        """Every worker is lost at once: wait two lease TTLs for their agents to come
+        back before failing the job. A controller stalled past the lease TTL (a starved
+        or paused process) expires every node together, and their agents register again
+        within moments with their workers and state intact."""
+        now = time.monotonic()
+        window = 2 * self.config.lease_ttl_s
+        if not self._all_lost_since:
+            self._all_lost_since = now
+            self._event(
+                "all_lost", f"every worker is lost ({reason}); waiting {window:g}s for them"
+            )
+        if now - self._all_lost_since >= window:
+            self._all_lost_since = 0.0
+            return False
+        asyncio.get_running_loop().call_later(0.25, self._request_replan, reason)
+        return True
+
+    def _maybe_back_to_running(self) -> None:
+        """Every member of the current plan is back (their agents registered again
+        after a stall): the generation goes on as it was, and nothing was recovered."""
+        if self.phase != pb.JOB_RECOVERING or self.layout is None:
+            return
+        live = {w.worker_id for w in self.live_members()}
+        pending = self.recovery.pending
+        if set(self.layout.worker_ids()) <= live and (pending is None or not pending.generation):
+            self.recovery.called_off()
+            self.phase = pb.JOB_RUNNING
+            self._event(
+                "rejoined",
+                f"every member of generation {self.generation} is back; it goes on unchanged",
+            )
+
     def _plan_waiting_growth(self) -> None:
         """The current generation completed: newcomers that waited for it are planned."""
         layout = self.layout
@@ -382,6 +417,10 @@ class JobController:
         nothing), and push it to every agent."""
         if self.over:
             return
+        if self.layout is None or self.live_members():
+            self._all_lost_since = 0.0
+        elif self._wait_for_any(reason):
+            return
         generation = self.generation + 1
         source = self.generations.source(self.layout)
         proposal = await self.planner.propose(
@@ -400,6 +439,7 @@ class JobController:
             self._fail(proposal.message)
             return
         if isinstance(proposal, Unchanged):
+            self._maybe_back_to_running()
             return
         layout, plan = proposal.layout, proposal.plan
         ok = await self.store.compare_and_set(

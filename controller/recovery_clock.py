@@ -62,6 +62,10 @@ class RecoveryClock:
                 last_committed_before=last_committed,
             )
 
+    def called_off(self) -> None:
+        """The lost members came back before any plan: there was nothing to recover."""
+        self.pending = None
+
     def planned(self, generation: int, reason: str, last_committed: int) -> None:
         """A plan was pushed. It answers the recovery in progress (a newer one
         supersedes an interrupted reconfiguration, still timed from the first

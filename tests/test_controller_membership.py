@@ -90,3 +90,59 @@ def test_a_failure_while_a_newcomer_waits_plans_them_together() -> None:
         assert set(job.layout.worker_ids()) == {"node-a.w0", "node-c.w0", "node-d.w0"}
 
     with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)
+
+
+def test_every_node_expiring_at_once_waits_for_their_agents_to_come_back() -> None:
+    """A controller stalled past the lease TTL expires every node together; the agents
+    register again at once with their workers, and the job goes on instead of failing."""
+
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
+        job = controller.job
+        assert job is not None
+        ack = await session.report(
+            "node-a", kind=pb.JOINED, worker_id="node-a.w0", slot=0, pid=1, generation=1
+        )
+        assert ack.accepted, ack.reason
+        # no heartbeats: the lease runs out
+        await _until("node-a lost", lambda: "node-a" not in job.nodes, 10)
+        await asyncio.sleep(0.3)
+        assert not job.over, "failed the job with no grace for the agents to return"
+        reply = await session.register(
+            "node-a",
+            workers=[
+                pb.WorkerInfo(
+                    worker_id="node-a.w0",
+                    slot=0,
+                    pid=1,
+                    phase=pb.WORKER_PHASE_RUNNING,
+                    generation=1,
+                    step=3,
+                )
+            ],
+        )
+
+        async def beat() -> None:
+            while True:
+                await session.heartbeat("node-a", lease_id=reply.lease_id)
+                await asyncio.sleep(0.2)
+
+        beating = asyncio.ensure_future(beat())
+        try:
+            await _until("the job running again", lambda: job.phase == pb.JOB_RUNNING, 10)
+            await asyncio.sleep(2.5)  # past the grace window: still running
+        finally:
+            beating.cancel()
+        assert not job.over and job.layout is not None
+        # the same member is back: generation 1 goes on, no replan, nothing recovered
+        assert job.generation == 1 and job.layout.worker_ids() == ["node-a.w0"]
+        kinds = [e.kind for e in job.events]
+        assert "all_lost" in kinds and "rejoined" in kinds and "failed" not in kinds
+        assert not job.recoveries
+
+    with_controller(
+        body,
+        JobConfig(job="membership", steps=200),
+        lease_ttl_s=1.0,
+        heartbeat_interval_s=0.25,
+    )

@@ -29,7 +29,7 @@ def job(name: str, **spec: Any) -> dict[str, Any]:
         "trainer": {"image": "elastiq:test"},
         "controllerPort": free_port(),
         "metricsPort": free_port(),
-        "control": {"leaseTtlS": 2.0, "heartbeatIntervalS": 0.25, "settleS": 0.5},
+        "control": {"settleS": 0.5},
         "job": {
             "steps": 400,
             "globalBatch": 24,
