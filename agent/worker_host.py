@@ -21,14 +21,14 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from elastiq.agent.workers import ProcessHandle, start_local
+from elastiq.child_processes import reap
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class WorkerHostConfig:
 class WorkerHost:
     def __init__(self, config: WorkerHostConfig) -> None:
         self.config = config
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._children: dict[str, ProcessHandle] = {}
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
 
@@ -140,19 +140,7 @@ class WorkerHost:
             return
         read_fd, write_fd = fds
         try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "elastiq.agent.runtime.worker",
-                    "--read-fd",
-                    str(read_fd),
-                    "--write-fd",
-                    str(write_fd),
-                ],
-                pass_fds=(read_fd, write_fd),
-                stdin=subprocess.DEVNULL,
-            )
+            proc = start_local(order.worker_id, order.slot, read_fd, write_fd)
         finally:
             os.close(read_fd)
             os.close(write_fd)
@@ -163,7 +151,7 @@ class WorkerHost:
             conn, pb.FromHost(started=pb.WorkerStarted(worker_id=order.worker_id, pid=proc.pid))
         )
 
-        def reap() -> None:
+        def report_exit() -> None:
             code = proc.wait()
             with self._lock:
                 self._children.pop(order.worker_id, None)
@@ -171,7 +159,7 @@ class WorkerHost:
                 conn, pb.FromHost(exited=pb.WorkerExited(worker_id=order.worker_id, code=code))
             )
 
-        threading.Thread(target=reap, name=f"reap-{order.worker_id}", daemon=True).start()
+        threading.Thread(target=report_exit, name=f"reap-{order.worker_id}", daemon=True).start()
 
     def _signal(self, order: pb.SignalWorker) -> None:
         proc = self._children.get(order.worker_id)
@@ -197,10 +185,4 @@ class WorkerHost:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
                 proc.send_signal(signal.SIGTERM if grace_s else signal.SIGKILL)
-        deadline = time.monotonic() + grace_s
-        for proc in children:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        reap(children, within_s=grace_s)

@@ -173,6 +173,13 @@ class JobController:
             if worker is not None:
                 worker.progress = p
                 self.planner.observe_unit_costs(dict(p.unit_costs))
+                if p.generation == self.generation > worker.joined_generation:
+                    # progress in the current generation means it was joined, even if
+                    # the JOINED report itself was lost: newcomers waiting for this
+                    # generation to complete are never stuck on one lost message
+                    worker.joined_generation = p.generation
+                    self.generations.joined(p.generation, p.worker_id)
+                    self._plan_waiting_growth()
         self.metrics.observe_progress(self.registry.progress())
         return pb.HeartbeatResponse(generation=self.generation, known=True)
 

@@ -4,17 +4,27 @@ and none waits longer than the deadline in all."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Iterable
+from typing import Protocol
 
 
-def reap(procs: Iterable[subprocess.Popen[bytes]], within_s: float = 15.0) -> None:
+class Waitable(Protocol):
+    """A process as subprocess.Popen offers it (and the agent's remote workers)."""
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+def reap(procs: Iterable[Waitable], within_s: float = 15.0) -> None:
     """Wait for every process until `within_s` from now in all; kill what is left."""
     deadline = time.monotonic() + within_s
     for proc in procs:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.send_signal(signal.SIGKILL)
             proc.wait(5)

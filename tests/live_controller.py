@@ -98,11 +98,17 @@ async def snapshot(controller: Controller) -> list[tuple[str, bytes]]:
 
 
 async def planned_one_worker(controller: Controller, session: Session) -> None:
-    """Register node-a with one ready worker and wait for generation 1."""
+    """Register node-a with one ready worker, wait for generation 1, and report that
+    the worker joined it (as a real worker does once its communicator is built)."""
     await session.register()
     await session.ready_worker()
     for _ in range(100):
         if controller.job is not None and controller.job.generation == 1:
+            ack = await session.report(
+                kind=pb.JOINED, worker_id="node-a.w0", slot=0, pid=1, generation=1
+            )
+            if not ack.accepted:
+                raise RuntimeError(f"JOINED refused: {ack.reason}")
             return
         await asyncio.sleep(0.05)
     raise TimeoutError("generation 1 was not planned")

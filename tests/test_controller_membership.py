@@ -19,6 +19,13 @@ async def _until(what: str, ok: Callable[[], bool], timeout_s: float = 5.0) -> N
     raise TimeoutError(what)
 
 
+async def _joined(session: Session, node: str, generation: int) -> None:
+    ack = await session.report(
+        node, kind=pb.JOINED, worker_id=f"{node}.w0", slot=0, pid=1, generation=generation
+    )
+    assert ack.accepted, ack.reason
+
+
 def test_a_newcomer_waits_for_the_generation_being_joined_to_complete() -> None:
     """Two scale-ups 0.2 s apart once failed a job: generation 3 was planned from
     generation 1's layout while the workers had already moved to generation 2's."""
@@ -28,22 +35,15 @@ def test_a_newcomer_waits_for_the_generation_being_joined_to_complete() -> None:
         job = controller.job
         assert job is not None
 
-        async def joined(node: str, generation: int) -> None:
-            ack = await session.report(
-                node, kind=pb.JOINED, worker_id=f"{node}.w0", slot=0, pid=1, generation=generation
-            )
-            assert ack.accepted, ack.reason
-
-        await joined("node-a", 1)
         await session.register("node-b")
         await session.ready_worker("node-b")
         await _until("generation 2", lambda: job.generation == 2)
-        await joined("node-a", 2)
+        await _joined(session, "node-a", 2)
         await session.register("node-c")
         await session.ready_worker("node-c")
         await asyncio.sleep(0.3)
         assert job.generation == 2, "planned past a generation still being joined"
-        await joined("node-b", 2)
+        await _joined(session, "node-b", 2)
         await _until("generation 3", lambda: job.generation == 3)
         assert job.layout is not None
         assert set(job.layout.worker_ids()) == {"node-a.w0", "node-b.w0", "node-c.w0"}
@@ -59,13 +59,6 @@ def test_a_failure_while_a_newcomer_waits_plans_them_together() -> None:
         job = controller.job
         assert job is not None
 
-        async def joined(node: str, generation: int) -> None:
-            ack = await session.report(
-                node, kind=pb.JOINED, worker_id=f"{node}.w0", slot=0, pid=1, generation=generation
-            )
-            assert ack.accepted, ack.reason
-
-        await joined("node-a", 1)
         for node in ("node-b", "node-c"):
             await session.register(node)
             await session.ready_worker(node)
@@ -100,10 +93,6 @@ def test_every_node_expiring_at_once_waits_for_their_agents_to_come_back() -> No
         await planned_one_worker(controller, session)
         job = controller.job
         assert job is not None
-        ack = await session.report(
-            "node-a", kind=pb.JOINED, worker_id="node-a.w0", slot=0, pid=1, generation=1
-        )
-        assert ack.accepted, ack.reason
         # no heartbeats: the lease runs out
         await _until("node-a lost", lambda: "node-a" not in job.nodes, 10)
         await asyncio.sleep(0.3)
@@ -146,3 +135,26 @@ def test_every_node_expiring_at_once_waits_for_their_agents_to_come_back() -> No
         lease_ttl_s=1.0,
         heartbeat_interval_s=0.25,
     )
+
+
+def test_progress_in_a_generation_counts_as_joining_it_when_the_report_is_lost() -> None:
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
+        job = controller.job
+        assert job is not None
+        reply = await session.register("node-b")
+        await session.ready_worker("node-b")
+        await _until("generation 2", lambda: job.generation == 2)
+        await _joined(session, "node-a", 2)
+        await session.register("node-c")
+        await session.ready_worker("node-c")
+        await asyncio.sleep(0.2)
+        assert job.generation == 2
+        # node-b's JOINED never arrives; its heartbeat shows it stepping in generation 2
+        progress = pb.WorkerProgress(
+            worker_id="node-b.w0", generation=2, step=3, phase=pb.WORKER_PHASE_RUNNING
+        )
+        await session.heartbeat("node-b", lease_id=reply.lease_id, progress=[progress])
+        await _until("generation 3", lambda: job.generation == 3)
+
+    with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)

@@ -13,6 +13,7 @@ import pytest
 
 from elastiq.config import JobConfig
 from elastiq.controller.server import Controller, ServerConfig
+from elastiq.controller.store import StoreUnavailable
 from elastiq.proto import elastiq_pb2 as pb
 from tests.cluster import Cluster
 from tests.live_controller import CREDENTIALS, Session, planned_one_worker, with_controller
@@ -74,7 +75,13 @@ def test_an_etcd_outage_changes_nothing_and_a_standby_then_takes_over_within_a_t
             assert first.generation == 1 and "node-a" in first.nodes
             assert first.failures == 0 and not any(e.kind == "node_lost" for e in first.events)
             assert leader.store is not None
-            key = await leader.store.get("/elastiq/outage/leader")
+            key = None
+            for _ in range(50):  # the client's channel may still be in its reconnect back-off
+                try:
+                    key = await leader.store.get("/elastiq/outage/leader")
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.1)
             assert key is not None and key.value.decode().endswith(f":{leader.port}")
             # the watch is back: a node that stops heartbeating now is dropped in a TTL
             beat.cancel()
