@@ -138,44 +138,36 @@ setup() {
   fi
 }
 
-need_etcd() {
-  command -v etcd >/dev/null 2>&1 && return 0
+# need CMD PACKAGE WHAT: CMD on PATH, else Debian's PACKAGE installed (as root, with apt).
+need() {
+  local cmd=$1 package=$2 what=$3
+  command -v "$cmd" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    die "the tests need etcd, which is not installed, and dev.sh cannot install it" \
+    die "the tests need $cmd, which is not installed, and dev.sh cannot install it" \
       "($([ "$(id -u)" != 0 ] && echo "not root" || echo "no apt-get"))." \
-      "Install Debian's etcd-server (sudo apt-get install etcd-server) or put an etcd v3" \
-      "binary on PATH, then rerun."
+      "Install Debian's $package (sudo apt-get install $package) or put $what" \
+      "on PATH, then rerun."
   fi
-  step "installing etcd-server" install_etcd
+  step "installing $package" apt_install "$package"
 }
 
-install_etcd() {
+apt_install() { # apt_install PACKAGE
   # Only a missing package list is refreshed, which saves the update on a warm machine.
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server; then
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1"; then
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1"
   fi
+}
+
+need_etcd() {
+  command -v etcd >/dev/null 2>&1 && return 0
+  need etcd etcd-server "an etcd v3 binary"
   # The package may start a system etcd on 2379; the tests run their own on free ports.
   systemctl stop etcd 2>/dev/null || service etcd stop 2>/dev/null || pkill -x etcd || true
 }
 
-# kubectl renders deploy/ in the tests (kubectl kustomize); Debian's kubernetes-client.
-need_kubectl() {
-  command -v kubectl >/dev/null 2>&1 && return 0
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    die "the tests need kubectl, which is not installed, and dev.sh cannot install it." \
-      "Install Debian's kubernetes-client (sudo apt-get install kubernetes-client) or put" \
-      "any kubectl on PATH, then rerun."
-  fi
-  step "installing kubernetes-client (kubectl)" install_kubectl
-}
-
-install_kubectl() {
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q kubernetes-client; then
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q kubernetes-client
-  fi
-}
+# kubectl renders deploy/ in the tests (kubectl kustomize)
+need_kubectl() { need kubectl kubernetes-client "any kubectl"; }
 
 typecheck() {
   # setuptools maps controller/ agent/ proto/ checkpoint/ under elastiq.*; mypy cannot
