@@ -87,7 +87,6 @@ class HostLink:
         self._server.listen(1)
         self._lock = threading.Lock()
         self._host: socket.socket | None = None
-        self._host_pid = 0
         self._processes: dict[str, RemoteProcess] = {}
         self.connections = 0
         """Hosts accepted so far (a new one means the training container restarted)."""
@@ -170,7 +169,7 @@ class HostLink:
             conn.close()
             return
         with self._lock:
-            self._host, self._host_pid = conn, hello.hello
+            self._host = conn
             self.connections += 1
         log.info("worker host connected (pid %d in the training container)", hello.hello)
         try:

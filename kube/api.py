@@ -190,6 +190,8 @@ def _error(status: int, reason: str, body: Any) -> KubeError:
         message = json.loads(body).get("message") or reason
     except (TypeError, ValueError, AttributeError):
         pass
-    if status in (404, 409) or (400 <= status < 500 and status != 429):
-        return Refused(status, message) if status not in (404, 409) else KubeError(status, message)
+    if status in (404, 409):
+        return KubeError(status, message)
+    if 400 <= status < 500 and status != 429:
+        return Refused(status, message)
     return Retryable(status, message)

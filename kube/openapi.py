@@ -89,9 +89,8 @@ def _object_schema(cls: type, skip: frozenset[str]) -> dict[str, Any]:
         for key in _SCHEMA_KEYS:
             if key in f.metadata:
                 prop[key] = f.metadata[key]
-        default = _default_of(f)
-        if default is not dataclasses.MISSING and _is_plain(default):
-            prop["default"] = default
+        if f.default is not dataclasses.MISSING and _is_plain(f.default):
+            prop["default"] = f.default
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             required.append(camel(f.name))
         properties[camel(f.name)] = prop
@@ -101,12 +100,6 @@ def _object_schema(cls: type, skip: frozenset[str]) -> dict[str, Any]:
     if required:
         schema["required"] = required
     return schema
-
-
-def _default_of(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return dataclasses.MISSING
 
 
 def _is_plain(value: Any) -> bool:

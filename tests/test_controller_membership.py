@@ -26,22 +26,32 @@ async def _joined(session: Session, node: str, generation: int) -> None:
     assert ack.accepted, ack.reason
 
 
+async def _joining_2_with_node_c_waiting(
+    controller: Controller, session: Session
+) -> pb.RegisterResponse:
+    """Generation 1 is node-a alone; node-b makes generation 2, which node-a has joined
+    and node-b not yet; node-c is ready meanwhile. Returns node-b's registration."""
+    await planned_one_worker(controller, session)
+    job = controller.job
+    assert job is not None
+    reply = await session.register("node-b")
+    await session.ready_worker("node-b")
+    await _until("generation 2", lambda: job.generation == 2)
+    await _joined(session, "node-a", 2)
+    await session.register("node-c")
+    await session.ready_worker("node-c")
+    await asyncio.sleep(0.3)
+    return reply
+
+
 def test_a_newcomer_waits_for_the_generation_being_joined_to_complete() -> None:
     """Two scale-ups 0.2 s apart once failed a job: generation 3 was planned from
     generation 1's layout while the workers had already moved to generation 2's."""
 
     async def body(controller: Controller, session: Session) -> None:
-        await planned_one_worker(controller, session)
+        await _joining_2_with_node_c_waiting(controller, session)
         job = controller.job
         assert job is not None
-
-        await session.register("node-b")
-        await session.ready_worker("node-b")
-        await _until("generation 2", lambda: job.generation == 2)
-        await _joined(session, "node-a", 2)
-        await session.register("node-c")
-        await session.ready_worker("node-c")
-        await asyncio.sleep(0.3)
         assert job.generation == 2, "planned past a generation still being joined"
         await _joined(session, "node-b", 2)
         await _until("generation 3", lambda: job.generation == 3)
@@ -139,16 +149,9 @@ def test_every_node_expiring_at_once_waits_for_their_agents_to_come_back() -> No
 
 def test_progress_in_a_generation_counts_as_joining_it_when_the_report_is_lost() -> None:
     async def body(controller: Controller, session: Session) -> None:
-        await planned_one_worker(controller, session)
+        reply = await _joining_2_with_node_c_waiting(controller, session)
         job = controller.job
         assert job is not None
-        reply = await session.register("node-b")
-        await session.ready_worker("node-b")
-        await _until("generation 2", lambda: job.generation == 2)
-        await _joined(session, "node-a", 2)
-        await session.register("node-c")
-        await session.ready_worker("node-c")
-        await asyncio.sleep(0.2)
         assert job.generation == 2
         # node-b's JOINED never arrives; its heartbeat shows it stepping in generation 2
         progress = pb.WorkerProgress(

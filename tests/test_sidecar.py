@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -126,4 +127,47 @@ def test_the_worker_host_obeys_only_the_allowed_signals(tmp_path: object) -> Non
         if host.poll() is None:
             host.kill()
             host.wait(5)
+        link.close()
+
+
+def _fake_host(path: str) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.connect(path)
+    return conn
+
+
+def _dropped(conn: socket.socket) -> bool:
+    conn.settimeout(5)
+    try:
+        return conn.recv(1024) == b""
+    except (ConnectionResetError, TimeoutError):
+        return False
+
+
+def test_a_hostile_worker_host_is_dropped_and_changes_nothing(tmp_path: object) -> None:
+    """Garbage first, or an exit report for a worker the agent never started: the link
+    drops that host, and no worker of the agent's is marked gone by it."""
+    link = HostLink(os.path.join(str(tmp_path), "agent.sock"))
+    try:
+        garbage = _fake_host(link.path)
+        garbage.sendmsg([b"\xff\x00not a protobuf"])
+        assert _dropped(garbage) and link.connections == 0
+        liar = _fake_host(link.path)
+        liar.sendmsg([pb.FromHost(hello=4242).SerializeToString()])
+        assert link.wait_connected(5) and link.connections == 1
+        liar.sendmsg(
+            [pb.FromHost(exited=pb.WorkerExited(worker_id="pod.w9", code=0)).SerializeToString()]
+        )
+        assert _dropped(liar)
+        deadline = time.monotonic() + 5
+        while link.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not link.connected
+        # with no host, a start reads as the worker's loss, never a hang
+        r, w = os.pipe()
+        proc = link.launch("pod.w0", 0, r, w)
+        assert proc.poll() is not None
+        os.close(r)
+        os.close(w)
+    finally:
         link.close()
