@@ -228,6 +228,8 @@ class Agent:
             if not reply.known:
                 log.warning("the controller does not know this node any more; re-registering")
                 return
+            if reply.heartbeat_interval_s > 0:
+                self.heartbeat_s = reply.heartbeat_interval_s
             await asyncio.sleep(self.heartbeat_s)
 
     async def _sender(self) -> None:

@@ -21,7 +21,7 @@ import collections
 import logging
 import time
 
-from elastiq import logs
+from elastiq import logs, rpc
 from elastiq.config import JobConfig
 from elastiq.controller.chaos_admin import resolve_chaos
 from elastiq.controller.generation_plan import (
@@ -91,6 +91,11 @@ class JobController:
         )
         self._start_task: asyncio.Task[None] | None = None
         self._lease_watch: asyncio.Task[None] | None = None
+        self._silence_watch: asyncio.Task[None] | None = None
+        self._plan_directive: rpc.Encoded | None = None
+        """The current plan as sent, encoded once (every agent gets the same bytes)."""
+        self._member_ids: frozenset[str] = frozenset()
+        """The current layout's worker ids (membership checks are per event)."""
         self.failure_message = ""
         self.failures = 0
         self.first_loss = 0.0
@@ -106,11 +111,11 @@ class JobController:
         if kv is not None:
             plan = pb.Plan.FromString(kv.value)
             taken = takeover_of(plan, self.job)
-            self.layout = taken.layout
+            self._set_layout(taken.layout)
             self.planner.take_over(taken)
             self.generations.completed = self.layout
             logs.context.generation = plan.generation
-            self.plan = plan
+            self._set_plan(plan)
             self.plan_revision = kv.mod_revision
             self.phase = pb.JOB_RECOVERING
             self.takeover = True
@@ -118,13 +123,15 @@ class JobController:
             asyncio.get_running_loop().call_later(
                 self.config.takeover_grace_s, lambda: self._request_replan("controller takeover")
             )
-        self._lease_watch = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        self._lease_watch = loop.create_task(
             self.registry.watch_leases(revision + 1, self._lease_expired)
         )
+        self._silence_watch = loop.create_task(self.registry.watch_silence(self._went_silent))
 
     async def stop(self) -> None:
         self.replans.stop()
-        for task in (self._lease_watch, self._start_task):
+        for task in (self._lease_watch, self._silence_watch, self._start_task):
             if task is not None:
                 task.cancel()
 
@@ -160,8 +167,8 @@ class JobController:
             self._on_membership_grew(f"{req.node_id} rejoined")
         return pb.RegisterResponse(
             lease_id=node.lease,
-            lease_ttl_s=self.config.lease_ttl_s,
-            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            lease_ttl_s=self.registry.silence_limit(node),
+            heartbeat_interval_s=node.heartbeat_interval_s,
             config_json=self.job.to_json(),
             generation=self.generation,
             job=self.job.job,
@@ -192,27 +199,36 @@ class JobController:
             # seconds per second)
             self._progress_observed = now
             self.metrics.observe_progress(self.registry.progress())
-        return pb.HeartbeatResponse(generation=self.generation, known=True)
+        return pb.HeartbeatResponse(
+            generation=self.generation,
+            known=True,
+            heartbeat_interval_s=self.registry.tell_interval(node),
+        )
 
-    def open_stream(self, node_id: str) -> asyncio.Queue[pb.Directive | None]:
+    def open_stream(self, node_id: str) -> asyncio.Queue[pb.Directive | rpc.Encoded | None]:
         """The newest stream of a node gets its directives; an older one is ended."""
         node = self.nodes[node_id]
         node.queue.put_nowait(None)
         node.queue = asyncio.Queue()
         node.streams = 1
-        if self.plan is not None:
-            node.queue.put_nowait(pb.Directive(plan=self.plan))
+        if self._plan_directive is not None:
+            node.queue.put_nowait(self._plan_directive)
         if self.over:
             node.queue.put_nowait(pb.Directive(shutdown=self.phase))
         return node.queue
 
-    async def close_stream(self, node_id: str, queue: asyncio.Queue[pb.Directive | None]) -> None:
+    async def close_stream(
+        self, node_id: str, queue: asyncio.Queue[pb.Directive | rpc.Encoded | None]
+    ) -> None:
         node = self.nodes.get(node_id)
         if node is None or node.queue is not queue:
             return
         node.streams -= 1
         if node.streams <= 0 and not self.over:
             await self._lose_node(node_id, "agent stream closed")
+
+    async def _went_silent(self, node_id: str) -> None:
+        await self._lose_node(node_id, "heartbeats stopped")
 
     async def _lease_expired(self, node_id: str) -> None:
         node = self.nodes.get(node_id)
@@ -236,7 +252,16 @@ class JobController:
 
     # events -----------------------------------------------------------------------------
     def _in_plan(self, worker_id: str) -> bool:
-        return self.layout is not None and worker_id in self.layout.worker_ids()
+        return worker_id in self._member_ids
+
+    def _set_plan(self, plan: pb.Plan) -> rpc.Encoded:
+        self.plan = plan
+        self._plan_directive = rpc.Encoded.of(pb.Directive(plan=plan))
+        return self._plan_directive
+
+    def _set_layout(self, layout: HybridLayout) -> None:
+        self.layout = layout
+        self._member_ids = frozenset(layout.worker_ids())
 
     async def report(self, node_id: str, req: pb.EventReport) -> pb.EventAck:
         node = self.nodes[node_id]
@@ -327,7 +352,7 @@ class JobController:
     def _check_finished(self) -> None:
         if self.layout is None:
             return
-        members = [self.registry.worker(w) for w in self.layout.worker_ids()]
+        members = [self.registry.worker(ref) for ref in self.layout.workers]
         if all(m is not None and m.state == "finished" for m in members):
             self.phase = pb.JOB_SUCCEEDED
             self._event("finished", f"all {len(members)} workers reached step {self.job.steps}")
@@ -335,7 +360,7 @@ class JobController:
             self.done.set()
 
     def _last_committed(self) -> int:
-        return self.registry.lowest_step_of(self.layout.worker_ids()) if self.layout else 0
+        return self.registry.lowest_step_of(self.layout.workers) if self.layout else 0
 
     def _on_failure(self, worker_ids: list[str], cause: str, failure_time: float) -> None:
         self.failures += len(worker_ids)
@@ -468,12 +493,13 @@ class JobController:
             return
         kv = await self.store.get(self.prefix + "plan")
         self.plan_revision = kv.mod_revision if kv is not None else 0
-        self.layout, self.plan = layout, plan
+        self._set_layout(layout)
+        directive = self._set_plan(plan)
         self.takeover = False
         # shown as "joining" until they report it (which workers count as holders is
         # decided by joined_generation, see _holders)
-        for worker_id in layout.worker_ids():
-            member = self.registry.worker(worker_id)
+        for ref in layout.workers:
+            member = self.registry.worker(ref)
             if member is not None and member.state in ("running", "finished"):
                 member.state = "joining"
         if self.phase == pb.JOB_PENDING:
@@ -487,7 +513,7 @@ class JobController:
             f"generation {generation}: {layout.world_size} workers ({reason})"
             + (f"; dropped {', '.join(layout.dropped)}" if layout.dropped else ""),
         )
-        self.registry.broadcast(pb.Directive(plan=plan))
+        self.registry.broadcast(directive)
 
     def _fail(self, message: str) -> None:
         if self.over:

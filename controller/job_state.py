@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from elastiq.controller.planner import WorkerRef
 from elastiq.proto import elastiq_pb2 as pb
+from elastiq.rpc import Encoded
 
 
 @dataclass(kw_only=True, slots=True)
@@ -15,9 +16,21 @@ class ControllerConfig:
     """Control-plane timing and admission; the training itself is in JobConfig."""
 
     lease_ttl_s: float = 3.0
-    """An agent that misses heartbeats for this long is declared lost."""
+    """An agent that sends no heartbeat for this long is declared lost (its record in
+    the store lives twice as long, refreshed once per this period)."""
     heartbeat_interval_s: float = 0.5
-    """How often agents heartbeat (must be well under lease_ttl_s)."""
+    """How often agents heartbeat in a small job (must be at most half of
+    lease_ttl_s); a large one is told to heartbeat less often, see heartbeats_per_s."""
+    heartbeats_per_s: float = 500.0
+    """The heartbeats all agents together may send per second: past heartbeats_per_s x
+    heartbeat_interval_s nodes, the interval doubles (up to max_heartbeat_interval_s)
+    and the silence that loses a node grows with it (lease_ttl_s / heartbeat_interval_s
+    intervals). A heartbeat costs the controller about half a millisecond of CPU, so
+    this keeps its load flat as the job grows; 0: never change the interval."""
+    max_heartbeat_interval_s: float = 4.0
+    """The longest interval heartbeats_per_s may set (a silent node is lost after
+    lease_ttl_s / heartbeat_interval_s such intervals). A crashed agent is lost at once
+    whatever this is: its plan stream closes."""
     min_workers: int = 1
     """Ready workers needed before the first generation is planned."""
     max_workers: int = 0
@@ -39,6 +52,13 @@ class ControllerConfig:
             raise ValueError(
                 f"heartbeat_interval_s={self.heartbeat_interval_s} must be at most half of "
                 f"lease_ttl_s={self.lease_ttl_s}, or one late heartbeat loses the node"
+            )
+        if self.heartbeats_per_s < 0:
+            raise ValueError(f"heartbeats_per_s={self.heartbeats_per_s} must be >= 0 (0: off)")
+        if self.max_heartbeat_interval_s < self.heartbeat_interval_s:
+            raise ValueError(
+                f"max_heartbeat_interval_s={self.max_heartbeat_interval_s} is below "
+                f"heartbeat_interval_s={self.heartbeat_interval_s}"
             )
         if self.min_workers < 1:
             raise ValueError(f"min_workers={self.min_workers} must be at least 1")
@@ -71,7 +91,13 @@ class NodeState:
     """The node's credential (controller/service.py); issued by Register."""
     last_seen: float
     """time.monotonic() of its last heartbeat (or registration)."""
+    heartbeat_interval_s: float = 0.0
+    """The interval this node was last told to heartbeat at."""
+    lease_ttl_s: float = 0.0
+    """The TTL of its store lease, as granted."""
+    lease_refreshed: float = 0.0
+    """time.monotonic() when its store lease was last granted or refreshed."""
     workers: dict[str, WorkerState] = field(default_factory=dict)
-    queue: asyncio.Queue[pb.Directive | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[pb.Directive | Encoded | None] = field(default_factory=asyncio.Queue)
     """The newest plan stream's queue; None ends a stream."""
     streams: int = 0

@@ -1,13 +1,22 @@
-"""The job's node agents: their leases in the store, their workers, their plan streams.
+"""The job's node agents: their liveness, their leases in the store, their workers,
+their plan streams.
 
 Where it sits: the job controller (controller/job.py) admits an agent here when it
-registers, refreshes its lease on each heartbeat, and drops it when it is lost; what
-a loss means for training (a failure, a new generation) stays in the job controller.
-A node's key (/elastiq/<job>/nodes/<node_id>, a `pb.NodeRecord`) lives on its lease,
-so a node that stops heartbeating disappears from the store by itself; `watch_leases`
-reports that deletion. Also answers the questions the planner and the recovery clock
-ask of the workers: who is alive, who holds a generation's state, which steps they
-reached.
+registers, notes each heartbeat, and drops it when it is lost; what a loss means for
+training (a failure, a new generation) stays in the job controller.
+
+Liveness is decided here, in memory, from heartbeats (`watch_silence`): a node silent
+for `lease_ttl_s` is lost (longer in a large job, whose agents are told to heartbeat
+less often: `heartbeat_interval`). The store only keeps who the nodes are across a
+change of leader: a node's key (/elastiq/<job>/nodes/<node_id>, a `pb.NodeRecord`)
+lives on a store lease of twice its silence limit, refreshed once per silence limit
+whatever the heartbeat rate, so the store sees one small request per node per lease
+period (the reason Kubernetes moved node heartbeats to a Lease object). The key
+still disappears by itself when the controller is gone too; `watch_leases` reports
+that deletion.
+
+Also answers the questions the planner and the recovery clock ask of the workers:
+who is alive, who holds a generation's state, which steps they reached.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection
 
+from elastiq import rpc
 from elastiq.controller.job_state import ControllerConfig, NodeState, WorkerState
 from elastiq.controller.metrics import ControllerMetrics
 from elastiq.controller.planner import WorkerRef
@@ -39,6 +49,9 @@ _MEMBER_STATE = {
 _IN_PLAN = (pb.WORKER_PHASE_RUNNING, pb.WORKER_PHASE_FINISHED)
 #: seconds between attempts to watch again while the store is away
 _REWATCH_S = 0.5
+#: a node's store lease lasts this many lease TTLs: refreshed once per TTL, it has a
+#: whole TTL of slack, and it outlives the in-memory verdict, which comes first
+STORE_LEASE_TTLS = 2.0
 
 
 def _digest(secret: str) -> bytes:
@@ -77,18 +90,54 @@ class NodeRegistry:
             f"again after its lease ({self.config.lease_ttl_s:g}s) expires",
         )
 
-    async def admit(self, req: pb.RegisterRequest, secret: str) -> NodeState:
-        """A new lease and record for the agent, with the workers it says it runs. The
-        store is written first: if it refuses, nothing is kept in memory either."""
-        lease = await self.store.grant_lease(self.config.lease_ttl_s)
-        record = pb.NodeRecord(address=req.address, slots=req.slots, secret_sha256=_digest(secret))
+    def heartbeat_interval(self) -> float:
+        """The interval to tell agents: the configured one, doubled as often as needed
+        to keep all heartbeats within `heartbeats_per_s`, at most the maximum. Powers
+        of two, so a node's silence limit (and store lease) changes a few times over
+        a job's growth, not with every node that joins."""
+        c = self.config
+        interval = c.heartbeat_interval_s
+        if c.heartbeats_per_s:
+            while len(self.nodes) / interval > c.heartbeats_per_s:
+                if interval * 2 > c.max_heartbeat_interval_s:
+                    return c.max_heartbeat_interval_s
+                interval *= 2
+        return interval
+
+    def silence_limit(self, node: NodeState) -> float:
+        """How long `node` may be silent before it is lost: lease_ttl_s, scaled as its
+        heartbeat interval is."""
+        c = self.config
+        return c.lease_ttl_s * max(1.0, node.heartbeat_interval_s / c.heartbeat_interval_s)
+
+    def tell_interval(self, node: NodeState) -> float:
+        """The interval `node` is told now (a heartbeat's or registration's answer)."""
+        node.heartbeat_interval_s = self.heartbeat_interval()
+        return node.heartbeat_interval_s
+
+    async def _lease_record(self, node: NodeState) -> None:
+        """A new store lease for `node` (twice its silence limit) and its record on it."""
+        ttl = STORE_LEASE_TTLS * self.silence_limit(node)
+        lease = await self.store.grant_lease(ttl)
+        record = pb.NodeRecord(
+            address=node.address, slots=node.slots, secret_sha256=_digest(node.secret)
+        )
         try:
-            await self.store.put(self.prefix + req.node_id, record.SerializeToString(), lease=lease)
+            await self.store.put(
+                self.prefix + node.node_id, record.SerializeToString(), lease=lease
+            )
         except Exception:
             with contextlib.suppress(Exception):  # the lease expires on its own anyway
                 await self.store.revoke_lease(lease)
             raise
-        node = NodeState(req.node_id, req.slots, req.address, lease, secret, time.monotonic())
+        node.lease, node.lease_ttl_s, node.lease_refreshed = lease, ttl, time.monotonic()
+
+    async def admit(self, req: pb.RegisterRequest, secret: str) -> NodeState:
+        """A new lease and record for the agent, with the workers it says it runs. The
+        store is written first: if it refuses, nothing is kept in memory either."""
+        node = NodeState(req.node_id, req.slots, req.address, 0, secret, time.monotonic())
+        self.tell_interval(node)
+        await self._lease_record(node)
         for w in req.workers:
             node.workers[w.worker_id] = WorkerState(
                 WorkerRef(req.node_id, w.slot, w.worker_id),
@@ -101,12 +150,23 @@ class NodeRegistry:
         return node
 
     async def refresh(self, node: NodeState) -> None:
-        """A heartbeat: the node is alive now. Keep its lease; one the store let expire
-        (an outage, a stall) is let again; while the store is away, the node stays
-        alive in memory and the store is told when it is back."""
-        node.last_seen = time.monotonic()
+        """A heartbeat: the node is alive now. Its store lease is refreshed once per
+        silence limit (half the lease's TTL), not per heartbeat: at 1,000 simulated
+        workers a keepalive on every heartbeat was 500 etcd streams a second; a lease
+        too short for a longer interval the node was told is let again. One the
+        store let expire (an outage, a stall) is let again; while the store is away,
+        the node stays alive in memory and the store is told when it is back."""
+        now = node.last_seen = time.monotonic()
+        outgrown = STORE_LEASE_TTLS * self.silence_limit(node) > node.lease_ttl_s
+        due = now - node.lease_refreshed >= node.lease_ttl_s / STORE_LEASE_TTLS
+        if not (outgrown or due or self._outage_since):
+            return
         try:
-            if not await self.store.refresh_lease(node.lease):
+            if outgrown:
+                await self._lease_record(node)
+            elif await self.store.refresh_lease(node.lease):
+                node.lease_refreshed = now
+            else:
                 await self.relet(node)
             if self._outage_since:
                 log.info("store back after %.1fs", time.monotonic() - self._outage_since)
@@ -117,17 +177,42 @@ class NodeRegistry:
                 log.warning("store unavailable (%r): nodes are kept alive by heartbeats", exc)
 
     def recently_seen(self, node: NodeState) -> bool:
-        """Heartbeated within two intervals: alive, whatever its lease in the store."""
-        return time.monotonic() - node.last_seen < 2 * self.config.heartbeat_interval_s
+        """Heartbeated within two of its intervals: alive, whatever its lease in the store."""
+        interval = node.heartbeat_interval_s or self.config.heartbeat_interval_s
+        return time.monotonic() - node.last_seen < 2 * interval
+
+    async def watch_silence(self, on_silent: Callable[[str], Awaitable[None]]) -> None:
+        """Report every node silent for longer than its silence limit, checking twice
+        per (configured) heartbeat interval. A check that comes late means this
+        controller was stalled (a starved or paused process) and could not hear
+        anyone: the nodes get two intervals more to be heard before any is judged, so
+        a stall of the controller is not taken for the death of every node."""
+        tick = self.config.heartbeat_interval_s / 2
+        expected = time.monotonic() + tick
+        judge_from = 0.0
+        while True:
+            await asyncio.sleep(max(0.0, expected - time.monotonic()))
+            now = time.monotonic()
+            if now - expected > 2 * tick:
+                judge_from = now + 2 * self.heartbeat_interval()
+                log.warning(
+                    "the controller was stalled %.2fs; judging no node before it has heard "
+                    "them again",
+                    now - expected,
+                )
+            expected = now + tick
+            if now < judge_from:
+                continue
+            silent = [
+                n.node_id for n in self.nodes.values() if now - n.last_seen > self.silence_limit(n)
+            ]
+            for node_id in silent:
+                if node_id in self.nodes:  # a loss handled meanwhile may have dropped it
+                    await on_silent(node_id)
 
     async def relet(self, node: NodeState) -> None:
         """A new lease and record for a live node whose lease the store let expire."""
-        lease = await self.store.grant_lease(self.config.lease_ttl_s)
-        record = pb.NodeRecord(
-            address=node.address, slots=node.slots, secret_sha256=_digest(node.secret)
-        )
-        await self.store.put(self.prefix + node.node_id, record.SerializeToString(), lease=lease)
-        node.lease = lease
+        await self._lease_record(node)
         log.info("node %s is alive; its expired lease was let again", node.node_id)
 
     async def drop(self, node_id: str) -> NodeState | None:
@@ -176,18 +261,19 @@ class NodeRegistry:
                     log.warning("node lease watch broke (%r); will re-watch", exc)
                 await asyncio.sleep(_REWATCH_S)
 
-    def broadcast(self, directive: pb.Directive) -> None:
+    def broadcast(self, directive: pb.Directive | rpc.Encoded) -> None:
+        """The same directive to every node, encoded once."""
+        encoded = directive if isinstance(directive, rpc.Encoded) else rpc.Encoded.of(directive)
         for node in self.nodes.values():
-            node.queue.put_nowait(directive)
+            node.queue.put_nowait(encoded)
 
     def workers(self) -> list[WorkerState]:
         return [w for n in self.nodes.values() for w in n.workers.values()]
 
-    def worker(self, worker_id: str) -> WorkerState | None:
-        for node in self.nodes.values():
-            if worker_id in node.workers:
-                return node.workers[worker_id]
-        return None
+    def worker(self, ref: WorkerRef) -> WorkerState | None:
+        """The live worker `ref` names (found through its node, not by a scan)."""
+        node = self.nodes.get(ref.node_id)
+        return node.workers.get(ref.worker_id) if node is not None else None
 
     def live_members(self) -> list[WorkerRef]:
         return sorted(w.ref for w in self.workers())
@@ -204,11 +290,11 @@ class NodeRegistry:
         """The highest step any worker reported (what a restore would roll back from)."""
         return max((p.step for p in self.progress()), default=0)
 
-    def lowest_step_of(self, worker_ids: Collection[str]) -> int:
+    def lowest_step_of(self, refs: Collection[WorkerRef]) -> int:
         """The lowest step the given workers reported: the last committed one."""
         steps = [
             w.progress.step
-            for w in (self.worker(i) for i in worker_ids)
+            for w in (self.worker(r) for r in refs)
             if w is not None and w.progress is not None
         ]
         return min(steps) if steps else 0

@@ -164,10 +164,11 @@ class ControllerService(rpc.ControllerServicerBase):
         queue = job.open_stream(request.node_id)
         try:
             while True:
-                directive = await queue.get()
-                if directive is None:  # a newer stream of this node took over
+                item = await queue.get()
+                if item is None:  # a newer stream of this node took over
                     return
-                yield directive
+                yield item  # type: ignore[misc]  # an Encoded directive goes as it is
+                directive = item.message if isinstance(item, rpc.Encoded) else item
                 if directive.WhichOneof("kind") == "shutdown":
                     # let the agent read it before the stream ends
                     await asyncio.sleep(0.5)

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import grpc
 import grpc.aio
 
+from elastiq.proto import elastiq_pb2 as pb
 from elastiq.proto import elastiq_pb2_grpc as pb_grpc
 
 RPC_TIMEOUT_S = 5.0
@@ -172,6 +173,46 @@ def is_abort(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AbortError)
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A response serialized once for many streams: a plan goes to every agent, and
+    at 10,000 workers (bench/scale.py) it is hundreds of KB; encoding it per stream
+    repeated the same work 2,500 times. `message` is what the handler reads."""
+
+    message: Any
+    wire: bytes
+
+    @classmethod
+    def of(cls, message: Any) -> Encoded:
+        return cls(message, message.SerializeToString())
+
+
+def _serialize(response: Any) -> bytes:
+    return response.wire if isinstance(response, Encoded) else response.SerializeToString()
+
+
+def _add_controller_service(servicer: Any, server: grpc.aio.Server) -> None:
+    """The generated registration, built from the service descriptor, with one
+    difference: responses may be `Encoded` (sent as they are)."""
+    service = pb.DESCRIPTOR.services_by_name["Controller"]
+    handlers = {}
+    for method in service.methods:
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            response_serializer=_serialize,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def new_server(
     servicer: Any, host: str, port: int, tls: TlsFiles | None = None
 ) -> tuple[grpc.aio.Server, int]:
@@ -181,7 +222,7 @@ def new_server(
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)]
     )
-    pb_grpc.add_ControllerServicer_to_server(servicer, server)
+    _add_controller_service(servicer, server)
     if tls is not None and tls.cert:
         bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
     else:

@@ -191,12 +191,14 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_secret: _Optional[str] = ..., node_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[WorkerProgress, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("generation", "known")
+    __slots__ = ("generation", "known", "heartbeat_interval_s")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     generation: int
     known: bool
-    def __init__(self, generation: _Optional[int] = ..., known: _Optional[bool] = ...) -> None: ...
+    heartbeat_interval_s: float
+    def __init__(self, generation: _Optional[int] = ..., known: _Optional[bool] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class WatchPlanRequest(_message.Message):
     __slots__ = ("node_secret", "node_id")
