@@ -26,7 +26,7 @@ from typing import Any
 
 from elastiq import logs, rpc
 from elastiq.agent.host_link import HostLink
-from elastiq.agent.plan_layout import PlanLayout
+from elastiq.agent.plan_layout import PlanLayout, apply_plan_delta
 from elastiq.agent.workers import Launcher, WorkerProcess, spawn_worker, start_local, stop_workers
 from elastiq.proto import elastiq_pb2 as pb
 
@@ -187,10 +187,21 @@ class Agent:
 
     async def _stream(self, client: rpc.ControllerClient) -> None:
         request = pb.WatchPlanRequest(node_secret=self.node_secret, node_id=self.config.node_id)
+        last: pb.Plan | None = None  # this stream's previous plan: what a delta is from
         async for directive in client.stream("WatchPlan", request):
             kind = directive.WhichOneof("kind")
             if kind == "plan":
-                self._relay_plan(directive.plan)
+                last = directive.plan
+                self._relay_plan(last)
+            elif kind == "plan_delta":
+                try:
+                    if last is None:
+                        raise ValueError("a plan delta came first on the stream")
+                    last = apply_plan_delta(last, directive.plan_delta)
+                except ValueError as exc:
+                    log.error("cannot read the plan stream (%s); registering again", exc)
+                    return
+                self._relay_plan(last)
             elif kind == "chaos":
                 if directive.chaos.action in _CHAOS_ACTIONS:
                     self.chaos.append(directive.chaos)

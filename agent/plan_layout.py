@@ -216,3 +216,41 @@ class PlanLayout:
             stage_of=tuple(stage_of),
             unit_numel=unit_numel,
         )
+
+
+def apply_plan_delta(base: pb.Plan, delta: pb.PlanDelta) -> pb.Plan:
+    """The whole plan a `pb.PlanDelta` stands for, given the stream's previous plan
+    (controller/wire.py `plan_delta` makes it). Raises ValueError, building nothing,
+    for a delta of another base or one that copies ranks the base does not have."""
+    if delta.base_generation != base.generation:
+        raise ValueError(
+            f"plan {delta.plan.generation} is a delta from generation "
+            f"{delta.base_generation}, but this stream's last plan is {base.generation}"
+        )
+    by_rank = {a.rank: a for a in base.assignments}
+    copied: list[pb.Assignment] = []
+    for run in delta.runs:
+        if run.count < 1 or run.rank < 0:
+            raise ValueError(f"plan {delta.plan.generation}: bad assignment run {run}")
+        for i in range(run.count):
+            held = by_rank.get(run.base_rank + i)
+            if held is None:
+                raise ValueError(
+                    f"plan {delta.plan.generation} copies rank {run.base_rank + i} of "
+                    f"generation {base.generation}, which has no such rank"
+                )
+            copied.append(
+                pb.Assignment(
+                    rank=run.rank + i,
+                    worker_id=held.worker_id,
+                    node_id=held.node_id,
+                    slot=held.slot,
+                    holder=run.holder,
+                )
+            )
+    plan = pb.Plan()
+    plan.CopyFrom(delta.plan)
+    every = sorted([*plan.assignments, *copied], key=lambda a: a.rank)
+    del plan.assignments[:]
+    plan.assignments.extend(every)
+    return plan

@@ -1,14 +1,26 @@
 """The control plane at scale: a real controller on a real etcd, simulated agents (issue 15).
 
-    python bench/scale.py --workers 1000            # 250 simulated nodes of 4 slots
+    python bench/scale.py                          # 1,000 / 4,000 / 10,000 workers
+    python bench/scale.py --workers 1000 --layouts dp
 
-Prints one JSON line per size: time to the first plan on every node, steady-state
-controller CPU (seconds per second) and RSS, heartbeats per second, etcd puts and bytes
-received per second in steady state, the plan's size on the wire, and, for one node
-lost, the time from the loss to the new plan on every survivor (p50/p99/max).
+Simulated nodes of 4 slots (bench/sim_agents.py) speak the real protocol to the
+product's controller (a subprocess, `elastiq controller --store etcd://...`). For each
+size and each layout (data parallel; PP8 and PP16 over DP) it prints, in one JSON line
+per size:
 
-First step of issue 15: data parallelism only, one failure kind; the pipeline layouts,
-5% of nodes lost, joins of 100 nodes and the stragglers are still to come.
+- time to the first plan on every node;
+- steady state: controller CPU seconds per second and RSS, heartbeats handled per
+  second (the controller's own counter), etcd puts and bytes received per second;
+- failure to plan delivered to every survivor (p50/p99/max) for one worker lost (its
+  agent reports the exit), one node lost (its connection drops) and 5% of nodes lost
+  at once, with etcd puts and bytes for the one-node failure;
+- join of 100 new nodes: time to the generation that includes them, on every node;
+- stragglers: one node that stops reading its plan stream and one that answers 1 s
+  late, while another node is lost: delivery to everyone else;
+- the plan's size on the wire, and planner time per plan (the controller's histogram).
+
+The 10,000-worker data-parallel run takes the longest (registration, then 2,500 plan
+streams); the whole default run fits in 15 minutes on the 2-core machine.
 """
 
 from __future__ import annotations
@@ -24,10 +36,17 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from bench.sim_agents import SimNode
 from elastiq import envvars
 from elastiq.secret_files import new_token
+
+LAYOUTS = {"dp": 1, "pp8": 8, "pp16": 16}
+#: blocks of the simulated model: 16 blocks + embedding + head = 18 layer units, so
+#: PP16 has a unit or two per stage
+LAYERS = 16
 
 
 def _free_port() -> int:
@@ -63,91 +82,219 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _etcd_counters(port: int) -> tuple[float, float]:
-    """(puts, client bytes received) from etcd's own /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+def _scrape(port: int, names: Iterable[str]) -> dict[str, float]:
+    """Unlabelled samples from a Prometheus text endpoint (etcd's or the controller's)."""
+    wanted = set(names)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    puts = received = 0.0
+    found = dict.fromkeys(wanted, 0.0)
     for line in text.splitlines():
-        if line.startswith("etcd_mvcc_put_total "):
-            puts = float(line.split()[1])
-        elif line.startswith("etcd_network_client_grpc_received_bytes_total "):
-            received = float(line.split()[1])
-    return puts, received
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            found[name] = float(value)
+    return found
 
 
-def _quantiles(values: list[float]) -> dict[str, float]:
+_ETCD = (
+    "etcd_mvcc_put_total",
+    "etcd_debugging_lease_renewed_total",
+    "etcd_debugging_lease_granted_total",
+    "etcd_network_client_grpc_received_bytes_total",
+)
+#: the controller's defaults: a node is lost after LEASE_TTLS of its intervals
+LEASE_TTLS = 3.0 / 0.5
+
+
+def _quantiles(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {"p50": -1.0, "p99": -1.0, "max": -1.0}
     s = sorted(values)
     return {
-        "p50": round(s[len(s) // 2], 4),
-        "p99": round(s[min(len(s) - 1, int(len(s) * 0.99))], 4),
-        "max": round(s[-1], 4),
+        "p50": round(s[len(s) // 2], 3),
+        "p99": round(s[min(len(s) - 1, int(len(s) * 0.99))], 3),
+        "max": round(s[-1], 3),
     }
 
 
-async def _measure(
-    address: str, token: str, controller_pid: int, etcd_port: int, workers: int, steady_s: float
-) -> dict[str, object]:
-    nodes = [SimNode(address, token, f"sim{i:05d}") for i in range(workers // 4)]
+class Run:
+    """One controller on one etcd, with its simulated nodes."""
+
+    def __init__(self, address: str, token: str, pid: int, etcd_port: int, metrics_port: int):
+        self.address, self.token, self.pid = address, token, pid
+        self.etcd_port, self.metrics_port = etcd_port, metrics_port
+        self.nodes: list[SimNode] = []
+        self._made = 0
+
+    def _controller(self) -> dict[str, float]:
+        return _scrape(
+            self.metrics_port,
+            (
+                "elastiq_generation",
+                "elastiq_members",
+                "elastiq_heartbeats_total",
+                "elastiq_plan_seconds_sum",
+                "elastiq_plan_seconds_count",
+                "elastiq_plan_bytes",
+            ),
+        )
+
+    async def add_nodes(self, count: int) -> list[SimNode]:
+        made = [
+            SimNode(self.address, self.token, f"sim{self._made + i:05d}", observer=not self._made)
+            for i in range(count)
+        ]
+        self._made += count
+        for batch in range(0, len(made), 100):
+            await asyncio.gather(*(n.start() for n in made[batch : batch + 100]))
+        self.nodes += made
+        return made
+
+    async def settled(self, members: int, timeout: float = 120.0) -> int:
+        """The generation whose plan has `members` workers, once the controller made it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = await asyncio.to_thread(self._controller)
+            if int(m["elastiq_members"]) == members:
+                return int(m["elastiq_generation"])
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"no plan of {members} workers within {timeout:g}s")
+
+    async def delivered(
+        self, generation: int, since: float, nodes: Sequence[SimNode], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """When `generation`'s plan reached each of `nodes`, from `since`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(generation in n.plan_seen for n in nodes):
+                break
+            await asyncio.sleep(0.02)
+        times = [n.plan_seen[generation] - since for n in nodes if generation in n.plan_seen]
+        return {**_quantiles(times), "reached": f"{len(times)}/{len(nodes)}"}
+
+    def workers(self) -> int:
+        return sum(len(n.workers) for n in self.nodes)
+
+    async def lose(self, victims: Sequence[SimNode]) -> float:
+        lost_at = time.monotonic()
+        await asyncio.gather(*(v.lose() for v in victims))
+        self.nodes = [n for n in self.nodes if n not in victims]
+        return lost_at
+
+
+async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     started = time.monotonic()
-    for batch in range(0, len(nodes), 50):
-        await asyncio.gather(*(n.start() for n in nodes[batch : batch + 50]))
+    await run.add_nodes(nodes)
     registered = time.monotonic()
-    deadline = time.monotonic() + 300
-    while not all(1 in n.plan_seen for n in nodes):
-        if time.monotonic() > deadline:
-            raise TimeoutError("generation 1 did not reach every node")
-        await asyncio.sleep(0.05)
-    first_plan = max(n.plan_seen[1] for n in nodes) - registered
-    await asyncio.sleep(3.0)  # past the first joins
-    cpu0, (puts0, bytes0), t0 = (
-        _cpu_seconds(controller_pid),
-        _etcd_counters(etcd_port),
+    out["register_all_s"] = round(registered - started, 2)
+    first = await run.delivered(1, registered, run.nodes, timeout=300)
+    out["first_plan_to_all_s"] = first["max"]  # after the last registration (settle: 1 s)
+    await asyncio.sleep(3.0)  # past the first joins and heartbeat interval changes
+
+    # steady state
+    cpu0, etcd0, ctl0, t0 = (
+        _cpu_seconds(run.pid),
+        _scrape(run.etcd_port, _ETCD),
+        run._controller(),
         time.monotonic(),
     )
     await asyncio.sleep(steady_s)
-    cpu1, (puts1, bytes1), t1 = (
-        _cpu_seconds(controller_pid),
-        _etcd_counters(etcd_port),
+    cpu1, etcd1, ctl1, t1 = (
+        _cpu_seconds(run.pid),
+        _scrape(run.etcd_port, _ETCD),
+        run._controller(),
         time.monotonic(),
     )
     span = t1 - t0
-    victim, survivors = (
-        nodes[len(nodes) // 2],
-        [n for n in nodes if n is not nodes[len(nodes) // 2]],
+    out["controller_cpu_s_per_s"] = round((cpu1 - cpu0) / span, 3)
+    out["controller_rss_mib"] = round(_rss_mib(run.pid), 1)
+    hb = ctl1["elastiq_heartbeats_total"] - ctl0["elastiq_heartbeats_total"]
+    out["heartbeats_per_s"] = round(hb / span, 1)
+    out["heartbeat_interval_s"] = run.nodes[0]._interval
+    delta = {k: etcd1[k] - etcd0[k] for k in _ETCD}
+    requests = sum(delta[k] for k in _ETCD[:3])  # puts, keepalives, grants
+    out["etcd_puts_per_s"] = round(delta["etcd_mvcc_put_total"] / span, 2)
+    out["etcd_requests_per_s"] = round(requests / span, 2)
+    out["etcd_bytes_in_per_s"] = round(
+        delta["etcd_network_client_grpc_received_bytes_total"] / span, 1
     )
-    generation = max(n.generation for n in survivors)
-    lost_at = time.monotonic()
-    await victim.lose()
-    deadline = time.monotonic() + 120
-    while not all(generation + 1 in n.plan_seen for n in survivors):
-        if time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.02)
-    delivered = [
-        n.plan_seen[generation + 1] - lost_at for n in survivors if generation + 1 in n.plan_seen
-    ]
-    result = {
-        "workers": workers,
-        "nodes": len(nodes),
-        "register_all_s": round(registered - started, 3),
-        "first_plan_to_all_s": round(first_plan, 3),
-        "controller_cpu_s_per_s": round((cpu1 - cpu0) / span, 3),
-        "controller_rss_mib": round(_rss_mib(controller_pid), 1),
-        "heartbeats_per_s": round(len(nodes) / 0.5, 1),
-        "etcd_puts_per_s": round((puts1 - puts0) / span, 2),
-        "etcd_bytes_in_per_s": round((bytes1 - bytes0) / span, 1),
-        "one_node_lost_plan_delivered_s": _quantiles(delivered),
-        "survivors_reached": f"{len(delivered)}/{len(survivors)}",
+    lease_period = LEASE_TTLS * run.nodes[0]._interval
+    out["etcd_requests_per_node_per_lease_period"] = round(
+        requests / span * lease_period / len(run.nodes), 3
+    )
+
+    # one worker lost: its agent reports the exit
+    victim_node = run.nodes[len(run.nodes) // 3]
+    generation = max(n.generation for n in run.nodes)
+    since = time.monotonic()
+    await victim_node.exit_worker()
+    g = await run.settled(run.workers())
+    out["one_worker_lost"] = await run.delivered(g, since, run.nodes)
+    out["one_worker_lost"]["generations"] = g - generation
+    await asyncio.sleep(1.5)
+
+    # one node lost: its connection drops
+    etcd0 = _scrape(run.etcd_port, _ETCD)
+    generation = max(n.generation for n in run.nodes)
+    since = await run.lose([run.nodes[len(run.nodes) // 2]])
+    g = await run.settled(run.workers())
+    out["one_node_lost"] = await run.delivered(g, since, run.nodes)
+    etcd1 = _scrape(run.etcd_port, _ETCD)
+    puts = etcd1["etcd_mvcc_put_total"] - etcd0["etcd_mvcc_put_total"]
+    out["one_node_lost"]["etcd_puts"] = puts
+    out["one_node_lost"]["etcd_bytes_in"] = (
+        etcd1["etcd_network_client_grpc_received_bytes_total"]
+        - etcd0["etcd_network_client_grpc_received_bytes_total"]
+    )
+    await asyncio.sleep(1.5)
+
+    # 5% of nodes lost at once
+    count = max(1, len(run.nodes) // 20)
+    generation = max(n.generation for n in run.nodes)
+    since = await run.lose(run.nodes[1 : 1 + 20 * count : 20])
+    g = await run.settled(run.workers())
+    out["five_percent_lost"] = await run.delivered(g, since, run.nodes)
+    out["five_percent_lost"]["generations"] = g - generation
+    out["five_percent_lost"]["nodes_lost"] = count
+    await asyncio.sleep(1.5)
+
+    # 100 new nodes join
+    since = time.monotonic()
+    await run.add_nodes(100)
+    registered = time.monotonic() - since
+    g = await run.settled(run.workers())
+    out["join_100_nodes"] = await run.delivered(g, since, run.nodes)
+    out["join_100_nodes"]["registering_s"] = round(registered, 3)
+    await asyncio.sleep(1.5)
+
+    # stragglers: one stops reading its plan stream, one answers 1 s late; a node is lost
+    stalled, slow = run.nodes[5], run.nodes[7]
+    stalled.stall_reading()
+    slow.slow_s = 1.0
+    await asyncio.sleep(1.0)
+    since = await run.lose([run.nodes[-3]])
+    g = await run.settled(run.workers())
+    others = [n for n in run.nodes if n is not stalled and n is not slow]
+    out["stragglers_one_node_lost"] = {
+        "others": await run.delivered(g, since, others),
+        "slow_node_s": (await run.delivered(g, since, [slow], timeout=10))["max"],
+        "stalled_reader_reached": g in stalled.plan_seen,
     }
-    for n in nodes:
+
+    ctl = run._controller()
+    out["plan_bytes"] = int(ctl["elastiq_plan_bytes"])
+    out["plan_fanout_mb_per_generation"] = round(
+        ctl["elastiq_plan_bytes"] * len(run.nodes) / 1e6, 1
+    )
+    out["planner_ms_per_plan"] = round(
+        1000 * ctl["elastiq_plan_seconds_sum"] / max(1.0, ctl["elastiq_plan_seconds_count"]), 1
+    )
+    for n in run.nodes:
         await n.lose()
-    return result
+    return out
 
 
-def run_size(workers: int, steady_s: float) -> dict[str, object]:
+def run_layout(workers: int, stages: int, steady_s: float) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="elastiq-scale-")
     etcd_bin = shutil.which("etcd")
     if etcd_bin is None:
@@ -174,7 +321,7 @@ def run_size(workers: int, steady_s: float) -> dict[str, object]:
     )
     agent_token, operator_token = new_token(), new_token()
     env = {**os.environ, envvars.AGENT_TOKEN: agent_token, envvars.OPERATOR_TOKEN: operator_token}
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     controller = None
     try:
         _wait_port(etcd_port, etcd, "etcd")
@@ -191,12 +338,18 @@ def run_size(workers: int, steady_s: float) -> dict[str, object]:
                 f"etcd://127.0.0.1:{etcd_port}",
                 "--port",
                 str(port),
+                "--metrics-port",
+                str(metrics_port),
                 "--min-workers",
                 str(workers),
                 "--settle",
                 "1",
                 "--steps",
                 "1000000",
+                "--pipeline-stages",
+                str(stages),
+                "--layers",
+                str(LAYERS),
             ],
             env=env,
             stdout=log,
@@ -204,9 +357,14 @@ def run_size(workers: int, steady_s: float) -> dict[str, object]:
             stdin=subprocess.DEVNULL,
         )
         _wait_port(port, controller, "controller")
-        return asyncio.run(
-            _measure(f"127.0.0.1:{port}", agent_token, controller.pid, etcd_port, workers, steady_s)
-        )
+        run = Run(f"127.0.0.1:{port}", agent_token, controller.pid, etcd_port, metrics_port)
+        return asyncio.run(_measure(run, workers // 4, steady_s))
+    except BaseException:
+        shutil.copy(os.path.join(work, "controller.log"), "/tmp/controller-last.log")
+        with open(os.path.join(work, "controller.log"), encoding="utf-8", errors="replace") as fh:
+            lines = [line[:300] for line in fh.read().splitlines()]
+        sys.stderr.write("controller log (tail):\n" + "\n".join(lines[-30:]) + "\n")
+        raise
     finally:
         for proc in (controller, etcd):
             if proc is not None and proc.poll() is None:
@@ -218,10 +376,22 @@ def run_size(workers: int, steady_s: float) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, action="append", default=[])
-    parser.add_argument("--steady", type=float, default=10.0, help="steady-state seconds")
+    parser.add_argument("--layouts", default="dp,pp8,pp16", help="of " + ",".join(LAYOUTS))
+    parser.add_argument("--steady", type=float, default=8.0, help="steady-state seconds")
     args = parser.parse_args()
-    for workers in args.workers or [1000]:
-        print(json.dumps(run_size(workers, args.steady)), flush=True)
+    layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
+    unknown = [name for name in layouts if name not in LAYOUTS]
+    if unknown:
+        parser.error(f"unknown layouts {unknown}: use some of {', '.join(LAYOUTS)}")
+    for workers in args.workers or [1000, 4000, 10000]:
+        if workers % 4 or workers < 400:
+            parser.error(f"--workers {workers}: use a multiple of 4, at least 400")
+        started = time.monotonic()
+        line: dict[str, object] = {"workers": workers, "nodes": workers // 4}
+        for name in layouts:
+            line[name] = run_layout(workers, LAYOUTS[name], args.steady)
+        line["seconds"] = round(time.monotonic() - started, 1)
+        print(json.dumps(line), flush=True)
     return 0
 
 

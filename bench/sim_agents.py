@@ -1,26 +1,100 @@
 """Simulated node agents that speak the real protocol, many per process (issue 15).
 
 Where it sits: bench support, never the product. Each `SimNode` registers with the
-agent token, opens its WatchPlan stream, heartbeats with its workers' progress, reports
-WORKER_READY and JOINED like a real agent, and "trains" by advancing a step counter
-every `step_time_s`. The controller, store, planner, gRPC and wire format it talks to
-are the product's own, unchanged. `lose()` ends a node the way a dead one ends: its
-stream and heartbeats stop at once, with no goodbye.
+agent token, opens its WatchPlan stream, heartbeats at the interval the controller
+tells it with its workers' progress, reports WORKER_READY, JOINED and WORKER_EXITED
+like a real agent, and "trains" by advancing a step counter every `step_time_s`. The
+controller, store, planner, gRPC and wire format it talks to are the product's own,
+unchanged. `lose()` ends a node the way a dead one ends: its stream and heartbeats
+stop at once, with no goodbye.
 
-Each node records when each generation's plan reached it (`plan_seen`), which is what
-"failure to plan delivered to every survivor" is measured from.
+Where a real agent differs, to fit thousands in one process on two cores:
+- a plan is stamped when its bytes arrive (`plan_seen`, what "plan delivered" is
+  measured from) and only its generation is read from the wire; one node per process
+  (`observer=True`) rebuilds and parses every plan (whole or delta) as an agent does,
+  which proves the bytes are the plan.
+  A real agent parses each plan on its own machine (0.7 ms at 10,000 workers);
+- a node takes it that all of its live workers are in each plan (true in these
+  scenarios: no spares, nothing refused) and reports their JOINED after a random
+  0-1 s, as workers rebuilding their communicators report at different moments.
+
+Stragglers: `stall_reading()` stops reading the plan stream (heartbeats go on);
+`slow_s` delays every answer (each directive handled, each heartbeat and report).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import sys
 import time
 from dataclasses import dataclass, field
 
+import grpc
+import grpc.aio
+
 from elastiq import rpc
+from elastiq.agent.plan_layout import PlanLayout, apply_plan_delta
 from elastiq.config import JobConfig
 from elastiq.proto import elastiq_pb2 as pb
+
+_WATCH_PLAN = "/elastiq.v1.Controller/WatchPlan"
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _field(buf: bytes, pos: int, end: int, wanted: int) -> tuple[int, int] | None:
+    """(value, position) of field `wanted` of the message in buf[pos:end]: a varint's
+    value, or a length-delimited field's length with the position of its bytes."""
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            value, pos = _varint(buf, pos)
+            if number == wanted:
+                return value, pos
+        elif kind == 2:
+            size, pos = _varint(buf, pos)
+            if number == wanted:
+                return size, pos
+            pos += size
+        elif kind == 1:
+            pos += 8
+        elif kind == 5:
+            pos += 4
+        else:
+            raise ValueError(f"wire type {kind}")
+    return None
+
+
+def plan_generation(raw: bytes) -> int | None:
+    """The generation of the plan in a Directive's wire bytes, whole (field 1) or a
+    delta (field 4, its plan in field 2), without parsing the plan; None: not a plan."""
+    for directive_field, path in ((1, ()), (4, (2,))):
+        found = _field(raw, 0, len(raw), directive_field)
+        if found is None:
+            continue
+        size, pos = found
+        end = pos + size
+        for inner in path:
+            nested = _field(raw, pos, end, inner)
+            if nested is None:
+                return None
+            size, pos = nested
+            end = pos + size
+        generation = _field(raw, pos, end, 2)
+        return generation[0] if generation is not None else 0
+    return None
 
 
 @dataclass(slots=True)
@@ -30,30 +104,40 @@ class SimNode:
     node_id: str
     slots: int = 4
     step_time_s: float = 0.5
+    observer: bool = False
+    """Parse every plan in full (one node per process)."""
+    slow_s: float = 0.0
+    """Delay before each answer: a slow agent."""
     model: pb.ModelShape = field(
         default_factory=lambda: pb.ModelShape(unit_numel=JobConfig().unit_numel())
     )
     plan_seen: dict[int, float] = field(default_factory=dict)
-    """generation -> time.monotonic() when its plan arrived here."""
+    """generation -> time.monotonic() when its plan's bytes arrived here."""
+    plan_bytes: int = 0
+    """Size of the last plan directive received."""
+    heartbeats: int = 0
+    """Heartbeats answered by the controller."""
     generation: int = 0
     step: int = 0
+    workers: list[str] = field(default_factory=list)
     _client: rpc.ControllerClient | None = None
     _secret: str = ""
     _lease: int = 0
     _interval: float = 0.5
+    failure: str = ""
+    """Why this simulated node broke, if it did (a bug of the simulator)."""
+    _last: pb.Plan | None = None
+    _reading: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _ranks: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def worker_ids(self) -> list[str]:
-        return [f"{self.node_id}.w{k}" for k in range(self.slots)]
 
     async def start(self) -> None:
+        self.workers = [f"{self.node_id}.w{k}" for k in range(self.slots)]
+        self._reading.set()
         self._client = rpc.ControllerClient(self.address, timeout_s=30.0)
         request = pb.RegisterRequest(
             token=self.token, node_id=self.node_id, slots=self.slots, address="sim"
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:  # a controller that has not won its lease yet answers UNAVAILABLE
             try:
                 reply = await self._client.call("Register", request)
@@ -70,7 +154,9 @@ class SimNode:
             loop.create_task(self._beat()),
             loop.create_task(self._train()),
         ]
-        for k, worker_id in enumerate(self.worker_ids):
+        for task in self._tasks:
+            task.add_done_callback(self._ended)
+        for k, worker_id in enumerate(self.workers):
             await self._report(pb.WORKER_READY, worker_id, k, model=self.model)
 
     async def _report(
@@ -78,6 +164,8 @@ class SimNode:
     ) -> None:
         if self._client is None:
             return
+        if self.slow_s:
+            await asyncio.sleep(self.slow_s)
         request = pb.EventReport(
             node_secret=self._secret,
             node_id=self.node_id,
@@ -94,31 +182,58 @@ class SimNode:
     async def _watch(self) -> None:
         if self._client is None:
             return
-        request = pb.WatchPlanRequest(node_secret=self._secret, node_id=self.node_id)
-        with contextlib.suppress(rpc.RpcRetryable, rpc.RpcRejected):
-            async for directive in self._client.stream("WatchPlan", request):
-                if directive.WhichOneof("kind") != "plan":
+        channel = self._client._channel  # the node's own connection, as an agent has
+        call = channel.unary_stream(
+            _WATCH_PLAN,
+            request_serializer=pb.WatchPlanRequest.SerializeToString,
+            response_deserializer=bytes,
+        )(pb.WatchPlanRequest(node_secret=self._secret, node_id=self.node_id))
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            while True:
+                raw = await call.read()
+                if raw is grpc.aio.EOF:
+                    return
+                await self._reading.wait()  # a stalled reader: this and all later wait
+                arrived = time.monotonic()
+                generation = plan_generation(raw)
+                if generation is None:
                     continue
-                plan = directive.plan
-                self.plan_seen.setdefault(plan.generation, time.monotonic())
-                mine = {a.worker_id: a.rank for a in plan.assignments if a.node_id == self.node_id}
-                self._ranks = mine
-                self.generation = plan.generation
-                for k, worker_id in enumerate(self.worker_ids):
-                    if worker_id in mine:
-                        await self._report(
-                            pb.JOINED, worker_id, k, generation=plan.generation, step=self.step
-                        )
+                if self.slow_s:
+                    await asyncio.sleep(self.slow_s)
+                    arrived = time.monotonic()
+                self.plan_seen.setdefault(generation, arrived)
+                self.plan_bytes = len(raw)
+                if self.observer:  # what a real agent does with every plan
+                    directive = pb.Directive.FromString(raw)
+                    if directive.WhichOneof("kind") == "plan_delta":
+                        if self._last is None:
+                            raise RuntimeError("a plan delta came first")
+                        self._last = apply_plan_delta(self._last, directive.plan_delta)
+                    else:
+                        self._last = directive.plan
+                    PlanLayout.parse(self._last)
+                    if self._last.generation != generation:
+                        raise RuntimeError(f"read generation {generation}, parsed another")
+                self.generation = generation
+                asyncio.get_running_loop().create_task(self._join(generation))
+        call.cancel()
+
+    async def _join(self, generation: int) -> None:
+        await asyncio.sleep(random.uniform(0.0, 1.0))
+        for k, worker_id in enumerate(list(self.workers)):
+            if self.generation != generation:
+                return
+            await self._report(pb.JOINED, worker_id, k, generation=generation, step=self.step)
 
     async def _beat(self) -> None:
         while self._client is not None:
             request = pb.HeartbeatRequest(
                 node_secret=self._secret, node_id=self.node_id, lease_id=self._lease
             )
-            for worker_id, rank in self._ranks.items():
+            for worker_id in self.workers if self.generation else ():
                 request.progress.add(
                     worker_id=worker_id,
-                    rank=rank,
+                    rank=-1,
                     generation=self.generation,
                     step=self.step,
                     loss=2.0,
@@ -126,15 +241,36 @@ class SimNode:
                     wall_time=time.time(),
                     phase=pb.WORKER_PHASE_RUNNING,
                 )
+            if self.slow_s:
+                await asyncio.sleep(self.slow_s)
             with contextlib.suppress(rpc.RpcRetryable, rpc.RpcRejected):
-                await self._client.call("Heartbeat", request)
+                reply = await self._client.call("Heartbeat", request)
+                self.heartbeats += 1
+                if reply.heartbeat_interval_s > 0:
+                    self._interval = reply.heartbeat_interval_s
             await asyncio.sleep(self._interval)
 
     async def _train(self) -> None:
         while True:
             await asyncio.sleep(self.step_time_s)
-            if self._ranks:
+            if self.generation:
                 self.step += 1
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A simulated agent that breaks is a bug of the simulator: say so loudly."""
+        if not task.cancelled() and task.exception() is not None:
+            self.failure = f"{self.node_id}: {task.exception()!r}"
+            print(f"simulated node failed: {self.failure}", file=sys.stderr, flush=True)
+
+    def stall_reading(self) -> None:
+        """Stop reading the plan stream; everything else goes on."""
+        self._reading.clear()
+
+    async def exit_worker(self) -> str:
+        """One worker process dies; the agent reports it, as a real agent does."""
+        worker_id = self.workers.pop()
+        await self._report(pb.WORKER_EXITED, worker_id, len(self.workers), detail="killed")
+        return worker_id
 
     async def lose(self) -> None:
         """Die: no more heartbeats, the stream drops, nothing is said."""

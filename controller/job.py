@@ -38,7 +38,7 @@ from elastiq.controller.recovery_clock import RecoveryClock
 from elastiq.controller.replan_scheduler import ReplanScheduler
 from elastiq.controller.status_view import build_status
 from elastiq.controller.store import Store
-from elastiq.controller.wire import takeover_of
+from elastiq.controller.wire import plan_delta, takeover_of
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ class JobController:
         if node is None:
             return pb.HeartbeatResponse(generation=self.generation, known=False)
         await self.registry.refresh(node)
+        self.metrics.heartbeats.inc()
         for p in req.progress:
             worker = node.workers.get(p.worker_id)
             if worker is not None:
@@ -265,6 +266,9 @@ class JobController:
 
     async def report(self, node_id: str, req: pb.EventReport) -> pb.EventAck:
         node = self.nodes[node_id]
+        # any authenticated word from a node shows it alive: a heartbeat queued behind
+        # a burst of reports must not make it look silent
+        node.last_seen = time.monotonic()
         kind = pb.EventKind.Name(req.kind)
         worker = node.workers.get(req.worker_id)
         if req.kind == pb.WORKER_READY:
@@ -466,6 +470,7 @@ class JobController:
             return
         generation = self.generation + 1
         source = self.generations.source(self.layout)
+        started = time.perf_counter()
         proposal = await self.planner.propose(
             generation=generation,
             reason=reason,
@@ -476,6 +481,7 @@ class JobController:
             reached_step=self.registry.highest_step(),
             takeover=self.takeover,
         )
+        self.metrics.plan_seconds.observe(time.perf_counter() - started)
         for note in proposal.notes:
             self._event(note.kind, note.message)
         if isinstance(proposal, Refused):
@@ -493,8 +499,17 @@ class JobController:
             return
         kv = await self.store.get(self.prefix + "plan")
         self.plan_revision = kv.mod_revision if kv is not None else 0
+        previous = self.plan
         self._set_layout(layout)
-        directive = self._set_plan(plan)
+        whole = self._set_plan(plan)
+        # every stream began with a whole plan and got each one since: a delta from
+        # the previous plan is all it needs (a new stream gets `whole` when it opens)
+        directive = (
+            rpc.Encoded.of(pb.Directive(plan_delta=plan_delta(previous, plan)))
+            if previous is not None
+            else whole
+        )
+        self.metrics.plan_bytes.set(len(directive.wire))
         self.takeover = False
         # shown as "joining" until they report it (which workers count as holders is
         # decided by joined_generation, see _holders)

@@ -20,15 +20,15 @@ class ControllerConfig:
     the store lives twice as long, refreshed once per this period)."""
     heartbeat_interval_s: float = 0.5
     """How often agents heartbeat in a small job (must be at most half of
-    lease_ttl_s); a large one is told to heartbeat less often, see heartbeats_per_s."""
-    heartbeats_per_s: float = 500.0
-    """The heartbeats all agents together may send per second: past heartbeats_per_s x
+    lease_ttl_s); a large one is told to heartbeat less often, see max_heartbeat_rate."""
+    max_heartbeat_rate: float = 500.0
+    """The heartbeats all agents together may send per second: past max_heartbeat_rate x
     heartbeat_interval_s nodes, the interval doubles (up to max_heartbeat_interval_s)
     and the silence that loses a node grows with it (lease_ttl_s / heartbeat_interval_s
     intervals). A heartbeat costs the controller about half a millisecond of CPU, so
     this keeps its load flat as the job grows; 0: never change the interval."""
     max_heartbeat_interval_s: float = 4.0
-    """The longest interval heartbeats_per_s may set (a silent node is lost after
+    """The longest interval max_heartbeat_rate may set (a silent node is lost after
     lease_ttl_s / heartbeat_interval_s such intervals). A crashed agent is lost at once
     whatever this is: its plan stream closes."""
     min_workers: int = 1
@@ -53,8 +53,8 @@ class ControllerConfig:
                 f"heartbeat_interval_s={self.heartbeat_interval_s} must be at most half of "
                 f"lease_ttl_s={self.lease_ttl_s}, or one late heartbeat loses the node"
             )
-        if self.heartbeats_per_s < 0:
-            raise ValueError(f"heartbeats_per_s={self.heartbeats_per_s} must be >= 0 (0: off)")
+        if self.max_heartbeat_rate < 0:
+            raise ValueError(f"max_heartbeat_rate={self.max_heartbeat_rate} must be >= 0 (0: off)")
         if self.max_heartbeat_interval_s < self.heartbeat_interval_s:
             raise ValueError(
                 f"max_heartbeat_interval_s={self.max_heartbeat_interval_s} is below "

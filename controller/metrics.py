@@ -60,6 +60,17 @@ class ControllerMetrics:
         self.goodput = Gauge(
             "elastiq_goodput_ratio", "Fraction of wall time spent in committed steps", registry=r
         )
+        # the control plane's own load (issue 15: what grows with the job's size)
+        self.heartbeats = Counter("elastiq_heartbeats", "Agent heartbeats handled", registry=r)
+        self.plan_seconds = Histogram(
+            "elastiq_plan_seconds",
+            "Time to propose a generation's plan",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.plan_bytes = Gauge(
+            "elastiq_plan_bytes", "Size of the current plan as sent to each agent", registry=r
+        )
 
     def observe_progress(self, progress: Sequence[pb.WorkerProgress]) -> None:
         """The job's gauges from its workers' heartbeats: the most advanced worker's

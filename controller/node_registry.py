@@ -92,13 +92,13 @@ class NodeRegistry:
 
     def heartbeat_interval(self) -> float:
         """The interval to tell agents: the configured one, doubled as often as needed
-        to keep all heartbeats within `heartbeats_per_s`, at most the maximum. Powers
+        to keep all heartbeats within `max_heartbeat_rate`, at most the maximum. Powers
         of two, so a node's silence limit (and store lease) changes a few times over
         a job's growth, not with every node that joins."""
         c = self.config
         interval = c.heartbeat_interval_s
-        if c.heartbeats_per_s:
-            while len(self.nodes) / interval > c.heartbeats_per_s:
+        if c.max_heartbeat_rate:
+            while len(self.nodes) / interval > c.max_heartbeat_rate:
                 if interval * 2 > c.max_heartbeat_interval_s:
                     return c.max_heartbeat_interval_s
                 interval *= 2

@@ -136,3 +136,30 @@ def plan_to_layout(plan: pb.Plan) -> HybridLayout:
         reason=plan.reason,
         state_source=plan.state_source,
     )
+
+
+def plan_delta(base: pb.Plan, plan: pb.Plan) -> pb.PlanDelta:
+    """`plan` as its changes from `base` (agent/plan_layout.py `apply_plan_delta`
+    inverts it): each stretch of consecutive ranks whose workers were consecutive
+    ranks of `base`, with one holder flag, becomes one run; the rest is sent whole.
+    After one node of 10,000 workers is lost, two runs stand for 9,996 assignments."""
+    base_rank = {a.worker_id: (a.rank, a.node_id, a.slot) for a in base.assignments}
+    delta = pb.PlanDelta(base_generation=base.generation)
+    delta.plan.CopyFrom(plan)
+    del delta.plan.assignments[:]
+    run: pb.AssignmentRun | None = None
+    for a in sorted(plan.assignments, key=lambda a: a.rank):
+        held = base_rank.get(a.worker_id)
+        if held is None or held[1:] != (a.node_id, a.slot):
+            delta.plan.assignments.append(a)
+            run = None
+        elif (
+            run is not None
+            and run.rank + run.count == a.rank
+            and run.base_rank + run.count == held[0]
+            and run.holder == a.holder
+        ):
+            run.count += 1
+        else:
+            run = delta.runs.add(rank=a.rank, base_rank=held[0], count=1, holder=a.holder)
+    return delta

@@ -331,14 +331,38 @@ class ChaosCommand(_message.Message):
     def __init__(self, action: _Optional[_Union[ChaosAction, str]] = ..., worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., at_step: _Optional[int] = ..., id: _Optional[str] = ..., at_generation: _Optional[int] = ...) -> None: ...
 
 class Directive(_message.Message):
-    __slots__ = ("plan", "chaos", "shutdown")
+    __slots__ = ("plan", "chaos", "shutdown", "plan_delta")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     CHAOS_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    PLAN_DELTA_FIELD_NUMBER: _ClassVar[int]
     plan: Plan
     chaos: ChaosCommand
     shutdown: JobPhase
-    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ChaosCommand, _Mapping]] = ..., shutdown: _Optional[_Union[JobPhase, str]] = ...) -> None: ...
+    plan_delta: PlanDelta
+    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ChaosCommand, _Mapping]] = ..., shutdown: _Optional[_Union[JobPhase, str]] = ..., plan_delta: _Optional[_Union[PlanDelta, _Mapping]] = ...) -> None: ...
+
+class PlanDelta(_message.Message):
+    __slots__ = ("base_generation", "plan", "runs")
+    BASE_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    base_generation: int
+    plan: Plan
+    runs: _containers.RepeatedCompositeFieldContainer[AssignmentRun]
+    def __init__(self, base_generation: _Optional[int] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[AssignmentRun, _Mapping]]] = ...) -> None: ...
+
+class AssignmentRun(_message.Message):
+    __slots__ = ("rank", "base_rank", "count", "holder")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    BASE_RANK_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    base_rank: int
+    count: int
+    holder: bool
+    def __init__(self, rank: _Optional[int] = ..., base_rank: _Optional[int] = ..., count: _Optional[int] = ..., holder: _Optional[bool] = ...) -> None: ...
 
 class JoinTimings(_message.Message):
     __slots__ = ("join_start", "comm_rebuild_s", "migrate_s", "reached_step")

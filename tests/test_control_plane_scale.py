@@ -1,8 +1,9 @@
 """What keeps the control plane's cost flat as a job grows (issue 15; bench/scale.py
 measures it with thousands of simulated agents): heartbeats spread out in a large
 job, the store touched once per node per lease period, a plan encoded once for every
-agent, liveness judged in memory and never from the controller's own stall, and
-planning that stays near-linear in the number of workers."""
+agent and sent as a delta from the one before, liveness judged in memory and never
+from the controller's own stall, and planning that stays near-linear in the number of
+workers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from elastiq import rpc
+from elastiq.agent.plan_layout import PlanLayout, apply_plan_delta
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.controller.generation_plan import GenerationPlanner, Proposed
 from elastiq.controller.job_state import ControllerConfig, NodeState
@@ -20,6 +22,7 @@ from elastiq.controller.node_registry import STORE_LEASE_TTLS, NodeRegistry
 from elastiq.controller.planner import WorkerRef
 from elastiq.controller.server import Controller
 from elastiq.controller.store_memory import MemoryStore
+from elastiq.controller.wire import plan_delta
 from elastiq.proto import elastiq_pb2 as pb
 from tests.live_controller import Session, planned_one_worker, with_controller
 
@@ -47,7 +50,7 @@ def _fake_nodes(registry: NodeRegistry, count: int) -> None:
 
 
 def test_a_large_job_is_told_to_heartbeat_less_often_and_its_nodes_may_be_silent_longer() -> None:
-    registry = _registry(heartbeats_per_s=500.0)
+    registry = _registry(max_heartbeat_rate=500.0)
     _fake_nodes(registry, 250)  # 1,000 workers: 500 heartbeats/s at the base interval
     assert registry.heartbeat_interval() == 0.5
     _fake_nodes(registry, 1000)  # 4,000 workers
@@ -58,12 +61,12 @@ def test_a_large_job_is_told_to_heartbeat_less_often_and_its_nodes_may_be_silent
     registry.tell_interval(node)
     # a silent node is lost after as many of its intervals as in a small job
     assert registry.silence_limit(node) == pytest.approx(3.0 * 4.0 / 0.5)
-    assert _registry(heartbeats_per_s=0.0).heartbeat_interval() == 0.5
+    assert _registry(max_heartbeat_rate=0.0).heartbeat_interval() == 0.5
 
 
 def test_an_unworkable_heartbeat_budget_is_refused_with_what_to_change() -> None:
-    with pytest.raises(ValueError, match="heartbeats_per_s"):
-        ControllerConfig(heartbeats_per_s=-1.0)
+    with pytest.raises(ValueError, match="max_heartbeat_rate"):
+        ControllerConfig(max_heartbeat_rate=-1.0)
     with pytest.raises(ValueError, match="max_heartbeat_interval_s"):
         ControllerConfig(max_heartbeat_interval_s=0.25)
 
@@ -87,7 +90,7 @@ def test_heartbeats_touch_the_store_once_per_lease_period_not_each_time() -> Non
 
 def test_a_node_told_a_longer_interval_gets_a_store_lease_that_outlives_it() -> None:
     async def body() -> None:
-        registry = _registry(heartbeats_per_s=2.0)
+        registry = _registry(max_heartbeat_rate=2.0)
         node = await registry.admit(pb.RegisterRequest(node_id="n", slots=4), "secret")
         first = node.lease
         _fake_nodes(registry, 8)  # the job grew: heartbeats are spread out
@@ -187,3 +190,67 @@ def test_replanning_10000_workers_after_a_node_loss_takes_well_under_a_second(
         return took
 
     assert asyncio.run(replan()) < 1.0
+
+
+def _plans(stages: int, workers: int = 256) -> tuple[pb.Plan, pb.Plan, pb.Plan]:
+    """Generation 1 of `workers`, 2 after node n00003 is lost, 3 after two nodes join."""
+    job = JobConfig(pipeline_stages=stages, model=ModelConfig(n_layers=16), zero=1)
+    planner = GenerationPlanner(job, ControllerConfig(), "r", ControllerMetrics())
+    planner.learn_model(job.unit_numel())
+    members = [
+        WorkerRef(f"n{i // 4:05d}", i % 4, f"n{i // 4:05d}.w{i % 4}") for i in range(workers)
+    ]
+    grown = members[4:] + [WorkerRef(f"x{i // 4}", i % 4, f"x{i // 4}.w{i % 4}") for i in range(8)]
+    plans: list[pb.Plan] = []
+
+    async def propose() -> None:
+        current = None
+        for generation, who in enumerate((members, members[4:], grown), start=1):
+            proposal = await planner.propose(
+                generation=generation,
+                reason="test",
+                members=sorted(who),
+                current=current,
+                source=current,
+                holders={m.worker_id for m in members},
+                reached_step=0,
+                takeover=False,
+            )
+            assert isinstance(proposal, Proposed)
+            current = proposal.layout
+            plans.append(proposal.plan)
+
+    asyncio.run(propose())
+    return plans[0], plans[1], plans[2]
+
+
+@pytest.mark.parametrize("stages", [1, 4])
+def test_a_plan_delta_rebuilds_exactly_the_plan_and_leaves_out_the_assignments(
+    stages: int,
+) -> None:
+    first, lost, joined = _plans(stages)
+    for base, plan in ((first, lost), (lost, joined)):
+        delta = plan_delta(base, plan)
+        rebuilt = apply_plan_delta(base, delta)
+        assert rebuilt == plan
+        PlanLayout.parse(rebuilt)
+    delta = plan_delta(first, lost)
+    assert len(delta.runs) <= 2 * stages and not delta.plan.assignments
+    assignments = sum(a.ByteSize() for a in lost.assignments)
+    assert delta.ByteSize() < lost.ByteSize() - assignments * 0.9
+    # newcomers are sent whole: nothing of theirs is in the base
+    newcomers = {a.worker_id for a in plan_delta(lost, joined).plan.assignments}
+    assert newcomers == {f"x{i // 4}.w{i % 4}" for i in range(8)}
+
+
+def test_a_plan_delta_from_another_base_or_past_its_ranks_is_refused() -> None:
+    first, lost, _ = _plans(1)
+    delta = plan_delta(first, lost)
+    with pytest.raises(ValueError, match="delta from generation 1"):
+        apply_plan_delta(lost, delta)
+    delta.runs[0].base_rank = 10_000
+    with pytest.raises(ValueError, match="no such rank"):
+        apply_plan_delta(first, delta)
+    delta.runs[0].count = 0
+    with pytest.raises(ValueError, match="bad assignment run"):
+        apply_plan_delta(first, delta)
