@@ -244,19 +244,30 @@ class Agent:
             await asyncio.sleep(self.heartbeat_s)
 
     async def _sender(self) -> None:
+        """Sends what the workers reported, everything queued meanwhile in one call
+        (a call costs the controller the same whatever it carries)."""
         while True:
-            report = await self.outbox.get()
+            reports = [await self.outbox.get()]
+            while (
+                not self.outbox.empty()
+                and len(reports) < rpc.MAX_REPORTS_PER_SLOT * self.config.slots
+            ):
+                reports.append(self.outbox.get_nowait())
             if self.client is None:
                 continue
-            report.node_secret, report.node_id = self.node_secret, self.config.node_id
+            batch = pb.EventBatch(
+                node_secret=self.node_secret, node_id=self.config.node_id, reports=reports
+            )
+            kinds = ", ".join(pb.EventKind.Name(r.kind) for r in reports)
             try:
-                ack = await self.client.call("ReportEvent", report)
-                if not ack.accepted:
-                    log.info(
-                        "controller ignored %s: %s", pb.EventKind.Name(report.kind), ack.reason
-                    )
+                reply = await self.client.call("ReportEvents", batch)
+                for report, ack in zip(reports, reply.acks, strict=False):
+                    if not ack.accepted:
+                        log.info(
+                            "controller ignored %s: %s", pb.EventKind.Name(report.kind), ack.reason
+                        )
             except (rpc.RpcRetryable, rpc.RpcRejected) as exc:
-                log.warning("could not report %s: %s", pb.EventKind.Name(report.kind), exc)
+                log.warning("could not report %s: %s", kinds, exc)
 
     def report(
         self,

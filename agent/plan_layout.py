@@ -253,4 +253,30 @@ def apply_plan_delta(base: pb.Plan, delta: pb.PlanDelta) -> pb.Plan:
     every = sorted([*plan.assignments, *copied], key=lambda a: a.rank)
     del plan.assignments[:]
     plan.assignments.extend(every)
+    if len(delta.stage_ranks) != len(plan.stages):
+        raise ValueError(
+            f"plan {plan.generation}: {len(delta.stage_ranks)} rank lists for "
+            f"{len(plan.stages)} stages"
+        )
+    limit = len(every)
+    for stage, ranks in zip(plan.stages, delta.stage_ranks, strict=True):
+        stage.ranks.extend(expand(ranks, limit))
+    plan.buddy.extend(expand(delta.buddy, limit))
     return plan
+
+
+def expand(runs: pb.Progressions, limit: int) -> list[int]:
+    """The integers `runs` stands for (controller/wire.py `progressions`); at most
+    `limit` of them (the world size: no rank list is longer), else ValueError."""
+    if not len(runs.start) == len(runs.step) == len(runs.count) == len(runs.repeat):
+        raise ValueError("progressions with unequal start, step, count and repeat lists")
+    sizes = [c * r for c, r in zip(runs.count, runs.repeat, strict=True)]
+    if any(c < 1 for c in runs.count) or any(r < 1 for r in runs.repeat) or sum(sizes) > limit:
+        raise ValueError(f"progressions of {sum(sizes)} values; at most {limit}")
+    out: list[int] = []
+    for start, step, count, repeat in zip(
+        runs.start, runs.step, runs.count, runs.repeat, strict=True
+    ):
+        for k in range(count):
+            out.extend([start + k * step] * repeat)
+    return out

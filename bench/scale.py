@@ -15,6 +15,7 @@ per size:
   agent reports the exit), one node lost (its connection drops) and 5% of nodes lost
   at once, with etcd puts and bytes for the one-node failure;
 - join of 100 new nodes: time to the generation that includes them, on every node;
+- for each, the time until every member reported joining the new generation;
 - stragglers: one node that stops reading its plan stream and one that answers 1 s
   late, while another node is lost: delivery to everyone else;
 - the plan's size on the wire, and planner time per plan (the controller's histogram).
@@ -135,12 +136,16 @@ class Run:
                 "elastiq_plan_seconds_sum",
                 "elastiq_plan_seconds_count",
                 "elastiq_plan_bytes",
+                "elastiq_completed_generation",
             ),
         )
 
     async def add_nodes(self, count: int) -> list[SimNode]:
         made = [
-            SimNode(self.address, self.token, f"sim{self._made + i:05d}", observer=not self._made)
+            # one observer in the whole run rebuilds and parses every plan
+            SimNode(
+                self.address, self.token, f"sim{self._made + i:05d}", observer=i + self._made == 0
+            )
             for i in range(count)
         ]
         self._made += count
@@ -169,7 +174,18 @@ class Run:
                 break
             await asyncio.sleep(0.02)
         times = [n.plan_seen[generation] - since for n in nodes if generation in n.plan_seen]
-        return {**_quantiles(times), "reached": f"{len(times)}/{len(nodes)}"}
+        sent = (await asyncio.to_thread(self._controller))["elastiq_plan_bytes"]
+        return {**_quantiles(times), "reached": f"{len(times)}/{len(nodes)}", "plan_bytes": sent}
+
+    async def completed(self, generation: int, since: float, timeout: float = 120.0) -> float:
+        """Seconds from `since` until every member reported joining `generation`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = await asyncio.to_thread(self._controller)
+            if m["elastiq_completed_generation"] >= generation:
+                return round(time.monotonic() - since, 3)
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"generation {generation} not complete within {timeout:g}s")
 
     def workers(self) -> int:
         return sum(len(n.workers) for n in self.nodes)
@@ -183,6 +199,9 @@ class Run:
 
 async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    # between scenarios the generation completes (every member reported joining it),
+    # then its RESUMED reports come in, so each failure starts from a settled job
+    pause = 1.0
     started = time.monotonic()
     await run.add_nodes(nodes)
     registered = time.monotonic()
@@ -198,7 +217,9 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
         run._controller(),
         time.monotonic(),
     )
-    await asyncio.sleep(steady_s)
+    # at least one lease period, so that each node's store lease refresh falls in it
+    interval = run.nodes[0]._interval
+    await asyncio.sleep(max(steady_s, LEASE_TTLS * interval + 1.0))
     cpu1, etcd1, ctl1, t1 = (
         _cpu_seconds(run.pid),
         _scrape(run.etcd_port, _ETCD),
@@ -210,7 +231,7 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     out["controller_rss_mib"] = round(_rss_mib(run.pid), 1)
     hb = ctl1["elastiq_heartbeats_total"] - ctl0["elastiq_heartbeats_total"]
     out["heartbeats_per_s"] = round(hb / span, 1)
-    out["heartbeat_interval_s"] = run.nodes[0]._interval
+    out["heartbeat_interval_s"] = interval
     delta = {k: etcd1[k] - etcd0[k] for k in _ETCD}
     requests = sum(delta[k] for k in _ETCD[:3])  # puts, keepalives, grants
     out["etcd_puts_per_s"] = round(delta["etcd_mvcc_put_total"] / span, 2)
@@ -218,7 +239,7 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     out["etcd_bytes_in_per_s"] = round(
         delta["etcd_network_client_grpc_received_bytes_total"] / span, 1
     )
-    lease_period = LEASE_TTLS * run.nodes[0]._interval
+    lease_period = LEASE_TTLS * interval
     out["etcd_requests_per_node_per_lease_period"] = round(
         requests / span * lease_period / len(run.nodes), 3
     )
@@ -231,7 +252,8 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     g = await run.settled(run.workers())
     out["one_worker_lost"] = await run.delivered(g, since, run.nodes)
     out["one_worker_lost"]["generations"] = g - generation
-    await asyncio.sleep(1.5)
+    out["one_worker_lost"]["generation_complete_s"] = await run.completed(g, since)
+    await asyncio.sleep(pause)
 
     # one node lost: its connection drops
     etcd0 = _scrape(run.etcd_port, _ETCD)
@@ -246,7 +268,8 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
         etcd1["etcd_network_client_grpc_received_bytes_total"]
         - etcd0["etcd_network_client_grpc_received_bytes_total"]
     )
-    await asyncio.sleep(1.5)
+    out["one_node_lost"]["generation_complete_s"] = await run.completed(g, since)
+    await asyncio.sleep(pause)
 
     # 5% of nodes lost at once
     count = max(1, len(run.nodes) // 20)
@@ -256,7 +279,8 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     out["five_percent_lost"] = await run.delivered(g, since, run.nodes)
     out["five_percent_lost"]["generations"] = g - generation
     out["five_percent_lost"]["nodes_lost"] = count
-    await asyncio.sleep(1.5)
+    out["five_percent_lost"]["generation_complete_s"] = await run.completed(g, since)
+    await asyncio.sleep(pause)
 
     # 100 new nodes join
     since = time.monotonic()
@@ -265,7 +289,8 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     g = await run.settled(run.workers())
     out["join_100_nodes"] = await run.delivered(g, since, run.nodes)
     out["join_100_nodes"]["registering_s"] = round(registered, 3)
-    await asyncio.sleep(1.5)
+    out["join_100_nodes"]["generation_complete_s"] = await run.completed(g, since)
+    await asyncio.sleep(pause)
 
     # stragglers: one stops reading its plan stream, one answers 1 s late; a node is lost
     stalled, slow = run.nodes[5], run.nodes[7]

@@ -2,8 +2,8 @@
 
 Where it sits: bench support, never the product. Each `SimNode` registers with the
 agent token, opens its WatchPlan stream, heartbeats at the interval the controller
-tells it with its workers' progress, reports WORKER_READY, JOINED and WORKER_EXITED
-like a real agent, and "trains" by advancing a step counter every `step_time_s`. The
+tells it with its workers' progress, reports WORKER_READY, JOINED, RESUMED and
+WORKER_EXITED like a real agent, and "trains" by advancing a step counter every `step_time_s`. The
 controller, store, planner, gRPC and wire format it talks to are the product's own,
 unchanged. `lose()` ends a node the way a dead one ends: its stream and heartbeats
 stop at once, with no goodbye.
@@ -16,7 +16,8 @@ Where a real agent differs, to fit thousands in one process on two cores:
   A real agent parses each plan on its own machine (0.7 ms at 10,000 workers);
 - a node takes it that all of its live workers are in each plan (true in these
   scenarios: no spares, nothing refused) and reports their JOINED after a random
-  0-1 s, as workers rebuilding their communicators report at different moments.
+  0-1 s, as workers rebuilding their communicators report at different moments, and
+  their RESUMED one simulated step later.
 
 Stragglers: `stall_reading()` stops reading the plan stream (heartbeats go on);
 `slow_s` delays every answer (each directive handled, each heartbeat and report).
@@ -156,28 +157,29 @@ class SimNode:
         ]
         for task in self._tasks:
             task.add_done_callback(self._ended)
-        for k, worker_id in enumerate(self.workers):
-            await self._report(pb.WORKER_READY, worker_id, k, model=self.model)
+        await self._report(pb.WORKER_READY, self.workers, model=self.model)
 
-    async def _report(
-        self, kind: pb.EventKind, worker_id: str, slot: int, **fields: object
-    ) -> None:
-        if self._client is None:
+    async def _report(self, kind: pb.EventKind, workers: list[str], **fields: object) -> None:
+        """One call for the reports of several workers, as an agent batches them."""
+        if self._client is None or not workers:
             return
         if self.slow_s:
             await asyncio.sleep(self.slow_s)
-        request = pb.EventReport(
-            node_secret=self._secret,
-            node_id=self.node_id,
-            kind=kind,
-            worker_id=worker_id,
-            slot=slot,
-            pid=1000 + slot,
-            wall_time=time.time(),
-            **fields,  # type: ignore[arg-type]
-        )
+        batch = pb.EventBatch(node_secret=self._secret, node_id=self.node_id)
+        for worker_id in workers:
+            slot = int(worker_id.rsplit(".w", 1)[1])
+            batch.reports.add(
+                node_secret=self._secret,
+                node_id=self.node_id,
+                kind=kind,
+                worker_id=worker_id,
+                slot=slot,
+                pid=1000 + slot,
+                wall_time=time.time(),
+                **fields,
+            )
         with contextlib.suppress(rpc.RpcRetryable, rpc.RpcRejected):
-            await self._client.call("ReportEvent", request)
+            await self._client.call("ReportEvents", batch)
 
     async def _watch(self) -> None:
         if self._client is None:
@@ -219,11 +221,14 @@ class SimNode:
         call.cancel()
 
     async def _join(self, generation: int) -> None:
+        """JOINED once the "communicators are rebuilt", RESUMED after the first step in
+        the generation, as a real worker reports them."""
         await asyncio.sleep(random.uniform(0.0, 1.0))
-        for k, worker_id in enumerate(list(self.workers)):
+        for kind in (pb.JOINED, pb.RESUMED):
             if self.generation != generation:
                 return
-            await self._report(pb.JOINED, worker_id, k, generation=generation, step=self.step)
+            await self._report(kind, list(self.workers), generation=generation, step=self.step)
+            await asyncio.sleep(self.step_time_s)
 
     async def _beat(self) -> None:
         while self._client is not None:
@@ -269,7 +274,7 @@ class SimNode:
     async def exit_worker(self) -> str:
         """One worker process dies; the agent reports it, as a real agent does."""
         worker_id = self.workers.pop()
-        await self._report(pb.WORKER_EXITED, worker_id, len(self.workers), detail="killed")
+        await self._report(pb.WORKER_EXITED, [worker_id], detail="killed")
         return worker_id
 
     async def lose(self) -> None:

@@ -82,17 +82,26 @@ class CompletedGenerations:
         self.completed: HybridLayout | None = None
 
     def joined(self, generation: int, worker_id: str) -> None:
+        if self.completed is not None and generation < self.completed.generation:
+            return  # a late report of a generation already superseded
         self._joined.setdefault(generation, set()).add(worker_id)
 
     def complete(self, layout: HybridLayout) -> bool:
-        """Every member of `layout` reported joining it."""
-        return set(layout.worker_ids()) <= self._joined.get(layout.generation, set())
+        """Every member of `layout` reported joining it. Asked on every JOINED report
+        while newcomers wait, so the member set is built only once enough have
+        reported (per report it made a join of 100 nodes O(n^2) in the job's size)."""
+        joined = self._joined.get(layout.generation, set())
+        if len(joined) < layout.world_size:
+            return False
+        return set(layout.worker_ids()) <= joined
 
     def source(self, current: HybridLayout | None) -> HybridLayout | None:
         if current is None:
             return None
-        if set(current.worker_ids()) <= self._joined.get(current.generation, set()):
+        if self.complete(current):
             self.completed = current
+            for older in [g for g in self._joined if g < current.generation]:
+                del self._joined[older]  # one set of ids per generation, kept no longer
         return self.completed
 
 

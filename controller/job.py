@@ -74,6 +74,8 @@ class JobController:
         # the last layout every member finished joining: plans take state from it
         self.generations = CompletedGenerations()
         self._growth_waiting: list[str] = []
+        self._completed = 0
+        """The newest generation every member reported joining."""
         self._progress_observed = 0.0
         """When the progress gauges were last computed (time.monotonic())."""
         self._all_lost_since = 0.0
@@ -191,8 +193,7 @@ class JobController:
                     # the JOINED report itself was lost: newcomers waiting for this
                     # generation to complete are never stuck on one lost message
                     worker.joined_generation = p.generation
-                    self.generations.joined(p.generation, p.worker_id)
-                    self._plan_waiting_growth()
+                    self._note_joined(p.generation, p.worker_id)
         now = time.monotonic()
         if now - self._progress_observed >= PROGRESS_METRICS_EVERY_S:
             # a pass over every worker: once a second, not once per heartbeat (at 1,000
@@ -328,16 +329,14 @@ class JobController:
         worker_id = worker.ref.worker_id
         if req.kind == pb.JOINED:
             worker.joined_generation = max(worker.joined_generation, req.generation)
-            self.generations.joined(req.generation, worker_id)
             self.recovery.joined(worker_id, req.generation, req.step, req.join)
-            self._plan_waiting_growth()
+            self._note_joined(req.generation, worker_id)
             return
         if req.step == 1 and not self.first_loss:
             self.first_loss = req.loss
         if self.layout is None:
             return
-        members = self.layout.worker_ids()
-        record = self.recovery.resumed(worker_id, req.generation, req.wall_time, members)
+        record = self.recovery.resumed(worker_id, req.generation, req.wall_time, self._member_ids)
         if record is not None:
             self._recovered(record)
 
@@ -434,6 +433,21 @@ class JobController:
                 "rejoined",
                 f"every member of generation {self.generation} is back; it goes on unchanged",
             )
+
+    def _note_joined(self, generation: int, worker_id: str) -> None:
+        """A member joined `generation`; once every member has, the generation is
+        complete (the gauge operators and bench/scale.py watch) and newcomers that
+        waited for it are planned."""
+        self.generations.joined(generation, worker_id)
+        layout = self.layout
+        if (
+            layout is not None
+            and generation == layout.generation > self._completed
+            and self.generations.complete(layout)
+        ):
+            self._completed = generation
+            self.metrics.completed_generation.set(generation)
+        self._plan_waiting_growth()
 
     def _plan_waiting_growth(self) -> None:
         """The current generation completed: newcomers that waited for it are planned."""

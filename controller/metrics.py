@@ -68,6 +68,11 @@ class ControllerMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.completed_generation = Gauge(
+            "elastiq_completed_generation",
+            "Newest generation every member finished joining",
+            registry=r,
+        )
         self.plan_bytes = Gauge(
             "elastiq_plan_bytes", "Size of the current plan as sent to each agent", registry=r
         )

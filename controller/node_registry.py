@@ -177,9 +177,9 @@ class NodeRegistry:
                 log.warning("store unavailable (%r): nodes are kept alive by heartbeats", exc)
 
     def recently_seen(self, node: NodeState) -> bool:
-        """Heartbeated within two of its intervals: alive, whatever its lease in the store."""
-        interval = node.heartbeat_interval_s or self.config.heartbeat_interval_s
-        return time.monotonic() - node.last_seen < 2 * interval
+        """Heard within its silence limit: alive, whatever its lease in the store (the
+        verdict is `watch_silence`'s; the store only forgot it, e.g. in an outage)."""
+        return time.monotonic() - node.last_seen <= self.silence_limit(node)
 
     async def watch_silence(self, on_silent: Callable[[str], Awaitable[None]]) -> None:
         """Report every node silent for longer than its silence limit, checking twice

@@ -108,6 +108,10 @@ class RecoveryClock:
         if pending is None:
             return None
         pending.first_steps[worker_id] = wall_time
+        # the full check only once enough have reported: per report it was O(n), so
+        # O(n^2) a generation (10,000 workers: 10^8 look-ups)
+        if len(pending.first_steps) < len(members):
+            return None
         if not all(w in pending.first_steps for w in members):
             return None
         self.pending = None

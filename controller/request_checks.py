@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from elastiq.proto import elastiq_pb2 as pb
+from elastiq.rpc import MAX_REPORTS_PER_SLOT
 
 #: node ids: hostnames, pod names: no '/', no ':', nothing to escape in a store key
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -169,6 +170,21 @@ def check_heartbeat(req: pb.HeartbeatRequest, slots: int, limits: JobLimits) -> 
             if not 0 <= unit < (limits.units or MAX_UNITS):
                 raise _bad(f"{p.worker_id}: unit {unit} does not exist")
             _number(cost, f"{p.worker_id}: cost of unit {unit}", MAX_SECONDS)
+
+
+def check_event_batch(batch: pb.EventBatch, slots: int, limits: JobLimits) -> None:
+    """Every report of the batch, before any is handled."""
+    if not batch.reports:
+        raise _bad("an event batch with no reports")
+    if len(batch.reports) > MAX_REPORTS_PER_SLOT * slots:
+        raise _bad(
+            f"{len(batch.reports)} reports in one batch for {slots} slot(s); at most "
+            f"{MAX_REPORTS_PER_SLOT} per slot"
+        )
+    for report in batch.reports:
+        if report.node_id != batch.node_id or report.node_secret != batch.node_secret:
+            raise _bad("a report in the batch names another node or secret")
+        check_event(report, slots, limits)
 
 
 def check_event(req: pb.EventReport, slots: int, limits: JobLimits) -> None:

@@ -182,6 +182,27 @@ class ControllerService(rpc.ControllerServicerBase):
         await self._checked(context, lambda: checks.check_event(request, node.slots, limits))
         return await self._change(context, job.report(request.node_id, request))
 
+    async def ReportEvents(self, request: pb.EventBatch, context: Any) -> pb.EventAcks:
+        job, node = await self._node(request.node_id, request.node_secret, context)
+        for report in request.reports:  # a report may leave the batch's fields empty
+            report.node_id = report.node_id or request.node_id
+            report.node_secret = report.node_secret or request.node_secret
+        limits = self._limits(job)
+        await self._checked(context, lambda: checks.check_event_batch(request, node.slots, limits))
+        return await self._change(context, self._report_each(job, request))
+
+    @staticmethod
+    async def _report_each(job: JobController, batch: pb.EventBatch) -> pb.EventAcks:
+        """Each report as if sent alone; one the job refuses is a refused ack, and the
+        reports after it are still handled."""
+        acks = pb.EventAcks()
+        for report in batch.reports:
+            try:
+                acks.acks.append(await job.report(batch.node_id, report))
+            except (checks.Refusal, ValueError) as exc:
+                acks.acks.append(pb.EventAck(accepted=False, reason=str(exc)[:500]))
+        return acks
+
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         await self._token(request.token, self.credentials.operator_token, "operator", context)
         job = await self._leader(context)

@@ -8,7 +8,7 @@ checkpoint or CheckFree source, learning-rate scaling, CheckFree+ swap groups);
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from elastiq.checkpoint.checkfree import SwapGroups
@@ -162,4 +162,36 @@ def plan_delta(base: pb.Plan, plan: pb.Plan) -> pb.PlanDelta:
             run.count += 1
         else:
             run = delta.runs.add(rank=a.rank, base_rank=held[0], count=1, holder=a.holder)
+    for stage in delta.plan.stages:
+        delta.stage_ranks.append(progressions(stage.ranks))
+        del stage.ranks[:]
+    delta.buddy.CopyFrom(progressions(delta.plan.buddy))
+    del delta.plan.buddy[:]
     return delta
+
+
+def progressions(values: Sequence[int]) -> pb.Progressions:
+    """`values` as runs of arithmetic progressions, each value repeated a number of
+    times (agent/plan_layout.py `expand` inverts it): ranks 0..9,999 of a stage, or
+    the buddies 4,4,4,4,8,8,8,8,... of a data-parallel job, are one run."""
+    out = pb.Progressions()
+    values = list(values)
+    n, i = len(values), 0
+    while i < n:
+        repeat = 1
+        while i + repeat < n and values[i + repeat] == values[i]:
+            repeat += 1
+        step = values[i + repeat] - values[i] if i + repeat < n else 1
+        count, j = 1, i + repeat
+        while (
+            j + repeat <= n
+            and values[j : j + repeat] == [values[i] + count * step] * repeat
+            and (j + repeat == n or values[j + repeat] != values[j])
+        ):
+            count, j = count + 1, j + repeat
+        out.start.append(values[i])
+        out.step.append(step)
+        out.count.append(count)
+        out.repeat.append(repeat)
+        i = j
+    return out

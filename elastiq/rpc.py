@@ -19,6 +19,9 @@ from elastiq.proto import elastiq_pb2 as pb
 from elastiq.proto import elastiq_pb2_grpc as pb_grpc
 
 RPC_TIMEOUT_S = 5.0
+#: reports one `ReportEvents` batch may carry per slot of its node: a worker reports a
+#: handful of events per generation, and an agent sends what queued up meanwhile
+MAX_REPORTS_PER_SLOT = 16
 _OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
 
 

@@ -343,14 +343,30 @@ class Directive(_message.Message):
     def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., chaos: _Optional[_Union[ChaosCommand, _Mapping]] = ..., shutdown: _Optional[_Union[JobPhase, str]] = ..., plan_delta: _Optional[_Union[PlanDelta, _Mapping]] = ...) -> None: ...
 
 class PlanDelta(_message.Message):
-    __slots__ = ("base_generation", "plan", "runs")
+    __slots__ = ("base_generation", "plan", "runs", "stage_ranks", "buddy")
     BASE_GENERATION_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_RANKS_FIELD_NUMBER: _ClassVar[int]
+    BUDDY_FIELD_NUMBER: _ClassVar[int]
     base_generation: int
     plan: Plan
     runs: _containers.RepeatedCompositeFieldContainer[AssignmentRun]
-    def __init__(self, base_generation: _Optional[int] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[AssignmentRun, _Mapping]]] = ...) -> None: ...
+    stage_ranks: _containers.RepeatedCompositeFieldContainer[Progressions]
+    buddy: Progressions
+    def __init__(self, base_generation: _Optional[int] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[AssignmentRun, _Mapping]]] = ..., stage_ranks: _Optional[_Iterable[_Union[Progressions, _Mapping]]] = ..., buddy: _Optional[_Union[Progressions, _Mapping]] = ...) -> None: ...
+
+class Progressions(_message.Message):
+    __slots__ = ("start", "step", "count", "repeat")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_FIELD_NUMBER: _ClassVar[int]
+    start: _containers.RepeatedScalarFieldContainer[int]
+    step: _containers.RepeatedScalarFieldContainer[int]
+    count: _containers.RepeatedScalarFieldContainer[int]
+    repeat: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, start: _Optional[_Iterable[int]] = ..., step: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ..., repeat: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AssignmentRun(_message.Message):
     __slots__ = ("rank", "base_rank", "count", "holder")
@@ -415,6 +431,22 @@ class EventAck(_message.Message):
     accepted: bool
     reason: str
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EventBatch(_message.Message):
+    __slots__ = ("node_secret", "node_id", "reports")
+    NODE_SECRET_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    node_secret: str
+    node_id: str
+    reports: _containers.RepeatedCompositeFieldContainer[EventReport]
+    def __init__(self, node_secret: _Optional[str] = ..., node_id: _Optional[str] = ..., reports: _Optional[_Iterable[_Union[EventReport, _Mapping]]] = ...) -> None: ...
+
+class EventAcks(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[EventAck]
+    def __init__(self, acks: _Optional[_Iterable[_Union[EventAck, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("token",)

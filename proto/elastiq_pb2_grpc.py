@@ -65,6 +65,11 @@ class ControllerStub:
                 request_serializer=elastiq_dot_proto_dot_elastiq__pb2.EventReport.SerializeToString,
                 response_deserializer=elastiq_dot_proto_dot_elastiq__pb2.EventAck.FromString,
                 _registered_method=True)
+        self.ReportEvents = channel.unary_unary(
+                '/elastiq.v1.Controller/ReportEvents',
+                request_serializer=elastiq_dot_proto_dot_elastiq__pb2.EventBatch.SerializeToString,
+                response_deserializer=elastiq_dot_proto_dot_elastiq__pb2.EventAcks.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/elastiq.v1.Controller/Status',
                 request_serializer=elastiq_dot_proto_dot_elastiq__pb2.StatusRequest.SerializeToString,
@@ -120,6 +125,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportEvents(self, request, context):
+        """Several reports of one node at once, each handled as if sent alone, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -155,6 +167,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.ReportEvent,
                     request_deserializer=elastiq_dot_proto_dot_elastiq__pb2.EventReport.FromString,
                     response_serializer=elastiq_dot_proto_dot_elastiq__pb2.EventAck.SerializeToString,
+            ),
+            'ReportEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEvents,
+                    request_deserializer=elastiq_dot_proto_dot_elastiq__pb2.EventBatch.FromString,
+                    response_serializer=elastiq_dot_proto_dot_elastiq__pb2.EventAcks.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -286,6 +303,33 @@ class Controller:
             '/elastiq.v1.Controller/ReportEvent',
             elastiq_dot_proto_dot_elastiq__pb2.EventReport.SerializeToString,
             elastiq_dot_proto_dot_elastiq__pb2.EventAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/elastiq.v1.Controller/ReportEvents',
+            elastiq_dot_proto_dot_elastiq__pb2.EventBatch.SerializeToString,
+            elastiq_dot_proto_dot_elastiq__pb2.EventAcks.FromString,
             options,
             channel_credentials,
             insecure,

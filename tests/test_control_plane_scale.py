@@ -13,7 +13,7 @@ import time
 import pytest
 
 from elastiq import rpc
-from elastiq.agent.plan_layout import PlanLayout, apply_plan_delta
+from elastiq.agent.plan_layout import PlanLayout, apply_plan_delta, expand
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.controller.generation_plan import GenerationPlanner, Proposed
 from elastiq.controller.job_state import ControllerConfig, NodeState
@@ -22,7 +22,7 @@ from elastiq.controller.node_registry import STORE_LEASE_TTLS, NodeRegistry
 from elastiq.controller.planner import WorkerRef
 from elastiq.controller.server import Controller
 from elastiq.controller.store_memory import MemoryStore
-from elastiq.controller.wire import plan_delta
+from elastiq.controller.wire import plan_delta, progressions
 from elastiq.proto import elastiq_pb2 as pb
 from tests.live_controller import Session, planned_one_worker, with_controller
 
@@ -254,3 +254,60 @@ def test_a_plan_delta_from_another_base_or_past_its_ranks_is_refused() -> None:
     delta.runs[0].count = 0
     with pytest.raises(ValueError, match="bad assignment run"):
         apply_plan_delta(first, delta)
+
+
+def test_a_batch_of_reports_is_handled_as_each_alone_with_an_ack_for_each() -> None:
+    async def body(controller: Controller, session: Session) -> None:
+        await session.register("node-b", slots=2)
+        secret = session.secrets["node-b"]
+        units = JobConfig().unit_numel()
+        batch = pb.EventBatch(node_secret=secret, node_id="node-b")
+        for slot in (0, 1):
+            batch.reports.add(
+                kind=pb.WORKER_READY,
+                worker_id=f"node-b.w{slot}",
+                slot=slot,
+                pid=10 + slot,
+                model=pb.ModelShape(unit_numel=units),
+            )
+        # a JOINED of a generation that does not exist yet: refused on its own
+        batch.reports.add(kind=pb.JOINED, worker_id="node-b.w0", slot=0, pid=10, generation=0)
+        reply = await session.client.call("ReportEvents", batch)
+        assert [a.accepted for a in reply.acks][:2] == [True, True] and len(reply.acks) == 3
+        job = controller.job
+        assert job is not None and set(job.nodes["node-b"].workers) == {"node-b.w0", "node-b.w1"}
+        # one report that names another node refuses the whole batch, changing nothing
+        bad = pb.EventBatch(node_secret=secret, node_id="node-b")
+        bad.reports.add(kind=pb.WORKER_EXITED, worker_id="node-b.w1", slot=1, pid=11)
+        bad.reports.add(kind=pb.WORKER_EXITED, worker_id="node-a.w0", node_id="node-a")
+        with pytest.raises(rpc.RpcRejected, match="another node"):
+            await session.client.call("ReportEvents", bad)
+        assert set(job.nodes["node-b"].workers) == {"node-b.w0", "node-b.w1"}
+
+    with_controller(body, JobConfig(job="batch", steps=200), min_workers=8)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [7],
+        [-1, -1, -1],
+        list(range(10_000)),
+        [(r // 4 + 1) * 4 % 64 for r in range(64)],  # data-parallel buddies, wrapping
+        [5, 3, 1, -1, -1, 2, 2, 9, 9, 9, 10],
+        list(range(0, 96, 8)) + list(range(1, 96, 8)),  # a PP8 stage's ranks, two stripes
+    ],
+)
+def test_rank_lists_survive_their_progressions(values: list[int]) -> None:
+    runs = progressions(values)
+    assert expand(runs, len(values)) == values
+    assert len(runs.start) <= max(1, len(values))
+
+
+def test_progressions_longer_than_the_world_are_refused() -> None:
+    runs = pb.Progressions(start=[0], step=[1], count=[2**30], repeat=[1])
+    with pytest.raises(ValueError, match="at most 8"):
+        expand(runs, 8)
+    with pytest.raises(ValueError, match="unequal"):
+        expand(pb.Progressions(start=[0], step=[1], count=[1]), 8)

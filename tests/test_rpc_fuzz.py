@@ -240,10 +240,30 @@ def test_heartbeat_never_crashes_and_a_refusal_changes_nothing(
 def test_report_event_never_crashes_and_a_refusal_changes_nothing(
     live: LiveController, data: st.DataObject
 ) -> None:
+    _call(live, "ReportEvent", _event_report(live, data))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_a_batch_of_reports_never_crashes_and_a_refused_batch_changes_nothing(
+    live: LiveController, data: st.DataObject
+) -> None:
+    """Every report is checked before any is handled: one bad report refuses them all."""
+    reports = [_event_report(live, data) for _ in range(data.draw(st.integers(1, 3)))]
+    batch = pb.EventBatch(node_secret=reports[0].node_secret, node_id=reports[0].node_id)
+    for report in reports:
+        if data.draw(st.booleans()):  # the batch's node and secret stand for empty ones
+            report.ClearField("node_id")
+            report.ClearField("node_secret")
+        batch.reports.append(report)
+    _call(live, "ReportEvents", batch)
+
+
+def _event_report(live: LiveController, data: st.DataObject) -> pb.EventReport:
     names = ["secret", "node_id", "generation", "kind", "worker_id", "rank", "step", "wall"]
     f = Fields(data, [*names, "detail", "slot", "pid", "loss", "join", "model"])
     units = list(JobConfig().unit_numel())
-    request = pb.EventReport(
+    return pb.EventReport(
         node_secret=f("secret", st.just(live.secret), st.sampled_from(["", "wrong"])),
         node_id=f("node_id", st.just("node-a"), NODES),
         generation=f("generation", st.integers(0, 1), INT64),
@@ -274,7 +294,6 @@ def test_report_event_never_crashes_and_a_refusal_changes_nothing(
         ),
         model=pb.ModelShape(unit_numel=f("model", st.just(units), st.lists(INT64, max_size=6))),
     )
-    _call(live, "ReportEvent", request)
 
 
 @SETTINGS
