@@ -350,7 +350,7 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     return out
 
 
-def run_layout(workers: int, stages: int, steady_s: float) -> dict[str, Any]:
+async def run_layout(workers: int, stages: int, steady_s: float) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="elastiq-scale-")
     etcd_bin = shutil.which("etcd")
     if etcd_bin is None:
@@ -414,7 +414,7 @@ def run_layout(workers: int, stages: int, steady_s: float) -> dict[str, Any]:
         )
         _wait_port(port, controller, "controller")
         run = Run(f"127.0.0.1:{port}", agent_token, controller, etcd_port, metrics_port)
-        return asyncio.run(_measure(run, workers // 4, steady_s))
+        return await _measure(run, workers // 4, steady_s)
     except BaseException:
         with open(os.path.join(work, "controller.log"), encoding="utf-8", errors="replace") as fh:
             lines = [line[:300] for line in fh.read().splitlines()]
@@ -438,16 +438,23 @@ def main() -> int:
     unknown = [name for name in layouts if name not in LAYOUTS]
     if unknown:
         parser.error(f"unknown layouts {unknown}: use some of {', '.join(LAYOUTS)}")
-    for workers in args.workers or [1000, 4000, 10000]:
+    sizes = args.workers or [1000, 4000, 10000]
+    for workers in sizes:
         if workers % 4 or workers < 400:
             parser.error(f"--workers {workers}: use a multiple of 4, at least 400")
+    # one event loop for every run: gRPC's asyncio poller outlives a loop it began on
+    asyncio.run(_run_sizes(sizes, layouts, args.steady))
+    return 0
+
+
+async def _run_sizes(sizes: list[int], layouts: list[str], steady_s: float) -> None:
+    for workers in sizes:
         started = time.monotonic()
         line: dict[str, object] = {"workers": workers, "nodes": workers // 4}
         for name in layouts:
-            line[name] = run_layout(workers, LAYOUTS[name], args.steady)
+            line[name] = await run_layout(workers, LAYOUTS[name], steady_s)
         line["seconds"] = round(time.monotonic() - started, 1)
         print(json.dumps(line), flush=True)
-    return 0
 
 
 if __name__ == "__main__":
