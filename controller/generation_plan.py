@@ -105,6 +105,17 @@ class CompletedGenerations:
         return self.completed
 
 
+def covered_by_joined(layout: HybridLayout, joined: Collection[str]) -> bool:
+    """Whether the members that joined `layout` hold all of its state on their own:
+    with replicated optimizer state (zero 0), one joined replica per stage. Then an
+    interrupted generation (a member never joined) can be the source of the next one,
+    instead of the completed one before it, whose holders may all have moved on."""
+    if layout.zero != 0 or not joined:
+        return False
+    ids = [w.worker_id for w in layout.workers]
+    return all(any(ids[r] in joined for r in stage.ranks) for stage in layout.stages)
+
+
 class GenerationPlanner:
     def __init__(
         self,

@@ -29,6 +29,7 @@ from elastiq.controller.generation_plan import (
     GenerationPlanner,
     Refused,
     Unchanged,
+    covered_by_joined,
 )
 from elastiq.controller.job_state import ControllerConfig, NodeState, WorkerState
 from elastiq.controller.metrics import ControllerMetrics
@@ -484,6 +485,15 @@ class JobController:
             return
         generation = self.generation + 1
         source = self.generations.source(self.layout)
+        holders = self._holders(source)
+        current = self.layout
+        if current is not None and source is not current:
+            joined = self.registry.holders_of(current.generation)
+            if covered_by_joined(current, joined):
+                # an interrupted generation whose joined members hold everything: take
+                # state from them (a member that never joined, e.g. a stalled agent,
+                # may be the only one left holding the completed generation before it)
+                source, holders = current, joined
         started = time.perf_counter()
         proposal = await self.planner.propose(
             generation=generation,
@@ -491,7 +501,7 @@ class JobController:
             members=self.live_members(),
             current=self.layout,
             source=source,
-            holders=self._holders(source),
+            holders=holders,
             reached_step=self.registry.highest_step(),
             takeover=self.takeover,
         )
@@ -543,6 +553,25 @@ class JobController:
             + (f"; dropped {', '.join(layout.dropped)}" if layout.dropped else ""),
         )
         self.registry.broadcast(directive)
+        if self.config.join_timeout_s:
+            asyncio.get_running_loop().call_later(
+                self.config.join_timeout_s, self._check_joined, generation
+            )
+
+    def _check_joined(self, generation: int) -> None:
+        """`join_timeout_s` after `generation` was sent: if it is still the newest and
+        not complete, the nodes of its members that never reported joining it are
+        lost, so that the others' generation completes and nobody waits on them."""
+        layout = self.layout
+        if self.over or layout is None or layout.generation != generation:
+            return
+        if self.generations.complete(layout):
+            return
+        joined = self.registry.holders_of(generation)
+        late = sorted({w.node_id for w in layout.workers if w.worker_id not in joined})
+        why = f"did not join generation {generation} within {self.config.join_timeout_s:g}s"
+        for node_id in late:
+            asyncio.get_running_loop().create_task(self._lose_node(node_id, why))
 
     def _fail(self, message: str) -> None:
         if self.over:

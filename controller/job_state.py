@@ -42,6 +42,11 @@ class ControllerConfig:
     """Membership changes within this window become one generation."""
     takeover_grace_s: float = 5.0
     """After a takeover, how long to wait for the old plan's agents to come back."""
+    join_timeout_s: float = 300.0
+    """A node whose workers have not joined a generation this long after its plan was
+    sent is lost (a stalled agent that stopped reading its plan stream would otherwise
+    hold the generation's completion, and every newcomer, for ever); 0: wait for ever.
+    Keep it above the job's longest join (rendezvous plus state transfer)."""
     events_kept: int = 200
     """Events kept for `elastiq status`."""
 
@@ -68,6 +73,8 @@ class ControllerConfig:
             )
         if self.settle_s < 0 or self.coalesce_s < 0 or self.takeover_grace_s < 0:
             raise ValueError("settle_s, coalesce_s and takeover_grace_s must be >= 0")
+        if self.join_timeout_s < 0:
+            raise ValueError(f"join_timeout_s={self.join_timeout_s} must be >= 0 (0: off)")
 
 
 @dataclass(slots=True)

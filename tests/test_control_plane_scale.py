@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
 from elastiq import rpc
 from elastiq.agent.plan_layout import PlanLayout, apply_plan_delta, expand
 from elastiq.config import JobConfig, ModelConfig
-from elastiq.controller.generation_plan import GenerationPlanner, Proposed
+from elastiq.controller.generation_plan import GenerationPlanner, Proposed, covered_by_joined
 from elastiq.controller.job_state import ControllerConfig, NodeState
 from elastiq.controller.metrics import ControllerMetrics
 from elastiq.controller.node_registry import STORE_LEASE_TTLS, NodeRegistry
 from elastiq.controller.planner import WorkerRef
 from elastiq.controller.server import Controller
 from elastiq.controller.store_memory import MemoryStore
-from elastiq.controller.wire import plan_delta, progressions
+from elastiq.controller.wire import plan_delta, plan_to_layout, progressions
 from elastiq.proto import elastiq_pb2 as pb
 from tests.live_controller import Session, planned_one_worker, with_controller
 
@@ -192,9 +193,9 @@ def test_replanning_10000_workers_after_a_node_loss_takes_well_under_a_second(
     assert asyncio.run(replan()) < 1.0
 
 
-def _plans(stages: int, workers: int = 256) -> tuple[pb.Plan, pb.Plan, pb.Plan]:
+def _plans(stages: int, workers: int = 256, zero: int = 1) -> tuple[pb.Plan, pb.Plan, pb.Plan]:
     """Generation 1 of `workers`, 2 after node n00003 is lost, 3 after two nodes join."""
-    job = JobConfig(pipeline_stages=stages, model=ModelConfig(n_layers=16), zero=1)
+    job = JobConfig(pipeline_stages=stages, model=ModelConfig(n_layers=16), zero=zero)
     planner = GenerationPlanner(job, ControllerConfig(), "r", ControllerMetrics())
     planner.learn_model(job.unit_numel())
     members = [
@@ -311,3 +312,54 @@ def test_progressions_longer_than_the_world_are_refused() -> None:
         expand(runs, 8)
     with pytest.raises(ValueError, match="unequal"):
         expand(pb.Progressions(start=[0], step=[1], count=[1]), 8)
+
+
+def test_a_node_that_never_joins_its_generation_is_lost_after_the_join_timeout() -> None:
+    """A stalled agent (it stopped reading its plan stream) holds no one for longer
+    than join_timeout_s: its node is lost, and the next generation takes its state
+    from the members that did join the interrupted one (node-a is the only holder
+    of generation 2; nobody holds generation 1 any more)."""
+
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
+        job = controller.job
+        assert job is not None
+        await session.register("node-b")
+        await session.ready_worker("node-b")
+        await _until_true(lambda: job.generation == 2)
+        ack = await session.report(
+            kind=pb.JOINED, worker_id="node-a.w0", slot=0, pid=1, generation=2
+        )
+        assert ack.accepted
+        for _ in range(150):  # node-b heartbeats on but never joins generation 2
+            await session.heartbeat("node-b")
+            if "node-b" not in job.nodes:
+                break
+            await asyncio.sleep(0.02)
+        assert "node-b" not in job.nodes
+        assert any("did not join generation 2" in e.message for e in job.events)
+        await _until_true(lambda: job.generation == 3)
+        assert not job.over, job.failure_message
+        assert job.layout is not None and job.layout.worker_ids() == ["node-a.w0"]
+        assert job.plan is not None and job.plan.source_generation == 2
+
+    with_controller(body, JobConfig(job="late", steps=200), join_timeout_s=1.0)
+
+
+def test_an_interrupted_generation_is_a_source_only_when_its_joined_members_hold_it_all() -> None:
+    _, lost, _ = _plans(1, zero=0)
+    layout = plan_to_layout(lost)
+    ids = [a.worker_id for a in lost.assignments]
+    assert covered_by_joined(layout, {ids[0]})  # one replica of a DP stage holds it all
+    assert not covered_by_joined(layout, set())
+    pipeline = plan_to_layout(_plans(4)[1])
+    first_stage = {pipeline.workers[r].worker_id for r in pipeline.stages[0].ranks}
+    assert not covered_by_joined(pipeline, first_stage), "ZeRO-1 moments are not replicated"
+
+
+async def _until_true(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError("condition not met")
