@@ -178,13 +178,20 @@ class Run:
     async def settled(self, members: int, timeout: float = 120.0) -> int:
         """The generation whose plan has `members` workers, once the controller made it."""
         deadline = time.monotonic() + timeout
+        m: dict[str, float] = {}
         while time.monotonic() < deadline:
             self.check_alive()
             m = await asyncio.to_thread(self._controller)
             if int(m["elastiq_members"]) == members:
                 return int(m["elastiq_generation"])
             await asyncio.sleep(0.1)
-        raise TimeoutError(f"no plan of {members} workers within {timeout:g}s")
+        broken = [n.failure for n in self.nodes if n.failure][:3]
+        raise TimeoutError(
+            f"no plan of {members} workers within {timeout:g}s: the controller is at "
+            f"generation {m.get('elastiq_generation')} with {m.get('elastiq_members')} "
+            f"members, complete up to {m.get('elastiq_completed_generation')}; "
+            f"simulator failures: {broken}"
+        )
 
     async def delivered(
         self, generation: int, since: float, nodes: Sequence[SimNode], timeout: float = 60.0

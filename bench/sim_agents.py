@@ -178,8 +178,20 @@ class SimNode:
                 wall_time=time.time(),
                 **fields,
             )
-        with contextlib.suppress(rpc.RpcRetryable, rpc.RpcRejected):
-            await self._client.call("ReportEvents", batch)
+        # WORKER_READY is retried while the controller is busy: a worker whose readiness
+        # is lost would never be planned and the run would wait for it
+        for _ in range(5 if kind == pb.WORKER_READY else 1):
+            client = self._client  # None once the node was lost meanwhile
+            if client is None:
+                return
+            try:
+                await client.call("ReportEvents", batch)
+                return
+            except rpc.RpcRejected:
+                return
+            except rpc.RpcRetryable as exc:
+                self.failure = f"{self.node_id}: {pb.EventKind.Name(kind)} not delivered: {exc}"
+                await asyncio.sleep(0.5)
 
     async def _watch(self) -> None:
         if self._client is None:
