@@ -228,6 +228,23 @@ def load_newest(
 def check_restored(manifest: Manifest, requests: list[Request]) -> None:
     """A restored state must agree with itself: step in the extra state, the learning
     rate of the schedule at that step, and moments that are not all zero after step 0."""
+    try:
+        _check_extra(manifest)
+    except ManifestError:
+        raise
+    except (TypeError, KeyError, ValueError, AttributeError, ArithmeticError) as exc:
+        # extra is free-form JSON from a file: a value of the wrong type is a bad
+        # checkpoint, said as such, never a crash (found by test_checkpoint_fuzz)
+        raise ManifestError(f"the manifest's extra state is malformed ({exc!r})") from exc
+    if manifest.step > 0:
+        for req in requests:
+            moment = req.tensor.startswith("optim/exp_avg_sq/") and req.out.numel() > 16
+            if moment and not bool(req.out.any()):
+                raise ManifestError(f"{req.tensor!r} is all zeros at step {manifest.step}")
+
+
+def _check_extra(manifest: Manifest) -> None:
+    """The step and learning rate the extra state records agree with the manifest."""
     extra = manifest.extra
     if "step" in extra and int(extra["step"]) != manifest.step:
         raise ManifestError(f"extra state says step {extra['step']}, the manifest {manifest.step}")
@@ -244,11 +261,6 @@ def check_restored(manifest: Manifest, requests: list[Request]) -> None:
                 f"saved learning rate {extra['lr']} disagrees with the schedule ({expected}) "
                 f"at step {manifest.step}"
             )
-    if manifest.step > 0:
-        for req in requests:
-            moment = req.tensor.startswith("optim/exp_avg_sq/") and req.out.numel() > 16
-            if moment and not bool(req.out.any()):
-                raise ManifestError(f"{req.tensor!r} is all zeros at step {manifest.step}")
 
 
 def describe(url: str, step: int) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from elastiq.checkpoint import catalog
-from elastiq.checkpoint.manifest import MANIFEST, step_dir
+from elastiq.checkpoint.manifest import MANIFEST, Manifest, ManifestError, step_dir
+from elastiq.checkpoint.restore import check_restored
 from elastiq.cli import main
 
 
@@ -166,3 +167,24 @@ def test_a_consistent_manifest_claiming_a_huge_tensor_allocates_nothing_huge(
     assert "truncated" in capsys.readouterr().out
     assert main(["ckpt", "convert", root, f"{tmp_path}/o"]) == 2
     assert "truncated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"step": None},
+        {"step": [4]},
+        {"lr": "x", "schedule": {"peak": 1.0, "warmup": 1, "total": 10}},
+        {"lr": 0.1, "schedule": None},
+        {"lr": 0.1, "schedule": {"peak": 1.0, "warmup": "w", "total": 10}},
+        {"lr": 0.1, "schedule": {"peak": 1.0, "warmup": 1e400, "total": 10}},
+    ],
+)
+def test_a_manifest_whose_extra_state_has_the_wrong_types_is_a_manifest_error(
+    extra: dict[str, object],
+) -> None:
+    """Found by test_checkpoint_fuzz: `"step": null` in extra made `ckpt verify` crash
+    with a TypeError instead of saying the checkpoint is bad."""
+    manifest = Manifest(step=4, tensors={}, fragments=[], extra=extra)
+    with pytest.raises(ManifestError, match="extra state"):
+        check_restored(manifest, [])
