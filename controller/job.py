@@ -448,7 +448,24 @@ class JobController:
         ):
             self._completed = generation
             self.metrics.completed_generation.set(generation)
+            self._plan_ready_outsiders(layout)
         self._plan_waiting_growth()
+
+    def _plan_ready_outsiders(self, layout: HybridLayout) -> None:
+        """A generation completed: a ready worker outside it is planned now, whatever
+        became of the request its readiness made (at 10,000 simulated workers a join
+        of 100 nodes once left one node's workers ready and unplanned behind a complete
+        generation). With spares the planner keeps its members and nothing changes."""
+        if self.takeover or self.phase not in (pb.JOB_RUNNING, pb.JOB_RECOVERING):
+            return
+        outside = [
+            w.ref.worker_id
+            for n in self.nodes.values()
+            for w in n.workers.values()
+            if w.ref.worker_id not in self._member_ids
+        ]
+        if outside and not self.config.max_workers:
+            self._growth_waiting.append(f"{len(outside)} ready worker(s) not in the plan")
 
     def _plan_waiting_growth(self) -> None:
         """The current generation completed: newcomers that waited for it are planned."""

@@ -161,3 +161,19 @@ def test_progress_in_a_generation_counts_as_joining_it_when_the_report_is_lost()
         await _until("generation 3", lambda: job.generation == 3)
 
     with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)
+
+
+def test_a_ready_worker_left_outside_a_completed_generation_is_planned() -> None:
+    """Whatever became of the request a worker's readiness made (here: dropped), the
+    generation completing plans it: nobody stays ready and unplanned."""
+
+    async def body(controller: Controller, session: Session) -> None:
+        await _joining_2_with_node_c_waiting(controller, session)
+        job = controller.job
+        assert job is not None
+        job._growth_waiting.clear()  # the lost request
+        await _joined(session, "node-b", 2)
+        await _until("generation 3", lambda: job.generation == 3)
+        assert job.layout is not None and "node-c.w0" in job.layout.worker_ids()
+
+    with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)
