@@ -458,12 +458,7 @@ class JobController:
         generation). With spares the planner keeps its members and nothing changes."""
         if self.takeover or self.phase not in (pb.JOB_RUNNING, pb.JOB_RECOVERING):
             return
-        outside = [
-            w.ref.worker_id
-            for n in self.nodes.values()
-            for w in n.workers.values()
-            if w.ref.worker_id not in self._member_ids
-        ]
+        outside = [w for w in self.registry.workers() if w.ref.worker_id not in self._member_ids]
         if outside and not self.config.max_workers:
             self._growth_waiting.append(f"{len(outside)} ready worker(s) not in the plan")
 
