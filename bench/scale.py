@@ -40,7 +40,12 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
+
+if not __package__:
+    # run as `python bench/scale.py`: the simulator lives beside it, in bench support
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.sim_agents import SimNode
 from elastiq import envvars
