@@ -31,6 +31,8 @@ from elastiq.agent.workers import Launcher, WorkerProcess, spawn_worker, start_l
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
+#: tries of one batch of reports the controller did not answer, 0.25 s, 0.5 s apart
+REPORT_ATTEMPTS = 3
 _CHAOS_ACTIONS = frozenset(pb.ChaosAction.values()) - {pb.CHAOS_UNSPECIFIED}
 
 
@@ -100,12 +102,14 @@ class Agent:
         self.lease = 0
         self.tls = rpc.TlsFiles(ca=config.tls_ca, cert=config.tls_cert, key=config.tls_key)
         self.node_secret = ""
+        """Issued by Register: this node's credential for every later call."""
         self._restarts: dict[int, int] = {}
         """Restarts so far, by slot."""
         self._respawn_at: dict[int, float] = {}
         """Slots whose worker is due to start again, and when (time.monotonic())."""
-        """Issued by Register: this node's credential for every later call."""
         self.heartbeat_s = 0.5
+        self.lease_ttl_s = 3.0
+        """How long the controller waits for this node's heartbeats (Register says)."""
         self.client: rpc.ControllerClient | None = None
         self.outbox: asyncio.Queue[pb.EventReport] = asyncio.Queue()
         self.chaos: list[pb.ChaosCommand] = []
@@ -165,6 +169,7 @@ class Agent:
             self.node_secret = reply.node_secret
             logs.context.job = reply.job or logs.context.job
             self.heartbeat_s = reply.heartbeat_interval_s
+            self.lease_ttl_s = reply.lease_ttl_s or self.lease_ttl_s
             self.config_json = reply.config_json
             log.info(
                 "registered with %s as %s (lease %d)", address, self.config.node_id, self.lease
@@ -213,6 +218,7 @@ class Agent:
                 return
 
     async def _heartbeat(self, client: rpc.ControllerClient) -> None:
+        answered = time.monotonic()
         while self.shutdown is None:
             request = pb.HeartbeatRequest(
                 node_secret=self.node_secret, node_id=self.config.node_id, lease_id=self.lease
@@ -235,7 +241,19 @@ class Agent:
                         checkpoint_held_s=w.checkpoint_held_s,
                         checkpoint_committed_step=w.checkpoint_committed_step,
                     )
-            reply = await client.call("Heartbeat", request)
+            try:
+                reply = await client.call("Heartbeat", request)
+            except rpc.RpcRetryable as exc:
+                # one unanswered heartbeat is a busy controller, not a lost one: keep
+                # trying for half the time the controller waits before it takes this
+                # node for lost, then connect again (a reconnect keeps the workers)
+                silent = time.monotonic() - answered
+                if silent >= self.lease_ttl_s / 2:
+                    raise
+                log.info("heartbeat not answered (%s); %.1fs without an answer", exc, silent)
+                await asyncio.sleep(self.heartbeat_s)
+                continue
+            answered = time.monotonic()
             if not reply.known:
                 log.warning("the controller does not know this node any more; re-registering")
                 return
@@ -259,15 +277,29 @@ class Agent:
                 node_secret=self.node_secret, node_id=self.config.node_id, reports=reports
             )
             kinds = ", ".join(pb.EventKind.Name(r.kind) for r in reports)
-            try:
-                reply = await self.client.call("ReportEvents", batch)
+            for attempt in range(REPORT_ATTEMPTS):
+                if self.client is None:
+                    break
+                try:
+                    reply = await self.client.call("ReportEvents", batch)
+                except rpc.RpcRetryable as exc:
+                    # a busy controller (bench/scale.py: CANCELLED under load at 10,000
+                    # workers) or a lost answer: the controller takes a report twice
+                    # without harm, and a lost WORKER_READY left a worker unplanned
+                    if attempt + 1 == REPORT_ATTEMPTS:
+                        log.warning("could not report %s: %s", kinds, exc)
+                    else:
+                        await asyncio.sleep(0.25 * 2**attempt)
+                    continue
+                except rpc.RpcRejected as exc:
+                    log.warning("could not report %s: %s", kinds, exc)
+                    break
                 for report, ack in zip(reports, reply.acks, strict=False):
                     if not ack.accepted:
                         log.info(
                             "controller ignored %s: %s", pb.EventKind.Name(report.kind), ack.reason
                         )
-            except (rpc.RpcRetryable, rpc.RpcRejected) as exc:
-                log.warning("could not report %s: %s", kinds, exc)
+                break
 
     def report(
         self,

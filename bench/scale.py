@@ -48,7 +48,7 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.sim_agents import SimNode
-from elastiq import envvars
+from elastiq import envvars, rpc
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.proto import elastiq_pb2 as pb
 from elastiq.secret_files import new_token
@@ -145,6 +145,7 @@ class Run:
         self.etcd_port, self.metrics_port = etcd_port, metrics_port
         self.nodes: list[SimNode] = []
         self._made = 0
+        self.operator_token = ""
 
     def _controller(self) -> dict[str, float]:
         return _scrape(
@@ -190,13 +191,41 @@ class Run:
             if int(m["elastiq_members"]) == members:
                 return int(m["elastiq_generation"])
             await asyncio.sleep(0.1)
-        broken = [n.failure for n in self.nodes if n.failure][:3]
         raise TimeoutError(
             f"no plan of {members} workers within {timeout:g}s: the controller is at "
             f"generation {m.get('elastiq_generation')} with {m.get('elastiq_members')} "
             f"members, complete up to {m.get('elastiq_completed_generation')}; "
-            f"simulator failures: {broken}"
+            f"{self.troubles()}; the controller's last events: {await self.events()}"
         )
+
+    async def events(self, kinds: Iterable[str] = ("node_lost", "plan", "failed")) -> list[str]:
+        """The controller's newest events of `kinds` (its Status, as `elastiq status`)."""
+        client = rpc.ControllerClient(self.address, timeout_s=30.0)
+        try:
+            status = await client.call("Status", pb.StatusRequest(token=self.operator_token))
+        finally:
+            await client.close()
+        wanted = set(kinds)
+        return [f"{e.kind}: {e.message}"[:200] for e in status.events if e.kind in wanted][-12:]
+
+    def troubles(self, clear: bool = False) -> dict[str, Any]:
+        """What went wrong on the simulated side (since the last clear): simulator bugs,
+        report calls not answered, sessions that broke and registered again (as agents
+        do)."""
+        failed = [f"{n.node_id}: {n.failure}" for n in self.nodes if n.failure]
+        reports = [f"{n.node_id}: {r}" for n in self.nodes for r in n.reports_failed]
+        sessions = [f"{n.node_id}: {r}" for n in self.nodes for r in n.sessions_broken]
+        if clear:
+            for n in self.nodes:
+                n.reports_failed.clear()
+                n.sessions_broken.clear()
+        return {
+            "simulator_failures": failed[:5],
+            "reports_unanswered": len(reports),
+            "reports_unanswered_first": reports[:2],
+            "reconnects": len(sessions),
+            "reconnects_first": sessions[:2],
+        }
 
     async def delivered(
         self, generation: int, since: float, nodes: Sequence[SimNode], timeout: float = 60.0
@@ -283,6 +312,7 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     out["etcd_requests_per_node_per_lease_period"] = round(
         requests / span * lease_period / len(run.nodes), 3
     )
+    out["start_and_steady_agent_side"] = run.troubles(clear=True)
 
     # one worker lost: its agent reports the exit
     victim_node = run.nodes[len(run.nodes) // 3]
@@ -293,6 +323,7 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     out["one_worker_lost"] = await run.delivered(g, since, run.nodes)
     out["one_worker_lost"]["generations"] = g - generation
     out["one_worker_lost"]["generation_complete_s"] = await run.completed(g, since)
+    out["one_worker_lost"]["agent_side"] = run.troubles(clear=True)
     await asyncio.sleep(pause)
 
     # one node lost: its connection drops
@@ -309,6 +340,7 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
         - etcd0["etcd_network_client_grpc_received_bytes_total"]
     )
     out["one_node_lost"]["generation_complete_s"] = await run.completed(g, since)
+    out["one_node_lost"]["agent_side"] = run.troubles(clear=True)
     await asyncio.sleep(pause)
 
     # 5% of nodes lost at once
@@ -320,6 +352,7 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     out["five_percent_lost"]["generations"] = g - generation
     out["five_percent_lost"]["nodes_lost"] = count
     out["five_percent_lost"]["generation_complete_s"] = await run.completed(g, since)
+    out["five_percent_lost"]["agent_side"] = run.troubles(clear=True)
     await asyncio.sleep(pause)
 
     # 100 new nodes join
@@ -330,6 +363,7 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     out["join_100_nodes"] = await run.delivered(g, since, run.nodes)
     out["join_100_nodes"]["registering_s"] = round(registered, 3)
     out["join_100_nodes"]["generation_complete_s"] = await run.completed(g, since)
+    out["join_100_nodes"]["agent_side"] = run.troubles(clear=True)
     await asyncio.sleep(pause)
 
     # stragglers: one stops reading its plan stream, one answers 1 s late; a node is lost
@@ -361,6 +395,7 @@ async def _measure(run: Run, nodes: int, steady_s: float) -> dict[str, Any]:
     out["planner_ms_per_plan"] = round(
         1000 * ctl["elastiq_plan_seconds_sum"] / max(1.0, ctl["elastiq_plan_seconds_count"]), 1
     )
+    out["stragglers_one_node_lost"]["agent_side"] = run.troubles(clear=True)
     for n in run.nodes:
         await n.lose()
     return out
@@ -432,6 +467,7 @@ async def run_layout(workers: int, stages: int, steady_s: float) -> dict[str, An
         )
         _wait_port(port, controller, "controller")
         run = Run(f"127.0.0.1:{port}", agent_token, controller, etcd_port, metrics_port)
+        run.operator_token = operator_token
         return await _measure(run, workers // 4, steady_s)
     except BaseException:
         with open(os.path.join(work, "controller.log"), encoding="utf-8", errors="replace") as fh:

@@ -26,7 +26,6 @@ Stragglers: `stall_reading()` stops reading the plan stream (heartbeats go on);
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import sys
 import time
@@ -125,21 +124,56 @@ class SimNode:
     _secret: str = ""
     _lease: int = 0
     _interval: float = 0.5
+    _silence_limit: float = 3.0
     failure: str = ""
     """Why this simulated node broke, if it did (a bug of the simulator)."""
+    reports_failed: list[str] = field(default_factory=list)
+    """Report calls the controller did not answer (JOINED and RESUMED are not retried:
+    the next heartbeat's progress says the same, as it does for an agent)."""
+    sessions_broken: list[str] = field(default_factory=list)
+    """Why each of its sessions ended before it registered again (as an agent does)."""
     _last: pb.Plan | None = None
     _reading: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[object]] = field(default_factory=list)
 
     async def start(self) -> None:
+        """Register, then live as an agent does: stream and heartbeat until either
+        breaks, then register again (`_live`)."""
         self.workers = [f"{self.node_id}.w{k}" for k in range(self.slots)]
         self._reading.set()
-        self._client = rpc.ControllerClient(self.address, timeout_s=30.0)
+        await self._register()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._live()), loop.create_task(self._train())]
+        for task in self._tasks:
+            task.add_done_callback(self._ended)
+        await self._report(pb.WORKER_READY, self.workers, model=self.model)
+
+    async def _register(self) -> None:
+        """Register, retrying while the controller is unavailable (a standby, or busy);
+        after the first time the node lists its workers, as an agent does when its
+        stream or heartbeat broke, so the controller takes them back without a READY."""
+        if self._client is None:
+            self._client = rpc.ControllerClient(self.address, timeout_s=30.0)
         request = pb.RegisterRequest(
-            token=self.token, node_id=self.node_id, slots=self.slots, address="sim"
+            token=self.token,
+            node_id=self.node_id,
+            slots=self.slots,
+            address="sim",
+            model=self.model,
+            node_secret=self._secret,
         )
+        if self._secret:
+            for worker_id in self.workers:
+                request.workers.add(
+                    worker_id=worker_id,
+                    slot=int(worker_id.rsplit(".w", 1)[1]),
+                    pid=1000 + int(worker_id.rsplit(".w", 1)[1]),
+                    phase=pb.WORKER_PHASE_RUNNING if self.generation else pb.WORKER_PHASE_READY,
+                    generation=self.generation,
+                    step=self.step,
+                )
         deadline = time.monotonic() + 120
-        while True:  # a controller that has not won its lease yet answers UNAVAILABLE
+        while True:
             try:
                 reply = await self._client.call("Register", request)
                 break
@@ -149,15 +183,30 @@ class SimNode:
                 await asyncio.sleep(0.2)
         self._secret, self._lease = reply.node_secret, reply.lease_id
         self._interval = reply.heartbeat_interval_s
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._watch()),
-            loop.create_task(self._beat()),
-            loop.create_task(self._train()),
-        ]
-        for task in self._tasks:
-            task.add_done_callback(self._ended)
-        await self._report(pb.WORKER_READY, self.workers, model=self.model)
+        self._silence_limit = reply.lease_ttl_s
+
+    async def _live(self) -> None:
+        """Stream and heartbeat until either ends, then register again: what
+        agent/agent.py does (`_session`), so a stream the controller or gRPC dropped
+        under load heals the way it heals in the product. Each time is counted."""
+        while self._client is not None:
+            watch = asyncio.ensure_future(self._watch())
+            beat = asyncio.ensure_future(self._beat())
+            try:
+                done, _ = await asyncio.wait({watch, beat}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when lose() cancels this
+                watch.cancel()
+                beat.cancel()
+            for task in done:
+                broke = task.exception()
+                if broke is not None:
+                    raise broke
+            if self._client is None:  # lost meanwhile
+                return
+            self.sessions_broken.append(next(t.result() for t in done))
+            # a stalled reader is a stuck agent: it does not come back on its own
+            await self._reading.wait()
+            await self._register()
 
     async def _report(self, kind: pb.EventKind, workers: list[str], **fields: object) -> None:
         """One call for the reports of several workers, as an agent batches them."""
@@ -190,23 +239,24 @@ class SimNode:
             except rpc.RpcRejected:
                 return
             except rpc.RpcRetryable as exc:
-                self.failure = f"{self.node_id}: {pb.EventKind.Name(kind)} not delivered: {exc}"
+                self.reports_failed.append(f"{pb.EventKind.Name(kind)}: {exc}")
                 await asyncio.sleep(0.5)
 
-    async def _watch(self) -> None:
+    async def _watch(self) -> str:
+        """Read plans until the stream ends; returns why it ended."""
         if self._client is None:
-            return
+            return "lost"
         channel = self._client._channel  # the node's own connection, as an agent has
         call = channel.unary_stream(
             _WATCH_PLAN,
             request_serializer=pb.WatchPlanRequest.SerializeToString,
             response_deserializer=bytes,
         )(pb.WatchPlanRequest(node_secret=self._secret, node_id=self.node_id))
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+        try:
             while True:
                 raw = await call.read()
                 if raw is grpc.aio.EOF:
-                    return
+                    return "plan stream ended"
                 await self._reading.wait()  # a stalled reader: this and all later wait
                 arrived = time.monotonic()
                 generation = plan_generation(raw)
@@ -230,7 +280,10 @@ class SimNode:
                         raise RuntimeError(f"read generation {generation}, parsed another")
                 self.generation = generation
                 asyncio.get_running_loop().create_task(self._join(generation))
-        call.cancel()
+        except grpc.aio.AioRpcError as exc:
+            return f"plan stream: {exc.code().name}"
+        finally:
+            call.cancel()
 
     async def _join(self, generation: int) -> None:
         """JOINED once the "communicators are rebuilt", RESUMED after the first step in
@@ -242,7 +295,10 @@ class SimNode:
             await self._report(kind, list(self.workers), generation=generation, step=self.step)
             await asyncio.sleep(self.step_time_s)
 
-    async def _beat(self) -> None:
+    async def _beat(self) -> str:
+        """Heartbeat until the controller does not answer or does not know this node;
+        returns why (an agent registers again then)."""
+        answered = time.monotonic()
         while self._client is not None:
             request = pb.HeartbeatRequest(
                 node_secret=self._secret, node_id=self.node_id, lease_id=self._lease
@@ -260,12 +316,24 @@ class SimNode:
                 )
             if self.slow_s:
                 await asyncio.sleep(self.slow_s)
-            with contextlib.suppress(rpc.RpcRetryable, rpc.RpcRejected):
+            try:
                 reply = await self._client.call("Heartbeat", request)
-                self.heartbeats += 1
-                if reply.heartbeat_interval_s > 0:
-                    self._interval = reply.heartbeat_interval_s
+            except rpc.RpcRetryable as exc:
+                # as agent/agent.py: retried for half the node's silence limit
+                if time.monotonic() - answered >= self._silence_limit / 2:
+                    return f"heartbeat: {exc}"
+                await asyncio.sleep(self._interval)
+                continue
+            except rpc.RpcRejected as exc:
+                return f"heartbeat: {exc}"
+            answered = time.monotonic()
+            self.heartbeats += 1
+            if not reply.known:
+                return "heartbeat: the controller does not know this node"
+            if reply.heartbeat_interval_s > 0:
+                self._interval = reply.heartbeat_interval_s
             await asyncio.sleep(self._interval)
+        return "lost"
 
     async def _train(self) -> None:
         while True:
@@ -273,11 +341,12 @@ class SimNode:
             if self.generation:
                 self.step += 1
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
+    def _ended(self, task: asyncio.Task[object]) -> None:
         """A simulated agent that breaks is a bug of the simulator: say so loudly."""
         if not task.cancelled() and task.exception() is not None:
-            self.failure = f"{self.node_id}: {task.exception()!r}"
-            print(f"simulated node failed: {self.failure}", file=sys.stderr, flush=True)
+            self.failure = repr(task.exception())
+            note = f"simulated node failed: {self.node_id}: {self.failure}"
+            print(note, file=sys.stderr, flush=True)
 
     def stall_reading(self) -> None:
         """Stop reading the plan stream; everything else goes on."""

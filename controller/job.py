@@ -161,13 +161,21 @@ class JobController:
             refused = self.planner.learn_model(req.model.unit_numel)
             if refused:
                 raise ValueError(f"{req.node_id}: {refused}")
-        if req.node_id in self.nodes:
-            # the same agent again (its stream broke): the workers it lists are current
-            await self._lose_node(req.node_id, "re-registered")
-        node = await self.registry.admit(req, secret)
-        self._event("node_registered", f"{req.node_id} with {req.slots} slot(s)")
-        if node.workers:
-            self._on_membership_grew(f"{req.node_id} rejoined")
+        held = self.nodes.get(req.node_id)
+        if held is not None and held.slots == req.slots:
+            # the same agent again, alive (its stream or heartbeats broke): a reconnect,
+            # not a loss. At 10,000 simulated workers, taking each for a node lost made
+            # every call timed out under load a recovery, and the recoveries more load
+            # (bench/scale.py), until the job lost its state
+            node = held
+            self._reconnected(node, req)
+        else:
+            if held is not None:
+                await self._lose_node(req.node_id, "re-registered with other slots")
+            node = await self.registry.admit(req, secret)
+            self._event("node_registered", f"{req.node_id} with {req.slots} slot(s)")
+            if node.workers:
+                self._on_membership_grew(f"{req.node_id} rejoined")
         return pb.RegisterResponse(
             lease_id=node.lease,
             lease_ttl_s=self.registry.silence_limit(node),
@@ -177,6 +185,23 @@ class JobController:
             job=self.job.job,
             node_secret=secret,
         )
+
+    def _reconnected(self, node: NodeState, req: pb.RegisterRequest) -> None:
+        """The workers the node still runs go on in the plan; one it no longer runs
+        (or another process in its slot) is a failure, one it newly runs a newcomer."""
+        gone, added = self.registry.reconnect(node, req)
+        self._event(
+            "node_reconnected",
+            f"{node.node_id}: {len(node.workers) - added} worker(s) kept, "
+            f"{len(gone)} gone, {added} new",
+        )
+        failed = [w.ref.worker_id for w in gone if self._in_plan(w.ref.worker_id)]
+        if failed and not self.over:
+            when = self.recovery.failure_time(failed, time.time())
+            why = f"{', '.join(failed)} gone when {node.node_id} reconnected"
+            self._on_failure(failed, why, when)
+        if added:
+            self._on_membership_grew(f"{node.node_id} reconnected")
 
     async def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         node = self.nodes.get(req.node_id)
@@ -280,6 +305,10 @@ class JobController:
                 if self.planner.unit_numel is None:  # the job's own model cannot run
                     self._fail(f"{req.worker_id}: {refused}")
                 return pb.EventAck(accepted=False, reason=refused)
+            if worker is not None and worker.pid == req.pid and worker.ref.slot == req.slot:
+                # the same process again: an agent retrying a report whose answer was
+                # lost under load; starting it over would forget that it joined
+                return pb.EventAck(accepted=True)
             node.workers[req.worker_id] = WorkerState(
                 WorkerRef(node_id, req.slot, req.worker_id), pid=req.pid
             )

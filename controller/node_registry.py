@@ -54,6 +54,16 @@ _REWATCH_S = 0.5
 STORE_LEASE_TTLS = 2.0
 
 
+def _worker_state(node_id: str, w: pb.WorkerInfo) -> WorkerState:
+    """A worker an agent says it runs (at registration), as the controller records it."""
+    return WorkerState(
+        WorkerRef(node_id, w.slot, w.worker_id),
+        pid=w.pid,
+        state=_MEMBER_STATE.get(w.phase, "ready"),
+        joined_generation=w.generation if w.phase in _IN_PLAN else 0,
+    )
+
+
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
@@ -139,15 +149,34 @@ class NodeRegistry:
         self.tell_interval(node)
         await self._lease_record(node)
         for w in req.workers:
-            node.workers[w.worker_id] = WorkerState(
-                WorkerRef(req.node_id, w.slot, w.worker_id),
-                pid=w.pid,
-                state=_MEMBER_STATE.get(w.phase, "ready"),
-                joined_generation=w.generation if w.phase in _IN_PLAN else 0,
-            )
+            node.workers[w.worker_id] = _worker_state(req.node_id, w)
         self.nodes[req.node_id] = node
         self.metrics.nodes.set(len(self.nodes))
         return node
+
+    @staticmethod
+    def reconnect(node: NodeState, req: pb.RegisterRequest) -> tuple[list[WorkerState], int]:
+        """A live node registered again with its secret (its stream or heartbeats broke,
+        it did not die): its lease and the workers it still runs, the same processes,
+        are kept. Returns the workers it no longer runs (removed here) and how many it
+        runs that were not known before (added)."""
+        node.last_seen = time.monotonic()
+        listed = {w.worker_id: w for w in req.workers}
+        gone = [
+            w
+            for worker_id, w in node.workers.items()
+            if worker_id not in listed
+            or listed[worker_id].pid != w.pid
+            or listed[worker_id].slot != w.ref.slot
+        ]
+        for w in gone:
+            del node.workers[w.ref.worker_id]
+        added = 0
+        for worker_id, info in listed.items():
+            if worker_id not in node.workers:
+                node.workers[worker_id] = _worker_state(node.node_id, info)
+                added += 1
+        return gone, added
 
     async def refresh(self, node: NodeState) -> None:
         """A heartbeat: the node is alive now. Its store lease is refreshed once per

@@ -23,6 +23,11 @@ RPC_TIMEOUT_S = 5.0
 #: handful of events per generation, and an agent sends what queued up meanwhile
 MAX_REPORTS_PER_SLOT = 16
 _OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
+#: calls the server holds before its handlers take them. gRPC's default (3,000 at
+#: most) cancelled about 1 in 20 reports after a failure at 10,000 simulated workers
+#: (bench/scale.py: 2,500 agents report JOINED within a second), as CANCELLED; a
+#: call waiting here still has its deadline, so a flood ends there, not in memory
+MAX_PENDING_REQUESTS = 32768
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -223,7 +228,12 @@ def new_server(
     certificate); returns (server, bound port). Requests are capped at 4 MiB: the
     largest legitimate one (a register of 1,024 workers) is a few hundred KB."""
     server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)]
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.server.max_pending_requests", MAX_PENDING_REQUESTS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_REQUESTS),
+        ]
     )
     _add_controller_service(servicer, server)
     if tls is not None and tls.cert:

@@ -177,3 +177,55 @@ def test_a_ready_worker_left_outside_a_completed_generation_is_planned() -> None
         assert job.layout is not None and "node-c.w0" in job.layout.worker_ids()
 
     with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)
+
+
+def test_a_retried_worker_ready_changes_nothing() -> None:
+    """An agent retries a report whose answer was lost under load: the controller
+    already has the worker (same process), so it keeps its joined state and plans
+    nothing new."""
+
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
+        job = controller.job
+        assert job is not None
+        worker = job.nodes["node-a"].workers["node-a.w0"]
+        assert worker.joined_generation == 1
+        ack = await session.ready_worker()
+        assert ack.accepted, ack.reason
+        await asyncio.sleep(0.3)
+        assert job.nodes["node-a"].workers["node-a.w0"] is worker
+        assert worker.joined_generation == 1 and job.generation == 1
+        # a new process in the slot (another pid) is a new worker: planned again
+        ack = await session.ready_worker(pid=2)
+        assert ack.accepted, ack.reason
+        assert job.nodes["node-a"].workers["node-a.w0"].pid == 2
+
+    with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)
+
+
+def test_a_live_node_that_registers_again_keeps_its_workers_in_the_plan() -> None:
+    """An agent whose stream or heartbeats broke registers again with its secret and
+    the workers it still runs: a reconnect, not a loss, so no recovery; a worker it no
+    longer runs is a failure as usual."""
+
+    async def body(controller: Controller, session: Session) -> None:
+        await planned_one_worker(controller, session)
+        job = controller.job
+        assert job is not None
+        first = job.nodes["node-a"]
+        running = pb.WorkerInfo(
+            worker_id="node-a.w0", slot=0, pid=1, phase=pb.WORKER_PHASE_RUNNING, generation=1
+        )
+        secret = session.secrets["node-a"]
+        reply = await session.register("node-a", node_secret=secret, workers=[running])
+        assert reply.lease_id == first.lease and reply.node_secret == secret
+        await asyncio.sleep(0.3)
+        assert job.generation == 1 and job.nodes["node-a"] is first
+        assert first.workers["node-a.w0"].joined_generation == 1
+        assert not job.recoveries and "node_lost" not in [e.kind for e in job.events]
+        # again, now without the worker: it died meanwhile, and that is a failure
+        await session.register("node-a", node_secret=secret)
+        await _until("node-a.w0 taken for failed", lambda: job.failures == 1)
+        assert "node-a.w0" not in job.nodes["node-a"].workers
+
+    with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)
