@@ -240,6 +240,7 @@ class Agent:
                         unit_costs=w.unit_costs,
                         checkpoint_held_s=w.checkpoint_held_s,
                         checkpoint_committed_step=w.checkpoint_committed_step,
+                        checkpoints_skipped=w.checkpoints_skipped,
                     )
             try:
                 reply = await client.call("Heartbeat", request)
@@ -413,6 +414,7 @@ class Agent:
         worker.step_wall, worker.generation = step.wall_time, step.generation
         worker.checkpoint_held_s = step.checkpoint_held_s
         worker.checkpoint_committed_step = step.checkpoint_committed_step
+        worker.checkpoints_skipped = step.checkpoints_skipped
         if step.unit_costs:
             worker.unit_costs = dict(step.unit_costs)
         if step.first_in_generation:

@@ -85,6 +85,7 @@ class WorkerProcess:
     unit_costs: dict[int, float] = field(default_factory=dict)
     checkpoint_held_s: float = 0.0
     checkpoint_committed_step: int = 0
+    checkpoints_skipped: int = 0
     stopped: bool = False  # SIGSTOPped by chaos
     exit_reported: bool = False
 

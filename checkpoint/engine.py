@@ -4,12 +4,12 @@ Sits between the training loop (which calls `save` and `wait_for_copies`) and
 storage (elastiq.fs). Tensors do not change between one optimizer step and the
 next, so a save only records what to copy and returns; a copy thread moves the
 pieces into a preallocated host buffer pool behind the next forward/backward, and
-the loop waits, before its next optimizer step, only for copies not yet done. A
-persist thread checksums and writes the rank's tensor file (safetensors layout) to
-the node-local tier, fsync'ed, then uploads it to the
-durable root at any fsspec URL, then writes the rank's part manifest. The pool is
-the back-pressure: a save waits for a free slot while older checkpoints still
-occupy all of them.
+the loop waits, before its next optimizer step, only for copies not yet done. The
+copy thread then checksums the host copy (CRC-32C per block) while a persist thread
+writes the rank's tensor file (safetensors layout) to the node-local tier, fsync'ed,
+uploads it to the durable root at any fsspec URL, then writes the rank's part
+manifest. The pool is the back-pressure: a save waits for a free slot while older
+checkpoints still occupy all of them.
 
 Commit protocol: rank 0's commit thread waits for every part of a checkpoint,
 merges them into manifest.json and writes the COMMITTED marker last. Readers
@@ -26,7 +26,6 @@ import logging
 import queue
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from elastiq import fs
-from elastiq.checkpoint import catalog
+from elastiq.checkpoint import catalog, checksums
 from elastiq.checkpoint.manifest import (
     COMMITTED,
     DEFAULT_BLOCK_BYTES,
@@ -66,7 +65,7 @@ class CheckpointConfig:
     """Checkpoints whose host copies may be in flight at once (host memory = slots x
     this rank's checkpoint bytes); a save waits for a free slot (back-pressure)."""
     block_bytes: int = DEFAULT_BLOCK_BYTES
-    """Bytes per CRC-32 block (the granularity of verified range reads)."""
+    """Bytes per checksum block (the granularity of verified range reads)."""
     commit_timeout_s: float = 300.0
     """How long rank 0 waits for every part before abandoning a checkpoint."""
 
@@ -119,7 +118,7 @@ class _Save:
     extra: dict[str, Any]
     slot: torch.Tensor
     offsets: list[int]
-    crcs: list[list[int]] = field(default_factory=list)
+    sums: list[list[int]] = field(default_factory=list)
     copied: threading.Event = field(default_factory=threading.Event)
     checksummed: threading.Event = field(default_factory=threading.Event)
     persisted: threading.Event = field(default_factory=threading.Event)
@@ -136,9 +135,13 @@ class SaveStats:
     save_call_s: float = 0.0
     wait_s: float = 0.0
     copy_s: float = 0.0
+    checksum_s: float = 0.0
     persist_s: float = 0.0
     last_persist_s: float = 0.0
     last_commit_s: float = 0.0
+    skipped: int = 0
+    """Saves not made because every pool slot was still held by older checkpoints
+    (the caller asked `has_free_slot` and chose to skip: see `skip`)."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -184,6 +187,18 @@ class CheckpointEngine:
         self._copy_q.put(job)
         self.stats.saves += 1
         self.stats.save_call_s += time.perf_counter() - t0
+
+    def has_free_slot(self) -> bool:
+        """Whether a save now would start at once, not wait for an older checkpoint
+        to finish writing. A rank that checkpoints more often than it can write asks
+        this first and skips (the training loop never queues behind its own saves,
+        and host memory stays at `pool_slots` x its share)."""
+        return self._slots == 0 or not self._free.empty()
+
+    def skip(self, step: int) -> None:
+        """Record that the save of `step` was skipped (the previous one still writing)."""
+        self.stats.skipped += 1
+        log.info("checkpoint of step %d skipped: the previous one is still being written", step)
 
     def wait_for_copies(self) -> float:
         """Block until no host copy is pending (call before the optimizer step);
@@ -264,16 +279,16 @@ class CheckpointEngine:
 
     def _checksum(self, job: _Save) -> None:
         block = self.config.block_bytes
+        t0 = time.perf_counter()
         try:
             for p, off in zip(job.pieces, job.offsets, strict=True):
                 n = p.data.numel() * p.data.element_size()
                 view = as_bytes(job.slot[off : off + n])
-                job.crcs.append(
-                    [zlib.crc32(view[a : a + block]) for a in range(0, max(n, 1), block)]
-                )
+                job.sums.append(checksums.block_checksums(checksums.DEFAULT, view, block))
         except BaseException as exc:
             job.error = job.error or exc
         finally:
+            self.stats.checksum_s += time.perf_counter() - t0
             job.checksummed.set()
 
     def _persister(self) -> None:
@@ -324,7 +339,7 @@ class CheckpointEngine:
             raise job.error
         fragments = [
             Fragment(p.name, name, p.lo, p.hi, e.start, tuple(c))
-            for p, e, c in zip(job.pieces, placed, job.crcs, strict=True)
+            for p, e, c in zip(job.pieces, placed, job.sums, strict=True)
         ]
         tensors = {
             p.name: TensorMeta(p.name, dtype_name(p.data.dtype), p.shape) for p in job.pieces

@@ -6,7 +6,8 @@ saving rank wrote one tensor file in the safetensors layout holding *fragments*:
 contiguous element ranges [lo, hi) of flattened full tensors. The manifest maps
 every tensor name (model parameters, optimizer moments) to its dtype, full shape
 and the fragments that hold it, with the byte offset of each fragment in its file
-and a CRC-32 per block of `block_bytes`, so a reader under any layout reads only
+and a checksum per block of `block_bytes` (CRC-32C; CRC-32 in version 1
+manifests), so a reader under any layout reads only
 the byte ranges it needs and verifies exactly those.
 
 A manifest read from storage is untrusted: every file name must stay inside the
@@ -23,8 +24,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from elastiq.checkpoint import checksums
+
 FORMAT = "elastiq-universal"
-VERSION = 1
+#: version 2 names its checksum algorithm ("checksum") and lists each fragment's
+#: block checksums as "checksums"; version 1 (CRC-32, as "crc32") still reads
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 COMMITTED = "COMMITTED"
 DEFAULT_BLOCK_BYTES = 8 << 20
@@ -67,8 +73,9 @@ class Fragment:
     lo: int
     hi: int
     offset: int
-    crc32: tuple[int, ...]
-    """CRC-32 of each `block_bytes` block of the fragment's bytes (the last may be short)."""
+    checksums: tuple[int, ...]
+    """The manifest's checksum of each `block_bytes` block of the fragment's bytes (the
+    last may be short)."""
 
     def nbytes(self, itemsize: int) -> int:
         return (self.hi - self.lo) * itemsize
@@ -85,6 +92,8 @@ class Manifest:
     block_bytes: int = DEFAULT_BLOCK_BYTES
     tiers: dict[str, str] = field(default_factory=dict)
     """Where the checkpoint lives and in what state, e.g. {"remote": "committed"}."""
+    checksum: str = checksums.DEFAULT
+    """The block checksums' algorithm (checkpoint/checksums.py)."""
 
     def files(self) -> list[str]:
         return sorted({f.file for f in self.fragments})
@@ -100,6 +109,7 @@ class Manifest:
                 "step": self.step,
                 "parts": self.parts,
                 "block_bytes": self.block_bytes,
+                "checksum": self.checksum,
                 "tensors": {
                     n: {"dtype": t.dtype, "shape": list(t.shape)}
                     for n, t in sorted(self.tensors.items())
@@ -111,7 +121,7 @@ class Manifest:
                         "lo": f.lo,
                         "hi": f.hi,
                         "offset": f.offset,
-                        "crc32": [f"{c:08x}" for c in f.crc32],
+                        "checksums": [f"{c:08x}" for c in f.checksums],
                     }
                     for f in self.fragments
                 ],
@@ -134,10 +144,14 @@ class Manifest:
             raise ManifestError(f"{where}: JSON nested too deeply to be a manifest") from exc
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ManifestError(f"{where}: not an {FORMAT} manifest")
-        if raw.get("version") != VERSION:
+        version = raw.get("version")
+        if version not in READABLE_VERSIONS:
             raise ManifestError(
-                f"{where}: format version {raw.get('version')!r}; this elastiq reads {VERSION}"
+                f"{where}: format version {version!r}; this elastiq reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))} (a newer elastiq wrote it?)"
             )
+        # version 1: CRC-32 under "crc32"
+        sums_key = "checksums" if version >= 2 else "crc32"
         try:
             tensors = {
                 str(n): TensorMeta(str(n), str(t["dtype"]), tuple(int(d) for d in t["shape"]))
@@ -150,7 +164,7 @@ class Manifest:
                     int(f["lo"]),
                     int(f["hi"]),
                     int(f["offset"]),
-                    tuple(int(c, 16) for c in f["crc32"]),
+                    tuple(int(c, 16) for c in f[sums_key]),
                 )
                 for f in raw["fragments"]
             ]
@@ -162,6 +176,7 @@ class Manifest:
                 parts=int(raw.get("parts", 1)),
                 block_bytes=int(raw.get("block_bytes", DEFAULT_BLOCK_BYTES)),
                 tiers={str(k): str(v) for k, v in dict(raw.get("tiers", {})).items()},
+                checksum=str(raw["checksum"]) if version >= 2 else checksums.CRC32,
             )
         except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             raise ManifestError(f"{where}: malformed entry ({exc!r})"[:500]) from exc
@@ -171,11 +186,16 @@ class Manifest:
     def validate(self, where: str = "manifest", *, partial: bool = False) -> None:
         """Raise ManifestError unless every file is inside the checkpoint and every
         tensor is covered exactly once (at most once if `partial`) by in-range
-        fragments with one CRC per block."""
+        fragments with one checksum per block, of an algorithm this elastiq knows."""
         if not (0 <= self.step < 1 << 62 and 1 <= self.parts <= 1 << 20) or not (
             1 <= self.block_bytes <= 1 << 40
         ):
             raise ManifestError(f"{where}: bad step/parts/block_bytes")
+        if self.checksum not in checksums.ALGORITHMS:
+            raise ManifestError(
+                f"{where}: unknown checksum algorithm {self.checksum!r}; this elastiq "
+                f"knows {', '.join(checksums.ALGORITHMS)}"
+            )
         for t in self.tensors.values():
             if t.dtype not in DTYPE_SIZES:
                 raise ManifestError(f"{where}: tensor {t.name!r} has unknown dtype {t.dtype!r}")
@@ -200,8 +220,10 @@ class Manifest:
                     f"{where}: fragment [{f.lo}, {f.hi}) of {f.tensor!r} is outside its "
                     f"{meta.numel} elements"
                 )
-            if len(f.crc32) != max(1, math.ceil(f.nbytes(meta.itemsize) / self.block_bytes)):
-                raise ManifestError(f"{where}: fragment of {f.tensor!r} has the wrong CRC count")
+            if len(f.checksums) != max(1, math.ceil(f.nbytes(meta.itemsize) / self.block_bytes)):
+                raise ManifestError(
+                    f"{where}: fragment of {f.tensor!r} has the wrong checksum count"
+                )
             by_tensor.setdefault(f.tensor, []).append(f)
         for name, meta in self.tensors.items():
             at = 0

@@ -46,6 +46,12 @@ class ControllerMetrics:
         self.checkpoint_step = Gauge(
             "elastiq_checkpoint_committed_step", "Newest committed checkpoint step", registry=r
         )
+        self.checkpoints_skipped = Gauge(
+            "elastiq_checkpoints_skipped",
+            "Checkpoints due but skipped while the previous one was still being written "
+            "(every rank skips together; the most any worker reports)",
+            registry=r,
+        )
         self.checkfree = Counter(
             "elastiq_checkfree_recoveries",
             "Stages rebuilt from their neighbours (the model is approximated)",
@@ -89,6 +95,7 @@ class ControllerMetrics:
         self.step_seconds.set(newest.step_time_s)
         self.checkpoint_blocking.set(sum(p.checkpoint_held_s for p in progress))
         self.checkpoint_step.set(max(p.checkpoint_committed_step for p in progress))
+        self.checkpoints_skipped.set(max(p.checkpoints_skipped for p in progress))
 
     def observe_recovery(self, record: pb.Recovery) -> None:
         for name, value in record.phases.items():

@@ -154,6 +154,7 @@ def check_heartbeat(req: pb.HeartbeatRequest, slots: int, limits: JobLimits) -> 
         check_worker_id(p.worker_id, req.node_id)
         _step(p.step, f"{p.worker_id}: step", limits)
         _step(p.checkpoint_committed_step, f"{p.worker_id}: checkpoint_committed_step", limits)
+        _step(p.checkpoints_skipped, f"{p.worker_id}: checkpoints_skipped", limits)
         _generation(p.generation, limits)
         if p.phase not in _WORKER_PHASES:
             raise _bad(f"{p.worker_id}: unknown phase {p.phase}")

@@ -144,7 +144,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., config_json: _Optional[str] = ..., generation: _Optional[int] = ..., job: _Optional[str] = ..., node_secret: _Optional[str] = ...) -> None: ...
 
 class WorkerProgress(_message.Message):
-    __slots__ = ("worker_id", "rank", "generation", "step", "loss", "tokens_per_s", "step_time_s", "wall_time", "phase", "unit_costs", "checkpoint_held_s", "checkpoint_committed_step")
+    __slots__ = ("worker_id", "rank", "generation", "step", "loss", "tokens_per_s", "step_time_s", "wall_time", "phase", "unit_costs", "checkpoint_held_s", "checkpoint_committed_step", "checkpoints_skipped")
     class UnitCostsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class WorkerProgress(_message.Message):
     UNIT_COSTS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_HELD_S_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     rank: int
     generation: int
@@ -176,7 +177,8 @@ class WorkerProgress(_message.Message):
     unit_costs: _containers.ScalarMap[int, float]
     checkpoint_held_s: float
     checkpoint_committed_step: int
-    def __init__(self, worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., wall_time: _Optional[float] = ..., phase: _Optional[_Union[WorkerPhase, str]] = ..., unit_costs: _Optional[_Mapping[int, float]] = ..., checkpoint_held_s: _Optional[float] = ..., checkpoint_committed_step: _Optional[int] = ...) -> None: ...
+    checkpoints_skipped: int
+    def __init__(self, worker_id: _Optional[str] = ..., rank: _Optional[int] = ..., generation: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., step_time_s: _Optional[float] = ..., wall_time: _Optional[float] = ..., phase: _Optional[_Union[WorkerPhase, str]] = ..., unit_costs: _Optional[_Mapping[int, float]] = ..., checkpoint_held_s: _Optional[float] = ..., checkpoint_committed_step: _Optional[int] = ..., checkpoints_skipped: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_secret", "node_id", "lease_id", "progress")
@@ -610,7 +612,7 @@ class WorkerAlive(_message.Message):
     def __init__(self, wall_time: _Optional[float] = ...) -> None: ...
 
 class StepDone(_message.Message):
-    __slots__ = ("step", "generation", "rank", "loss", "wall_time", "step_time_s", "tokens_per_s", "first_in_generation", "unit_costs", "checkpoint_held_s", "checkpoint_committed_step")
+    __slots__ = ("step", "generation", "rank", "loss", "wall_time", "step_time_s", "tokens_per_s", "first_in_generation", "unit_costs", "checkpoint_held_s", "checkpoint_committed_step", "checkpoints_skipped")
     class UnitCostsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -629,6 +631,7 @@ class StepDone(_message.Message):
     UNIT_COSTS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_HELD_S_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_COMMITTED_STEP_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     step: int
     generation: int
     rank: int
@@ -640,7 +643,8 @@ class StepDone(_message.Message):
     unit_costs: _containers.ScalarMap[int, float]
     checkpoint_held_s: float
     checkpoint_committed_step: int
-    def __init__(self, step: _Optional[int] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., loss: _Optional[float] = ..., wall_time: _Optional[float] = ..., step_time_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., first_in_generation: _Optional[bool] = ..., unit_costs: _Optional[_Mapping[int, float]] = ..., checkpoint_held_s: _Optional[float] = ..., checkpoint_committed_step: _Optional[int] = ...) -> None: ...
+    checkpoints_skipped: int
+    def __init__(self, step: _Optional[int] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., loss: _Optional[float] = ..., wall_time: _Optional[float] = ..., step_time_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., first_in_generation: _Optional[bool] = ..., unit_costs: _Optional[_Mapping[int, float]] = ..., checkpoint_held_s: _Optional[float] = ..., checkpoint_committed_step: _Optional[int] = ..., checkpoints_skipped: _Optional[int] = ...) -> None: ...
 
 class JoinDone(_message.Message):
     __slots__ = ("generation", "rank", "committed_step", "timings", "moved_bytes", "rolled_back")

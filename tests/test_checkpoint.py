@@ -4,6 +4,7 @@ issue names. Ranks are threads, each with its own real engine."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -16,9 +17,18 @@ import uuid
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from elastiq import fs
-from elastiq.agent.runtime.checkpointing import extra_state, pieces, requests, restore, save_share
+from elastiq.agent.runtime.checkpointing import (
+    WorkerCheckpoints,
+    extra_state,
+    pieces,
+    requests,
+    restore,
+    save_share,
+)
+from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.trainer import TrainState
 from elastiq.checkpoint import catalog
 from elastiq.checkpoint.engine import CheckpointConfig, CheckpointEngine, Piece
@@ -41,6 +51,7 @@ from elastiq.checkpoint.restore import (
 )
 from elastiq.config import JobConfig, ModelConfig
 from elastiq.partition import even_split
+from tests.threaded import run_ranks
 
 CFG = JobConfig(steps=20, model=ModelConfig(dim=16, n_layers=4, n_heads=2))
 UNITS = CFG.model.n_layers + 2
@@ -351,3 +362,49 @@ def test_a_local_tier_is_written_first_then_uploaded_and_read_first(tmp_path: ob
     report = restore(target[0], remote, local_dir=local)
     assert report.step == 5
     assert torch.equal(_global(saved)["p"], _global(target)["p"])
+
+
+def test_a_full_pool_is_seen_before_a_save_would_wait(tmp_path: object) -> None:
+    """has_free_slot is false exactly while the pool's only slot is being written."""
+    engine = CheckpointEngine(CheckpointConfig(url=f"{tmp_path}/ckpt"))
+    big = torch.ones(100_000_000)  # 400 MB: still being written when asked
+    piece = Piece(name="w", shape=(big.numel(),), lo=0, hi=big.numel(), data=big)
+    assert engine.has_free_slot()
+    engine.save(1, [piece], rank=0, parts=1, extra={})
+    assert not engine.has_free_slot()
+    engine.flush(60)
+    assert engine.has_free_slot()
+    engine.close()
+
+
+def test_while_one_rank_still_writes_every_rank_skips_the_checkpoint(tmp_path: object) -> None:
+    """Two ranks on real gloo groups (threads); rank 1's previous checkpoint is still
+    being written (its pool says so), so both skip step 4 together: a part missing
+    from one rank would hold rank 0's commit. The last step's save is never skipped."""
+    url = f"{tmp_path}/ckpt"
+    cfg = JobConfig(
+        steps=6, checkpoint_url=url, checkpoint_every=2, model=CFG.model, job="skip-test"
+    )
+    store = dist.HashStore()
+    states = _trained(1, 2, True, step=4)
+    outcome: dict[int, list[bool]] = {}
+    skipped: dict[int, int] = {}
+
+    def rank_main(rank: int) -> None:
+        pg = dist.ProcessGroupGloo(store, rank, 2, datetime.timedelta(seconds=30))
+        group = Group(pg, rank, 2, 1, 30.0, lambda: False)
+        saver = WorkerCheckpoints(cfg)
+        assert saver.engine is not None
+        if rank == 1:
+            saver.engine.has_free_slot = lambda: False  # type: ignore[method-assign]
+        state = states[rank]
+        outcome[rank] = [saver.maybe_save(state, group, degree=2, replica=rank)]
+        state.step = state.opt.step_count = 6  # the last step
+        outcome[rank].append(saver.maybe_save(state, group, degree=2, replica=rank))
+        saver.finish(30)
+        skipped[rank] = saver.progress()[2]
+
+    run_ranks(2, rank_main)
+    assert outcome == {0: [False, True], 1: [False, True]}
+    assert skipped == {0: 1, 1: 1}
+    assert catalog.committed(url) == [6]

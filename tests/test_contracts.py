@@ -139,6 +139,7 @@ def test_each_external_client_is_imported_by_one_adapter_module() -> None:
         "fsspec": {"elastiq/fs.py"},
         "kubernetes": {"kube/api.py"},
         "kopf": {"kube/operator.py"},
+        "crc32c": {"checkpoint/checksums.py"},
     }
     for client, allowed in adapters.items():
         users = set()

@@ -161,7 +161,7 @@ def test_a_consistent_manifest_claiming_a_huge_tensor_allocates_nothing_huge(
     blocks = numel * 4 // manifest["block_bytes"]
     frag = {**manifest["fragments"][0], "tensor": "model/huge", "lo": 0, "hi": numel}
     manifest["tensors"]["model/huge"] = {"dtype": "F32", "shape": [numel]}
-    manifest["fragments"].append({**frag, "crc32": ["0"] * blocks})
+    manifest["fragments"].append({**frag, "checksums": ["0"] * blocks})
     pathlib.Path(path).write_text(json.dumps(manifest))
     assert main(["ckpt", "verify", root]) == 1
     assert "truncated" in capsys.readouterr().out

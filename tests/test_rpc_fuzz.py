@@ -207,7 +207,7 @@ def test_heartbeat_never_crashes_and_a_refusal_changes_nothing(
     live: LiveController, data: st.DataObject
 ) -> None:
     names = ["secret", "node_id", "worker_id", "rank", "generation", "step", "loss", "rate"]
-    f = Fields(data, [*names, "time", "wall", "phase", "costs", "held", "committed"])
+    f = Fields(data, [*names, "time", "wall", "phase", "costs", "held", "committed", "skipped"])
     progress = pb.WorkerProgress(
         worker_id=f("worker_id", st.just("node-a.w0"), WORKERS),
         rank=f("rank", st.integers(-1, 1), INT32),
@@ -225,6 +225,7 @@ def test_heartbeat_never_crashes_and_a_refusal_changes_nothing(
         ),
         checkpoint_held_s=f("held", FINITE, FLOAT),
         checkpoint_committed_step=f("committed", st.integers(0, 100), INT64),
+        checkpoints_skipped=f("skipped", st.integers(0, 100), INT64),
     )
     request = pb.HeartbeatRequest(
         node_secret=f("secret", st.just(live.secret), st.sampled_from(["", "wrong"])),

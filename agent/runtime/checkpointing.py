@@ -16,6 +16,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
+from elastiq.agent.runtime.comm import Group
 from elastiq.agent.runtime.trainer import TrainState
 from elastiq.checkpoint.engine import CheckpointConfig, CheckpointEngine, Piece
 from elastiq.checkpoint.restore import LoadReport, Request, load_newest
@@ -121,13 +124,22 @@ class WorkerCheckpoints:
                 )
             )
 
-    def maybe_save(
-        self, state: TrainState, *, rank: int, world: int, degree: int, replica: int
-    ) -> bool:
-        """Start a save if this step is due; returns at once."""
+    def maybe_save(self, state: TrainState, group: Group, *, degree: int, replica: int) -> bool:
+        """Start a save if this step is due; returns at once. While any rank's previous
+        checkpoint is still being written, every rank skips this one (decided by one
+        all-reduce of a flag on checkpoint steps only: a part missing from one rank
+        would hold rank 0's commit until its timeout) and says so in the step report.
+        The last step's save waits for a free slot instead: training ends with it."""
         step = state.step
         if self.engine is None or step % self.cfg.checkpoint_every:
             return False
+        if step < self.cfg.steps:
+            busy = torch.tensor([0.0 if self.engine.has_free_slot() else 1.0])
+            group.allreduce_sum_(busy)
+            if busy.item():
+                self.engine.skip(step)
+                return False
+        rank, world = group.rank, group.world
         lo, hi = save_share(state, degree, replica)
         extra = extra_state(self.cfg, step) if rank == 0 else {}
         self.engine.save(step, pieces(state, lo, hi), rank=rank, parts=world, extra=extra)
@@ -138,13 +150,13 @@ class WorkerCheckpoints:
         if self.engine is not None:
             self.engine.reserve(pieces(state, *save_share(state, degree, replica)))
 
-    def progress(self) -> tuple[float, int]:
-        """For the step report: seconds the loop was held by saves so far, and the
-        newest committed step (0: none)."""
+    def progress(self) -> tuple[float, int, int]:
+        """For the step report: seconds the loop was held by saves so far, the newest
+        committed step (0: none), and the checkpoints skipped so far."""
         if self.engine is None:
-            return 0.0, 0
+            return 0.0, 0, 0
         stats = self.engine.stats
-        return stats.save_call_s + stats.wait_s, max(stats.committed_step, 0)
+        return stats.save_call_s + stats.wait_s, max(stats.committed_step, 0), stats.skipped
 
     def wait_for_copies(self) -> None:
         if self.engine is not None:

@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 
@@ -138,13 +138,7 @@ class Worker:
             self.buddies.start(group, step, self.state)
             self.buddies.keep_gradients(step, self.state, view.intervals)
             self.edge_copies.start(group, step)
-            self.checkpoints.maybe_save(
-                self.state,
-                rank=group.rank,
-                world=group.world,
-                degree=view.degree,
-                replica=view.replica,
-            )
+            self.checkpoints.maybe_save(self.state, group, degree=view.degree, replica=view.replica)
             if self.cfg.step_delay_s:
                 time.sleep(self.cfg.step_delay_s)
             elapsed = time.perf_counter() - t0
@@ -193,7 +187,7 @@ class Worker:
     def _report_step(self, step: int, loss: float, elapsed: float, first: bool) -> None:
         now = time.time()
         if self._step_log is not None:
-            line = {
+            line: dict[str, Any] = {
                 "step": step,
                 "generation": self.generation,
                 "rank": self.rank,
@@ -201,8 +195,18 @@ class Worker:
                 "step_time": round(elapsed, 6),
                 "wall": round(now, 6),
             }
+            stats = self.checkpoints.engine.stats if self.checkpoints.engine else None
+            if stats is not None:  # cumulative: where checkpointing's time went
+                line["ckpt"] = {
+                    "held_s": round(stats.save_call_s + stats.wait_s, 6),
+                    "copy_s": round(stats.copy_s, 6),
+                    "checksum_s": round(stats.checksum_s, 6),
+                    "persist_s": round(stats.persist_s, 6),
+                    "saves": stats.saves,
+                    "skipped": stats.skipped,
+                }
             self._step_log.write(json.dumps(line) + "\n")
-        held_s, committed = self.checkpoints.progress()
+        held_s, committed, skipped = self.checkpoints.progress()
         report = pb.StepDone(
             step=step,
             generation=self.generation,
@@ -214,6 +218,7 @@ class Worker:
             first_in_generation=first,
             checkpoint_held_s=held_s,
             checkpoint_committed_step=committed,
+            checkpoints_skipped=skipped,
         )
         if step % 10 == 0:
             report.unit_costs.update(self.state.take_unit_costs())
