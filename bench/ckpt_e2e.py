@@ -82,7 +82,7 @@ def run_once(stages: int, zero: int, every: int, args: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--e2e", action="store_true", help="(how bench/ckpt.py gets here)")
-    parser.add_argument("--steps", type=int, default=110)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dim", type=int, default=256)
