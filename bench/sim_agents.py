@@ -97,6 +97,11 @@ def plan_generation(raw: bytes) -> int | None:
     return None
 
 
+def _slot(worker_id: str) -> int:
+    """The slot of a simulated worker, from its id (node.wK)."""
+    return int(worker_id.rsplit(".w", 1)[1])
+
+
 @dataclass(slots=True)
 class SimNode:
     address: str
@@ -166,8 +171,8 @@ class SimNode:
             for worker_id in self.workers:
                 request.workers.add(
                     worker_id=worker_id,
-                    slot=int(worker_id.rsplit(".w", 1)[1]),
-                    pid=1000 + int(worker_id.rsplit(".w", 1)[1]),
+                    slot=_slot(worker_id),
+                    pid=1000 + _slot(worker_id),
                     phase=pb.WORKER_PHASE_RUNNING if self.generation else pb.WORKER_PHASE_READY,
                     generation=self.generation,
                     step=self.step,
@@ -216,7 +221,7 @@ class SimNode:
             await asyncio.sleep(self.slow_s)
         batch = pb.EventBatch(node_secret=self._secret, node_id=self.node_id)
         for worker_id in workers:
-            slot = int(worker_id.rsplit(".w", 1)[1])
+            slot = _slot(worker_id)
             batch.reports.add(
                 node_secret=self._secret,
                 node_id=self.node_id,

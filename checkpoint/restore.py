@@ -120,9 +120,6 @@ class _Block:
     n: int
     into: memoryview | None
 
-    def fields(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
 
 class CheckpointReader:
     """Verified range reads from one committed checkpoint."""
@@ -226,14 +223,10 @@ class CheckpointReader:
         def read_run() -> None:
             if not run:
                 return
-            try:
-                fs.read_into_many(f, run[0].lo, [blk.into for blk in run if blk.into is not None])
-            except EOFError as exc:
-                tensor = run[0].req.tensor
-                why = f"{url} is truncated: tensor {tensor!r} ({exc})"
-                raise CorruptCheckpoint(why, tensor) from exc
-            for blk in run:
-                checks.append(checker.submit(self._check, verify, blk, url))
+            direct = [blk.into for blk in run if blk.into is not None]
+            self._fill(f, run[0].lo, direct, url, run[0].req.tensor)
+            for blk, data in zip(run, direct, strict=True):
+                checks.append(checker.submit(self._check, verify, data, blk, url))
             run.clear()
 
         for blk in blocks:
@@ -246,8 +239,8 @@ class CheckpointReader:
             if scratch is None or len(scratch) < blk.hi - blk.lo:
                 scratch = as_bytes(torch.empty(blk.hi - blk.lo, dtype=torch.uint8))
             data = scratch[: blk.hi - blk.lo]
-            self._fill(f, blk.lo, data, url, blk.req.tensor)
-            self._check(verify, _Block(**{**blk.fields(), "into": data}), url)
+            self._fill(f, blk.lo, [data], url, blk.req.tensor)
+            self._check(verify, data, blk, url)
             a, z = max(blk.lo, blk.want), min(blk.hi, blk.want + blk.n)
             blk.dst.view(torch.uint8)[a - blk.want : z - blk.want].copy_(
                 torch.frombuffer(data[a - blk.lo : z - blk.lo], dtype=torch.uint8)
@@ -255,19 +248,21 @@ class CheckpointReader:
         read_run()
 
     @staticmethod
-    def _fill(f: Any, offset: int, into: memoryview, url: str, tensor: str) -> None:
+    def _fill(f: Any, offset: int, into: list[memoryview], url: str, tensor: str) -> None:
+        """Read the contiguous bytes at `offset` into `into`; a short file is corrupt."""
         try:
-            fs.read_into(f, offset, into)
+            fs.read_into_many(f, offset, into)
         except EOFError as exc:
             why = f"{url} is truncated: tensor {tensor!r} ({exc})"
             raise CorruptCheckpoint(why, tensor) from exc
 
     @staticmethod
-    def _check(verify: Callable[[memoryview], int], blk: _Block, url: str) -> None:
-        if blk.into is None:
-            raise RuntimeError("a block is checked before it was read")
+    def _check(
+        verify: Callable[[memoryview], int], data: memoryview, blk: _Block, url: str
+    ) -> None:
+        """`data`, the bytes read for `blk`, must match the manifest's checksum."""
         fragment = blk.read.fragment
-        if verify(blk.into) != fragment.checksums[blk.b]:
+        if verify(data) != fragment.checksums[blk.b]:
             raise CorruptCheckpoint(
                 f"checksum mismatch in tensor {blk.req.tensor!r} (block {blk.b} of its "
                 f"fragment [{fragment.lo}, {fragment.hi}) in {url})",
