@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ import torch
 
 from elastiq import fs
 from elastiq.checkpoint import catalog, tensorfile
-from elastiq.checkpoint.checksums import checksum_function
+from elastiq.checkpoint.checksums import Checksum, checksum_function
 from elastiq.checkpoint.manifest import (
     COMMITTED,
     MANIFEST,
@@ -43,11 +43,21 @@ from elastiq.lr import lr_at
 
 log = logging.getLogger(__name__)
 
-#: consecutive whole blocks read in one preadv, across tensors. Measured cold on this
-#: VM (1.1 GB, page cache dropped): a read per 8 MiB block took about 1.2x one
-#: sequential read of the file, spans of 16-64 MiB about 1.1x (one-stage restore);
-#: larger spans only lengthen the wait for the last span's checksums at the end
+#: consecutive whole blocks read from the disk in one preadv, across tensors. Measured
+#: cold on this VM (1.1 GB, page cache dropped): a read per 8 MiB block took about
+#: 1.2x one sequential read of the file, spans of 16-64 MiB about 1.1x (one-stage
+#: restore); larger spans only lengthen the wait for the last span's checksums
 SPAN_BYTES = 32 << 20
+#: threads reading and verifying the blocks of a file the page cache holds. Warm on
+#: this VM (1.1 GB, 3-stage restore, against one sequential read of as many bytes):
+#: one reader with a checker thread behind it took 1.16x (the checksum a second pass
+#: over memory, competing with the copy); one thread reading each 8 MiB block and
+#: checksumming it at once, in its core's cache, 1.45x (CRC-32C at 20 GB/s is 54 ms
+#: a GB, added to 116 ms of copying); two such threads 0.92x. From a disk they were
+#: slower: two streams on one disk ran 1.4x-3x one sequential read here
+CACHED_READERS = 2
+#: bytes probed at each end of a file's reads to tell whether the page cache holds it
+PROBE_BYTES = 64 << 10
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -92,17 +102,6 @@ def read_manifest(url: str, step: int) -> Manifest:
     return Manifest.from_json(text, f"{where}/{MANIFEST}")
 
 
-def _stretches(reads: list[Read]) -> list[tuple[int, int]]:
-    """The contiguous byte ranges that `reads` (in file order) cover, merged."""
-    out: list[tuple[int, int]] = []
-    for r in reads:
-        if out and r.start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], r.end))
-        else:
-            out.append((r.start, r.end))
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class _Block:
     """Checksum block `b` of a read's fragment: bytes [lo, hi) of its file. `dst` is
@@ -140,10 +139,13 @@ class CheckpointReader:
         """Fill every request; CorruptCheckpoint names the tensor whose bytes fail.
 
         A block that lies wholly inside a request is read straight into the request's
-        tensor, consecutive such blocks in one preadv however many tensors they go
-        to, and each is verified by a checker thread while the next stretch is read
-        (both release the GIL): a restore costs about one pass over the bytes, not a
-        read, a checksum and a copy in turn (issue 16). Blocks at the edges of a
+        tensor. A file the page cache holds is read by CACHED_READERS threads, each
+        checksumming a block right after reading it; one that must come from the
+        disk is read in one stream, consecutive blocks in one preadv however many
+        tensors they go to, each verified by a checker thread while the next span is
+        read (reads and checksums release the GIL). Either way a restore costs about
+        one pass over the bytes, not a read, a checksum and a copy in turn (issue
+        16). Blocks at the edges of a
         request are read into scratch, verified, and only their wanted bytes copied.
         On CorruptCheckpoint the requests' contents are undefined (`load_newest` then
         fills them whole from an older checkpoint)."""
@@ -162,31 +164,24 @@ class CheckpointReader:
         for read, req in plans:
             by_file.setdefault(read.file, []).append((read, req))
         verify = checksum_function(self.manifest.checksum)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-verify") as checker:
-            checks: list[Future[None]] = []
-            try:
-                for name, reads in sorted(by_file.items()):
-                    url = self._file_url(name)
-                    with self._open(url, reads[0][1].tensor) as f:
-                        size = f.seek(0, 2)
-                        blocks = []
-                        ordered = sorted(reads, key=lambda x: x[0].start)
-                        fs.will_read(f, _stretches([r for r, _ in ordered if r.end <= size]))
-                        for read, req in ordered:
-                            if read.end > size:  # before reading what a hostile manifest asks
-                                raise CorruptCheckpoint(
-                                    f"{url} is truncated: tensor {req.tensor!r} needs bytes up "
-                                    f"to {read.end}, the file has {size}",
-                                    req.tensor,
-                                )
-                            blocks.extend(self._blocks(read, req))
-                            self.bytes_read += read.end - read.start
-                        self._read_blocks(f, url, blocks, verify, checker, checks)
-                for done in checks:
-                    done.result()
-            finally:
-                for pending in checks:
-                    pending.cancel()
+        for name, reads in sorted(by_file.items()):
+            url = self._file_url(name)
+            with self._open(url, reads[0][1].tensor) as f:
+                size = f.seek(0, 2)
+                blocks = []
+                for read, req in sorted(reads, key=lambda x: x[0].start):
+                    if read.end > size:  # before reading what a hostile manifest asks
+                        raise CorruptCheckpoint(
+                            f"{url} is truncated: tensor {req.tensor!r} needs bytes up "
+                            f"to {read.end}, the file has {size}",
+                            req.tensor,
+                        )
+                    blocks.extend(self._blocks(read, req))
+                    self.bytes_read += read.end - read.start
+                if len(blocks) > 1 and self._cached(f, blocks):
+                    self._read_cached(f, url, blocks, verify)
+                else:
+                    self._read_from_disk(f, url, blocks, verify)
 
     def _blocks(self, read: Read, req: Request) -> list[_Block]:
         """The checksum blocks `read` spans, each with where its bytes go."""
@@ -206,46 +201,98 @@ class CheckpointReader:
             out.append(_Block(lo, hi, b, read, req, dst, want, n, into))
         return out
 
-    def _read_blocks(
-        self,
-        f: Any,
-        url: str,
-        blocks: list[_Block],
-        verify: Callable[[memoryview], int],
-        checker: ThreadPoolExecutor,
-        checks: list[Future[None]],
-    ) -> None:
-        """Read `blocks` (in file order): runs of contiguous direct blocks in one call
-        each (up to SPAN_BYTES), the rest one at a time through scratch."""
-        run: list[_Block] = []
-        scratch: memoryview | None = None
+    @staticmethod
+    def _cached(f: Any, blocks: list[_Block]) -> bool:
+        """Whether the page cache holds the first and last bytes `blocks` need (a
+        probe that never waits for the disk; a file read or written just before is
+        cached whole, one dropped from the cache not at all)."""
+        if not fs.reads_positionally(f):
+            return False
+        probe = as_bytes(torch.empty(PROBE_BYTES, dtype=torch.uint8))
+        for at in (blocks[0].lo, max(blocks[-1].hi - PROBE_BYTES, blocks[0].lo)):
+            want = min(PROBE_BYTES, blocks[-1].hi - at)
+            if fs.read_cached_into(f, at, probe[:want]) < want:
+                return False
+        return True
 
-        def read_run() -> None:
-            if not run:
+    def _read_cached(self, f: Any, url: str, blocks: list[_Block], verify: Checksum) -> None:
+        """`blocks` from the page cache: CACHED_READERS threads take them in order,
+        each read and checksummed at once while in the core's cache. The first failure
+        (in file order) is raised once every thread has stopped."""
+        scratch = threading.local()
+        stop = threading.Event()
+
+        def one(blk: _Block) -> None:
+            if stop.is_set():
                 return
-            direct = [blk.into for blk in run if blk.into is not None]
-            self._fill(f, run[0].lo, direct, url, run[0].req.tensor)
-            for blk, data in zip(run, direct, strict=True):
-                checks.append(checker.submit(self._check, verify, data, blk, url))
-            run.clear()
+            try:
+                buf: torch.Tensor | None = getattr(scratch, "buf", None)
+                if blk.into is None and (buf is None or buf.numel() < blk.hi - blk.lo):
+                    buf = scratch.buf = torch.empty(blk.hi - blk.lo, dtype=torch.uint8)
+                self._read_block(f, url, blk, verify, buf)
+            except BaseException:
+                stop.set()
+                raise
 
-        for blk in blocks:
-            if blk.into is not None:
-                if run and (blk.lo != run[-1].hi or blk.hi - run[0].lo > SPAN_BYTES):
+        with ThreadPoolExecutor(CACHED_READERS, thread_name_prefix="ckpt-read") as pool:
+            pending = [pool.submit(one, blk) for blk in blocks]
+        for done in pending:
+            done.result()
+
+    def _read_block(
+        self, f: Any, url: str, blk: _Block, verify: Checksum, scratch: torch.Tensor | None
+    ) -> None:
+        """Read and verify one block: straight into its tensor, or (at a request's
+        edge) into `scratch`, then only its wanted bytes copied."""
+        if blk.into is not None:
+            self._fill(f, blk.lo, [blk.into], url, blk.req.tensor)
+            self._check(verify, blk.into, blk, url)
+            return
+        if scratch is None:
+            raise ValueError("an edge block needs scratch")  # a bug in the caller
+        data = as_bytes(scratch)[: blk.hi - blk.lo]
+        self._fill(f, blk.lo, [data], url, blk.req.tensor)
+        self._check(verify, data, blk, url)
+        a, z = max(blk.lo, blk.want), min(blk.hi, blk.want + blk.n)
+        blk.dst.view(torch.uint8)[a - blk.want : z - blk.want].copy_(
+            torch.frombuffer(data[a - blk.lo : z - blk.lo], dtype=torch.uint8)
+        )
+
+    def _read_from_disk(self, f: Any, url: str, blocks: list[_Block], verify: Checksum) -> None:
+        """`blocks` (in file order) from the disk, one stream: runs of contiguous
+        direct blocks in one call each (up to SPAN_BYTES), each block verified by a
+        checker thread while the next run is read; edge blocks through scratch."""
+        run: list[_Block] = []
+        scratch: torch.Tensor | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-verify") as checker:
+            checks: list[Future[None]] = []
+
+            def read_run() -> None:
+                if not run:
+                    return
+                direct = [blk.into for blk in run if blk.into is not None]
+                self._fill(f, run[0].lo, direct, url, run[0].req.tensor)
+                for blk, data in zip(run, direct, strict=True):
+                    checks.append(checker.submit(self._check, verify, data, blk, url))
+                run.clear()
+
+            try:
+                for blk in blocks:
+                    if blk.into is not None:
+                        if run and (blk.lo != run[-1].hi or blk.hi - run[0].lo > SPAN_BYTES):
+                            read_run()
+                        run.append(blk)
+                        continue
                     read_run()
-                run.append(blk)
-                continue
-            read_run()
-            if scratch is None or len(scratch) < blk.hi - blk.lo:
-                scratch = as_bytes(torch.empty(blk.hi - blk.lo, dtype=torch.uint8))
-            data = scratch[: blk.hi - blk.lo]
-            self._fill(f, blk.lo, [data], url, blk.req.tensor)
-            self._check(verify, data, blk, url)
-            a, z = max(blk.lo, blk.want), min(blk.hi, blk.want + blk.n)
-            blk.dst.view(torch.uint8)[a - blk.want : z - blk.want].copy_(
-                torch.frombuffer(data[a - blk.lo : z - blk.lo], dtype=torch.uint8)
-            )
-        read_run()
+                    if scratch is None or scratch.numel() < blk.hi - blk.lo:
+                        scratch = torch.empty(blk.hi - blk.lo, dtype=torch.uint8)
+                    self._read_block(f, url, blk, verify, scratch)
+                read_run()
+                for done in checks:
+                    done.result()
+            finally:
+                for pending in checks:
+                    pending.cancel()
 
     @staticmethod
     def _fill(f: Any, offset: int, into: list[memoryview], url: str, tensor: str) -> None:
@@ -257,12 +304,10 @@ class CheckpointReader:
             raise CorruptCheckpoint(why, tensor) from exc
 
     @staticmethod
-    def _check(
-        verify: Callable[[memoryview], int], data: memoryview, blk: _Block, url: str
-    ) -> None:
+    def _check(verify: Checksum, data: memoryview, blk: _Block, url: str) -> None:
         """`data`, the bytes read for `blk`, must match the manifest's checksum."""
         fragment = blk.read.fragment
-        if verify(data) != fragment.checksums[blk.b]:
+        if verify(data, 0) != fragment.checksums[blk.b]:
             raise CorruptCheckpoint(
                 f"checksum mismatch in tensor {blk.req.tensor!r} (block {blk.b} of its "
                 f"fragment [{fragment.lo}, {fragment.hi}) in {url})",

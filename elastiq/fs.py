@@ -8,6 +8,7 @@ stores a file exists only once its upload completed, at close.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -162,24 +163,40 @@ def _fd(f: Any) -> int:
         return -1
 
 
-def will_read(f: Any, ranges: list[tuple[int, int]]) -> None:
-    """Tell the kernel which byte ranges [start, end) of an open local file are read
-    next (POSIX_FADV_WILLNEED), so it fetches the later ones while the first are
-    read: a restore under another layout reads several separate stretches of each
-    file, and each jump otherwise starts readahead again from nothing. A no-op for
-    files without a descriptor."""
+def reads_positionally(f: Any) -> bool:
+    """Whether reads of `f` are positional (pread), so several threads may read the
+    same open file at once; an fsspec file without a descriptor seeks, then reads."""
+    return _fd(f) >= 0 and hasattr(os, "preadv")
+
+
+def read_cached_into(f: Any, offset: int, out: memoryview) -> int:
+    """Read into `out` from byte `offset` only what the page cache already holds
+    (preadv2 with RWF_NOWAIT): the bytes read from the start of `out`, 0 when none is
+    cached, the file has no descriptor or the kernel cannot say. Never waits for a
+    disk: the caller reads the rest with `read_into_many`."""
     fd = _fd(f)
-    if fd < 0 or not hasattr(os, "posix_fadvise"):
-        return
-    for start, end in ranges:
-        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+    if fd < 0 or not hasattr(os, "RWF_NOWAIT"):
+        return 0
+    got = 0
+    while got < len(out):
+        try:
+            n = os.preadv(fd, [out[got:]], offset + got, os.RWF_NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no RWF_NOWAIT here
+                break
+            raise
+        if not n:  # end of file: the blocking read says how short it is
+            break
+        got += n
+    return got
 
 
 def read_into_many(f: Any, offset: int, outs: list[memoryview]) -> None:
     """Fill `outs`, in order, from the contiguous bytes at `offset` of an open file:
-    one preadv(2) for a local file (a restore scatters one stretch of a checkpoint
-    into many tensors; one call per tensor cost 1.2x a sequential read cold), else
-    one read per buffer. A short file is an EOFError."""
+    one positional preadv(2) for a local file (no seek, no copy through Python's
+    file buffer), else one read per buffer. A short file is an EOFError."""
     fd = _fd(f)
     if fd < 0 or not hasattr(os, "preadv"):
         at = offset

@@ -31,6 +31,16 @@ def _saved(url: str, step: int = 1) -> torch.Tensor:
     return data
 
 
+@pytest.fixture(params=["page_cache", "disk"])
+def source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a restore reads: a file the page cache holds (several threads, each
+    checksumming a block as it reads it), and one that is not (one stream, a checker
+    thread behind). "disk": the page cache is said to hold nothing, as after a drop."""
+    if request.param == "disk":
+        monkeypatch.setattr(fs, "read_cached_into", lambda f, offset, out: 0)
+    return str(request.param)
+
+
 def _read(url: str, lo: int, hi: int, step: int = 1) -> torch.Tensor:
     out = torch.empty(hi - lo)
     CheckpointReader(url, step).read([Request("w", lo, hi, out)])
@@ -39,7 +49,8 @@ def _read(url: str, lo: int, hi: int, step: int = 1) -> torch.Tensor:
 
 def test_crc32c_is_the_castagnoli_polynomial() -> None:
     fn = checksums.checksum_function(checksums.CRC32C)
-    assert fn(b"123456789") == 0xE3069283  # the standard check value
+    assert fn(b"123456789", 0) == 0xE3069283  # the standard check value
+    assert fn(b"6789", fn(b"12345", 0)) == 0xE3069283  # continued piece by piece
     with pytest.raises(ValueError, match="knows crc32, crc32c"):
         checksums.checksum_function("md5")
 
@@ -51,12 +62,12 @@ def test_new_checkpoints_name_crc32c_in_their_manifest(tmp_path: object) -> None
     assert raw["version"] == 2 and raw["checksum"] == "crc32c"
     (frag,) = raw["fragments"]
     block0 = data.view(torch.uint8)[:BLOCK].numpy().tobytes()
-    assert int(frag["checksums"][0], 16) == checksums.checksum_function("crc32c")(block0)
+    assert int(frag["checksums"][0], 16) == checksums.checksum_function("crc32c")(block0, 0)
     assert int(frag["checksums"][0], 16) != zlib.crc32(block0)
 
 
 @pytest.mark.parametrize(("lo", "hi"), [(0, N), (1500, 9000), (1, 2), (9990, N)])
-def test_any_range_restores_bitwise(tmp_path: object, lo: int, hi: int) -> None:
+def test_any_range_restores_bitwise(tmp_path: object, lo: int, hi: int, source: str) -> None:
     """Whole blocks go straight into the tensor; partial ones through scratch."""
     url = f"{tmp_path}/ckpt"
     data = _saved(url)
@@ -83,7 +94,7 @@ def _flip(url: str, byte: int, step: int = 1) -> None:
     ],
 )
 def test_a_flipped_bit_is_refused_wherever_its_block_is(
-    tmp_path: object, flipped: int, lo: int, hi: int
+    tmp_path: object, flipped: int, lo: int, hi: int, source: str
 ) -> None:
     url = f"{tmp_path}/ckpt"
     _saved(url)
@@ -156,3 +167,44 @@ def test_one_stretch_of_a_file_is_scattered_into_many_buffers(tmp_path: object, 
         past_the_end = [memoryview(bytearray(15)), memoryview(bytearray(15))]
         with pytest.raises(EOFError, match="short"):
             fs.read_into_many(f, len(body) - 20, past_the_end)
+
+
+def test_the_page_cache_is_probed_without_reading_the_disk(tmp_path: object) -> None:
+    """fs.read_cached_into reads what the page cache holds and nothing else: all of a
+    file just written (Linux keeps it cached), nothing of a file without a
+    descriptor, and it stops at the end of the file."""
+    body = bytes(range(256)) * 64
+    path = f"{tmp_path}/f.bin"
+    fs.write_bytes(path, body)
+    out = memoryview(bytearray(len(body) + 100))
+    with fs.open_read(path) as f:
+        assert fs.read_cached_into(f, 0, out) == len(body)
+        assert bytes(out[: len(body)]) == body
+    url = f"memory://probe-{os.getpid()}/f.bin"
+    fs.write_bytes(url, body)
+    with fs.open_read(url) as f:
+        assert fs.read_cached_into(f, 0, out) == 0
+
+
+def test_a_just_written_checkpoint_is_read_from_the_page_cache(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mode is chosen by the probe: a checkpoint saved a moment ago is in the
+    page cache and read by the cached path; the disk path is not taken."""
+    url = f"{tmp_path}/ckpt"
+    data = _saved(url)
+    taken: list[str] = []
+
+    def spy(mode: str) -> object:
+        real = getattr(CheckpointReader, mode)
+
+        def called(self: CheckpointReader, *args: object) -> None:
+            taken.append(mode)
+            real(self, *args)
+
+        return called
+
+    for mode in ("_read_cached", "_read_from_disk"):
+        monkeypatch.setattr(CheckpointReader, mode, spy(mode))
+    assert torch.equal(_read(url, 0, N), data)
+    assert taken == ["_read_cached"]
