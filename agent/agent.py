@@ -52,6 +52,15 @@ class AgentConfig:
     """Kill a worker that has sent nothing (not even `alive`) for this long."""
     progress_timeout_s: float = 300.0
     """Kill a planned worker that has committed no step for this long."""
+    contact_timeout_s: float = 60.0
+    """Kill a worker that has sent nothing at all this long after it was started
+    (Python and torch take seconds to import on a loaded node; a process stopped or
+    stuck before its first message is caught here, and once it has spoken
+    liveness_timeout_s applies, while it starts as while it runs)."""
+    start_retries: int = 3
+    """Times a slot's worker that dies before its first plan is started again,
+    whatever max_restarts says: nothing was computed, so nothing is lost (back-off
+    1 s doubling; a worker that reported it cannot start is never retried)."""
     log_level: str = "INFO"
     """Log level for the agent and its workers."""
     max_restarts: int = 0
@@ -82,7 +91,9 @@ class AgentConfig:
             raise ValueError(f"slots={self.slots} must be in 1..1024")
         if not 0 <= self.max_restarts <= 10_000:
             raise ValueError(f"max_restarts={self.max_restarts} must be in 0..10000")
-        if self.liveness_timeout_s <= 0 or self.progress_timeout_s <= 0:
+        if not 0 <= self.start_retries <= 100:
+            raise ValueError(f"start_retries={self.start_retries} must be in 0..100")
+        if min(self.liveness_timeout_s, self.progress_timeout_s, self.contact_timeout_s) <= 0:
             raise ValueError("watchdog timeouts must be positive")
         if self.host_timeout_s <= 0:
             raise ValueError(f"host_timeout_s={self.host_timeout_s} must be positive")
@@ -104,7 +115,9 @@ class Agent:
         self.node_secret = ""
         """Issued by Register: this node's credential for every later call."""
         self._restarts: dict[int, int] = {}
-        """Restarts so far, by slot."""
+        """Restarts so far of workers that had been planned, by slot (max_restarts)."""
+        self._start_retries: dict[int, int] = {}
+        """Restarts so far of workers that died before their first plan, by slot."""
         self._respawn_at: dict[int, float] = {}
         """Slots whose worker is due to start again, and when (time.monotonic())."""
         self.heartbeat_s = 0.5
@@ -300,7 +313,20 @@ class Agent:
                         log.info(
                             "controller ignored %s: %s", pb.EventKind.Name(report.kind), ack.reason
                         )
+                        if report.kind == pb.WORKER_READY:
+                            self._refused(report.worker_id, ack.reason)
                 break
+
+    def _refused(self, worker_id: str, reason: str) -> None:
+        """The controller will never plan this worker (it built another model than
+        the job's): stop it now rather than let it wait idle_timeout_s for a plan,
+        and never start it again (the next would build the same model)."""
+        w = self.workers.get(worker_id)
+        if w is None or w.gone:
+            return
+        log.error("worker %s refused by the controller (%s); stopping it", worker_id, reason)
+        w.start_failed = True
+        w.send(pb.ToWorker(shutdown=True))
 
     def report(
         self,
@@ -353,6 +379,7 @@ class Agent:
         kind = message.WhichOneof("kind")
         now = time.monotonic()
         worker.last_alive = now
+        worker.heard = True
         if kind == "ready":
             worker.phase = pb.WORKER_PHASE_READY
             worker.last_progress = now
@@ -384,6 +411,7 @@ class Agent:
                 pb.COLLECTIVE_ERROR, worker, problem.detail[:500], generation=problem.generation
             )
         elif kind == "start_failed":
+            worker.start_failed = True
             self.report(pb.START_FAILED, worker, message.start_failed.detail[:2000])
         elif kind == "state_lost":
             worker.last_progress = now
@@ -446,12 +474,15 @@ class Agent:
                         w.exit_reported = True
                         self.report(pb.WORKER_EXITED, w, f"exited with code {code}")
                     if self.shutdown is None:
-                        self._plan_restart(w.slot, now)
-                    continue
-                if w.phase == pb.WORKER_PHASE_STARTING:
+                        self._plan_restart(w, code, now)
                     continue
                 silent = now - w.last_alive
-                if silent > self.config.liveness_timeout_s:
+                if not w.heard:
+                    if now - w.started > self.config.contact_timeout_s:
+                        self._kill_hung(
+                            w, f"said nothing in the {now - w.started:.0f}s since it was started"
+                        )
+                elif silent > self.config.liveness_timeout_s:
                     self._kill_hung(w, f"sent nothing for {silent:.1f}s (hung or stopped)")
                 elif (
                     w.planned
@@ -485,25 +516,42 @@ class Agent:
                     self._start_worker(slot)
         return True
 
-    def _plan_restart(self, slot: int, now: float) -> None:
-        done = self._restarts.get(slot, 0)
-        if slot in self._respawn_at or done >= self.config.max_restarts:
+    def _plan_restart(self, w: WorkerProcess, code: int, now: float) -> None:
+        """Start `w`'s slot again after a back-off, if its budget allows: start_retries
+        for a worker that died before its first plan (nothing lost), max_restarts for
+        one that had trained. Each restart is reported (WORKER_RESTARTING)."""
+        slot = w.slot
+        if slot in self._respawn_at or w.start_failed:
             return
-        if any(w.slot == slot and not w.gone for w in self.workers.values()):
+        if any(o.slot == slot and not o.gone for o in self.workers.values()):
             return
-        self._restarts[slot] = done + 1
+        early = not w.planned
+        counts = self._start_retries if early else self._restarts
+        budget = self.config.start_retries if early else self.config.max_restarts
+        done = counts.get(slot, 0)
+        if done >= budget:
+            if early and budget:
+                self.report(
+                    pb.WORKER_RESTARTING,
+                    w,
+                    f"not restarted: died before its first plan {done + 1} times "
+                    f"(start_retries={budget})",
+                )
+            return
+        counts[slot] = done + 1
         delay = min(30.0, 2.0**done)
         self._respawn_at[slot] = now + delay
-        log.warning(
-            "slot %d's worker is gone: starting it again in %.0fs (restart %d of %d)",
-            slot,
-            delay,
-            done + 1,
-            self.config.max_restarts,
+        when = "before its first plan" if early else "after training"
+        why = f"exit code {code}" if code >= 0 else f"signal {-code}"
+        detail = (
+            f"starting slot {slot} again in {delay:.0f}s (restart {done + 1} of {budget}): "
+            f"it died {when} ({why})"
         )
+        log.warning("worker %s: %s", w.worker_id, detail)
+        self.report(pb.WORKER_RESTARTING, w, detail)
 
     def _start_worker(self, slot: int) -> None:
-        n = self._restarts.get(slot, 0)
+        n = self._restarts.get(slot, 0) + self._start_retries.get(slot, 0)
         worker_id = f"{self.config.node_id}.w{slot}" + (f"-r{n}" if n else "")
         if self._loop is None:
             return

@@ -87,6 +87,10 @@ class WorkerProcess:
     checkpoint_committed_step: int = 0
     checkpoints_skipped: int = 0
     stopped: bool = False  # SIGSTOPped by chaos
+    heard: bool = False
+    """It has sent a message (before that, only contact_timeout_s bounds its start)."""
+    start_failed: bool = False
+    """It reported that it cannot start (its model or data): never restarted."""
     exit_reported: bool = False
 
     @property

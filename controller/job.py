@@ -37,6 +37,7 @@ from elastiq.controller.node_registry import NodeRegistry
 from elastiq.controller.planner import HybridLayout, WorkerRef
 from elastiq.controller.recovery_clock import RecoveryClock
 from elastiq.controller.replan_scheduler import ReplanScheduler
+from elastiq.controller.start_wait import NodeReadiness, StartWait
 from elastiq.controller.status_view import build_status
 from elastiq.controller.store import Store
 from elastiq.controller.wire import plan_delta, takeover_of
@@ -93,6 +94,9 @@ class JobController:
             self._replan, self._fail, self._event, coalesce_s=config.coalesce_s
         )
         self._start_task: asyncio.Task[None] | None = None
+        self._start_watch: asyncio.Task[None] | None = None
+        self.waiting_for = ""
+        """Before the first generation: what the job waits for (controller/start_wait)."""
         self._lease_watch: asyncio.Task[None] | None = None
         self._silence_watch: asyncio.Task[None] | None = None
         self._plan_directive: rpc.Encoded | None = None
@@ -131,10 +135,18 @@ class JobController:
             self.registry.watch_leases(revision + 1, self._lease_expired)
         )
         self._silence_watch = loop.create_task(self.registry.watch_silence(self._went_silent))
+        if self.layout is None:
+            wait = StartWait(
+                min_workers=self.config.min_workers,
+                timeout_s=self.config.start_timeout_s,
+                began=time.monotonic(),
+            )
+            self._tick_start(wait)  # the wait's first event, before any request is served
+            self._start_watch = loop.create_task(self._watch_start(wait))
 
     async def stop(self) -> None:
         self.replans.stop()
-        for task in (self._lease_watch, self._silence_watch, self._start_task):
+        for task in (self._lease_watch, self._silence_watch, self._start_task, self._start_watch):
             if task is not None:
                 task.cancel()
 
@@ -319,6 +331,9 @@ class JobController:
             self._event("start_failed", f"{req.worker_id}: {req.detail}")
             self._fail(f"{req.worker_id} could not start: {req.detail}")
             return pb.EventAck(accepted=True)
+        if req.kind == pb.WORKER_RESTARTING:
+            self._event("worker_restarting", f"{req.worker_id}: {req.detail}")
+            return pb.EventAck(accepted=True)
         if req.kind == pb.CHAOS_INJECTED:
             self.recovery.chaos_injected(req.worker_id, req.wall_time)
             self._event("chaos", f"{req.detail} on {req.worker_id or node_id}")
@@ -498,9 +513,49 @@ class JobController:
             reasons, self._growth_waiting = self._growth_waiting, []
             self._request_replan("; ".join(dict.fromkeys(reasons)))
 
+    def _ready_workers(self) -> int:
+        return sum(len(n.workers) for n in self.nodes.values())
+
     async def _start_after_settle(self) -> None:
-        await asyncio.sleep(self.config.settle_s)
+        """min_workers are ready: wait up to settle_s for the rest of the registered
+        nodes' workers, then plan the first generation. If a worker died meanwhile and
+        fewer than the minimum are left, wait again (its agent restarts it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.settle_s
+        while loop.time() < deadline and self._ready_workers() < sum(
+            n.slots for n in self.nodes.values()
+        ):
+            await asyncio.sleep(0.1)
+        if self._ready_workers() < self.config.min_workers:
+            self._start_task = None
+            return
         self._request_replan("start")
+
+    async def _watch_start(self, wait: StartWait) -> None:
+        """Until the first generation forms, tick `wait` once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.layout is not None or self.over or not self._tick_start(wait):
+                break
+        self.waiting_for = ""
+
+    def _tick_start(self, wait: StartWait) -> bool:
+        """Say what the job waits for (the status line; an event when the wait starts
+        and every minute after), or fail it, saying the same, once start_timeout_s
+        has passed (returns False then)."""
+        now = time.monotonic()
+        nodes = [
+            NodeReadiness(n.node_id, n.slots, len(n.workers), now - n.registered)
+            for n in self.nodes.values()
+        ]
+        tick = wait.tick(now, nodes)
+        self.waiting_for = tick.line
+        if tick.give_up:
+            self._fail(tick.give_up)
+            return False
+        if tick.event:
+            self._event("waiting", tick.line)
+        return True
 
     # planning ---------------------------------------------------------------------------
     def _request_replan(self, reason: str) -> None:
@@ -644,6 +699,7 @@ class JobController:
             leader=self.identity,
             total_steps=self.job.steps,
             first_loss=self.first_loss,
+            waiting_for=self.waiting_for if self.layout is None else "",
         )
         return build_status(
             header,

@@ -4,6 +4,7 @@ kept apart from the logic in job.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from elastiq.controller.planner import WorkerRef
@@ -37,7 +38,12 @@ class ControllerConfig:
     """Workers to train with (0: every ready one); the rest wait as spares and take
     a lost worker's exact place, so the layout does not change."""
     settle_s: float = 1.0
-    """After min_workers are ready, wait this long for more before planning."""
+    """After min_workers are ready, wait up to this long for the rest of the
+    registered nodes' workers before planning (it ends early once all are ready)."""
+    start_timeout_s: float = 300.0
+    """Fail the job when no generation has formed this long after the controller
+    started, saying what it waited for (0: wait for ever). Kubernetes: keep it above
+    the slowest image pull."""
     coalesce_s: float = 0.05
     """Membership changes within this window become one generation."""
     takeover_grace_s: float = 5.0
@@ -73,6 +79,8 @@ class ControllerConfig:
             )
         if self.settle_s < 0 or self.coalesce_s < 0 or self.takeover_grace_s < 0:
             raise ValueError("settle_s, coalesce_s and takeover_grace_s must be >= 0")
+        if self.start_timeout_s < 0:
+            raise ValueError(f"start_timeout_s={self.start_timeout_s} must be >= 0 (0: off)")
         if self.join_timeout_s < 0:
             raise ValueError(f"join_timeout_s={self.join_timeout_s} must be >= 0 (0: off)")
 
@@ -100,6 +108,8 @@ class NodeState:
     """time.monotonic() of its last heartbeat (or registration)."""
     heartbeat_interval_s: float = 0.0
     """The interval this node was last told to heartbeat at."""
+    registered: float = field(default_factory=time.monotonic)
+    """time.monotonic() when it registered (the start wait names nodes lagging since)."""
     lease_ttl_s: float = 0.0
     """The TTL of its store lease, as granted."""
     lease_refreshed: float = 0.0

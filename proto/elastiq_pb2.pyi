@@ -46,6 +46,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_FAILED: _ClassVar[EventKind]
     RESUMED: _ClassVar[EventKind]
     START_FAILED: _ClassVar[EventKind]
+    WORKER_RESTARTING: _ClassVar[EventKind]
 WORKER_PHASE_UNSPECIFIED: WorkerPhase
 WORKER_PHASE_STARTING: WorkerPhase
 WORKER_PHASE_READY: WorkerPhase
@@ -74,6 +75,7 @@ CHAOS_INJECTED: EventKind
 WORKER_FAILED: EventKind
 RESUMED: EventKind
 START_FAILED: EventKind
+WORKER_RESTARTING: EventKind
 
 class WorkerInfo(_message.Message):
     __slots__ = ("worker_id", "slot", "pid", "phase", "generation", "step")
@@ -510,7 +512,7 @@ class Recovery(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., cause: _Optional[str] = ..., failure_time: _Optional[float] = ..., resumed_time: _Optional[float] = ..., lost_steps: _Optional[int] = ..., phases: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("job", "phase", "generation", "members", "plan", "events", "step", "loss", "tokens_per_s", "failures", "recoveries", "leader", "total_steps", "first_loss", "checkpoint_step")
+    __slots__ = ("job", "phase", "generation", "members", "plan", "events", "step", "loss", "tokens_per_s", "failures", "recoveries", "leader", "total_steps", "first_loss", "checkpoint_step", "waiting_for")
     JOB_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -526,6 +528,7 @@ class StatusResponse(_message.Message):
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     FIRST_LOSS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     job: str
     phase: JobPhase
     generation: int
@@ -541,7 +544,8 @@ class StatusResponse(_message.Message):
     total_steps: int
     first_loss: float
     checkpoint_step: int
-    def __init__(self, job: _Optional[str] = ..., phase: _Optional[_Union[JobPhase, str]] = ..., generation: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., failures: _Optional[int] = ..., recoveries: _Optional[_Iterable[_Union[Recovery, _Mapping]]] = ..., leader: _Optional[str] = ..., total_steps: _Optional[int] = ..., first_loss: _Optional[float] = ..., checkpoint_step: _Optional[int] = ...) -> None: ...
+    waiting_for: str
+    def __init__(self, job: _Optional[str] = ..., phase: _Optional[_Union[JobPhase, str]] = ..., generation: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., failures: _Optional[int] = ..., recoveries: _Optional[_Iterable[_Union[Recovery, _Mapping]]] = ..., leader: _Optional[str] = ..., total_steps: _Optional[int] = ..., first_loss: _Optional[float] = ..., checkpoint_step: _Optional[int] = ..., waiting_for: _Optional[str] = ...) -> None: ...
 
 class AdminRequest(_message.Message):
     __slots__ = ("token", "action", "rank", "node_id", "at_step", "at_generation")

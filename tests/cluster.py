@@ -59,6 +59,7 @@ class Cluster:
         settle: float = 0.0,
         lease_ttl: float = 3.0,
         takeover_grace: float = 5.0,
+        start_timeout: float = 120.0,
     ) -> None:
         port_file = os.path.join(self.workdir, "controller.port")
         if os.path.exists(port_file):
@@ -84,6 +85,8 @@ class Cluster:
             str(lease_ttl),
             "--takeover-grace",
             str(takeover_grace),
+            "--start-timeout",
+            str(start_timeout),
         ]
         for key, value in self.job.items():
             if value is True:
@@ -127,6 +130,7 @@ class Cluster:
         token: str = AGENT_TOKEN,
         worker_socket: str = "",
         max_restarts: int = 0,
+        contact_timeout: float = 60.0,
     ) -> subprocess.Popen[bytes]:
         sidecar = ["--worker-socket", worker_socket] if worker_socket else []
         proc = subprocess.Popen(
@@ -147,6 +151,8 @@ class Cluster:
                 str(liveness_timeout),
                 "--max-restarts",
                 str(max_restarts),
+                "--contact-timeout",
+                str(contact_timeout),
                 *sidecar,
             ],
             stdout=self._log(node_id),

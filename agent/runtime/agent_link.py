@@ -90,6 +90,29 @@ class PlanBox:
         return None
 
 
+class StartingPulse:
+    """Alive messages while the worker builds its model and opens its data, before
+    its AgentLink runs. The agent's watchdog then treats a worker that stops
+    answering while it starts (stopped, stuck in a driver call) like a running one,
+    instead of waiting for its readiness for ever (issue 17)."""
+
+    def __init__(self, channel: WorkerChannel) -> None:
+        self._channel = channel
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._pulse, name="alive-starting", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _pulse(self) -> None:
+        while not self._stop.is_set():
+            if not self._channel.send(pb.FromWorker(alive=pb.WorkerAlive(wall_time=time.time()))):
+                return
+            self._stop.wait(ALIVE_INTERVAL_S)
+
+
 class AgentLink:
     """Plans and chaos from the agent; steps, joins and problems to it."""
 

@@ -30,7 +30,13 @@ import torch
 
 from elastiq import logs
 from elastiq.agent.channel import Channel
-from elastiq.agent.runtime.agent_link import AgentLink, Offer, Unnamed, WorkerChannel
+from elastiq.agent.runtime.agent_link import (
+    AgentLink,
+    Offer,
+    StartingPulse,
+    Unnamed,
+    WorkerChannel,
+)
 from elastiq.agent.runtime.buddies import Buddies
 from elastiq.agent.runtime.checkpointing import WorkerCheckpoints
 from elastiq.agent.runtime.comm import CollectiveFailed, Group, RendezvousClient, Superseded
@@ -327,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("invalid job config: %s", exc)
         return EXIT_CONFIG
+    pulse = StartingPulse(channel)
+    pulse.start()
     try:
         worker = Worker(channel, cfg, config.worker_id)
     except (ValueError, OSError) as exc:
@@ -335,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         channel.send(pb.FromWorker(start_failed=pb.WorkerProblem(detail=str(exc)[:2000])))
         channel.close()
         return EXIT_CONFIG
+    finally:
+        pulse.stop()
     try:
         return worker.run()
     finally:

@@ -53,9 +53,10 @@ async def run_local_async(
     controller = Controller(
         job,
         ControllerConfig(
-            min_workers=local.workers,
-            max_workers=local.workers if local.spare_nodes else 0,
-            settle_s=0.0,
+            min_workers=local.min_workers or local.workers,
+            max_workers=local.max_workers or (local.workers if local.spare_nodes else 0),
+            settle_s=local.settle_s,
+            start_timeout_s=local.start_timeout_s,
             lease_ttl_s=local.lease_ttl_s,
             heartbeat_interval_s=min(0.5, local.lease_ttl_s / 3),
         ),
@@ -86,44 +87,62 @@ async def run_local_async(
         + (f", metrics :{controller.metrics_port}" if controller.metrics_port else ""),
         file=out,
     )
+
+    def start_agent(i: int) -> subprocess.Popen[bytes]:
+        log_file = open(os.path.join(run_dir, f"node{i}.log"), "ab")  # noqa: SIM115
+        logs.append(log_file)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "elastiq.cli",
+                "--log-level",
+                local.log_level,
+                "agent",
+                "--controller",
+                address,
+                "--node-id",
+                f"node{i}",
+                "--slots",
+                str(local.workers_per_node),
+                "--liveness-timeout",
+                str(local.liveness_timeout_s),
+                "--progress-timeout",
+                str(local.progress_timeout_s),
+                "--max-restarts",
+                str(local.max_restarts),
+                "--start-retries",
+                str(local.start_retries),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=agent_env,
+        )
+
     try:
         for i in range(nodes):
-            log_file = open(os.path.join(run_dir, f"node{i}.log"), "wb")  # noqa: SIM115
-            logs.append(log_file)
-            agents.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "elastiq.cli",
-                        "--log-level",
-                        local.log_level,
-                        "agent",
-                        "--controller",
-                        address,
-                        "--node-id",
-                        f"node{i}",
-                        "--slots",
-                        str(local.workers_per_node),
-                        "--liveness-timeout",
-                        str(local.liveness_timeout_s),
-                        "--progress-timeout",
-                        str(local.progress_timeout_s),
-                        "--max-restarts",
-                        str(local.max_restarts),
-                    ],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=agent_env,
-                )
-            )
+            agents.append(start_agent(i))
         job_ctl = controller.job
         if job_ctl is None:
             raise RuntimeError("the local controller did not become leader")
         view = ProgressView(out, job.steps)
         pending = list(local.chaos)
+        agent_restarts = [0] * nodes
         while not job_ctl.done.is_set():
+            if job_ctl.layout is None:
+                # a node that dies while the job starts (a pod crashing at start-up) is
+                # started again, as Kubernetes restarts a pod; once training runs, a
+                # lost node stays lost (chaos kill-node means it)
+                for i, agent in enumerate(agents):
+                    code = agent.poll()
+                    if code is not None and agent_restarts[i] < local.start_retries:
+                        agent_restarts[i] += 1
+                        view.note(
+                            f"node{i}'s agent exited ({code}) before the job started; "
+                            f"starting it again ({agent_restarts[i]} of {local.start_retries})"
+                        )
+                        agents[i] = start_agent(i)
             status = job_ctl.status()
             view.update(status)
             if on_status is not None:

@@ -18,6 +18,22 @@ class LocalRunConfig:
 
     workers: int = 4
     """Total worker processes."""
+    min_workers: int = 0
+    """Ready workers needed to start (torchrun's --nnodes MIN); 0: all of --workers.
+    Below --workers, the job starts once the minimum is ready and the others have
+    had --settle to come, and takes the late ones in as they arrive."""
+    max_workers: int = 0
+    """Workers to train with; the rest wait as spares (0: all; with --spare-nodes,
+    --workers)."""
+    settle_s: float = 5.0
+    """Once --min-workers are ready, wait up to this long for the others (it ends as
+    soon as every worker is ready)."""
+    start_timeout_s: float = 300.0
+    """Fail the job when it has not started this long after launch, saying what it
+    waited for (0: wait for ever)."""
+    start_retries: int = 3
+    """Times a worker, or a node's agent, that dies before the first generation is
+    started again (nothing was computed, so nothing is lost)."""
     workers_per_node: int = 1
     """Workers per agent (node); workers must be a multiple of it."""
     spare_nodes: int = 0
@@ -46,6 +62,20 @@ class LocalRunConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.max_restarts <= 10_000:
             raise ValueError(f"max_restarts={self.max_restarts} must be in 0..10000")
+        if not 0 <= self.min_workers <= self.workers:
+            raise ValueError(
+                f"min_workers={self.min_workers} must be in 0..workers={self.workers} "
+                "(0: all of them)"
+            )
+        if self.max_workers and self.max_workers < (self.min_workers or self.workers):
+            raise ValueError(
+                f"max_workers={self.max_workers} is below the workers needed to start "
+                f"({self.min_workers or self.workers})"
+            )
+        if self.settle_s < 0 or self.start_timeout_s < 0:
+            raise ValueError("settle_s and start_timeout_s must be >= 0")
+        if not 0 <= self.start_retries <= 100:
+            raise ValueError(f"start_retries={self.start_retries} must be in 0..100")
         if self.spare_nodes < 0:
             raise ValueError(f"spare_nodes={self.spare_nodes} must be >= 0")
         if self.workers < 1 or self.workers_per_node < 1:

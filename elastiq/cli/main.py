@@ -210,6 +210,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"step {status.step}/{status.total_steps}  loss {status.loss:.4f}  "
         f"failures {status.failures}  leader {status.leader}"
     )
+    if status.waiting_for:
+        print(f"waiting: {status.waiting_for}")
     print(
         f"plan g{status.plan.generation}: {status.plan.world_size} ranks, rendezvous "
         f"{status.plan.rendezvous}, state from {status.plan.state_source or '-'}"

@@ -24,6 +24,10 @@ SHOWN_EVENTS = frozenset(
         "finished",
         "takeover",
         "worker_failed",
+        "waiting",
+        "worker_restarting",
+        "start_failed",
+        "worker_refused",
     }
 )
 
@@ -57,6 +61,9 @@ class ProgressView:
             f"loss {status.loss:.3f} tok/s {status.tokens_per_s:,.0f} "
             f"gen {status.generation} workers {members}"
         )
+        if status.waiting_for and status.phase == pb.JOB_PENDING:
+            # before the first generation the bar would say nothing: say what it waits for
+            line = f"starting: {status.waiting_for}"[:200]
         if self.tty:
             print("\r" + line, end="", file=self.out, flush=True)
             self.bar_shown = True
@@ -67,9 +74,14 @@ class ProgressView:
             self.last_line = time.monotonic()
             self.last_text = line
 
+    def note(self, text: str) -> None:
+        """A line of the runner's own (not a controller event), stamped like one."""
+        self._clear_bar()
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.out, flush=True)
+
     def _clear_bar(self) -> None:
         if self.tty and self.bar_shown:
-            print("\r" + " " * 110 + "\r", end="", file=self.out)
+            print("\r" + " " * 210 + "\r", end="", file=self.out)
             self.bar_shown = False
 
     def finish(self) -> None:

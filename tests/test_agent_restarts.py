@@ -1,0 +1,126 @@
+"""The agent's restart rules (issue 17), wired with stand-in processes: which worker
+is started again, after what back-off, with what report, and which never is.
+
+The real processes, signals and controller are in test_start_faults.py; here each
+rule is checked on its own in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from elastiq.agent.agent import Agent, AgentConfig
+from elastiq.agent.workers import WorkerProcess
+from elastiq.proto import elastiq_pb2 as pb
+
+
+class _Proc:
+    """A process that is still running, as far as the agent can tell."""
+
+    pid = 4242
+
+    def poll(self) -> int | None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+    def send_signal(self, sig: int) -> None:
+        pass
+
+
+class _Pipe:
+    """The agent's end of a worker's pipe, keeping what is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[pb.ToWorker] = []
+
+    def send(self, message: pb.ToWorker) -> bool:
+        self.sent.append(message)
+        return True
+
+
+def _agent(**config: Any) -> Agent:
+    return Agent(AgentConfig(controllers=["127.0.0.1:1"], node_id="node-a", **config))
+
+
+def _worker(agent: Agent, worker_id: str = "node-a.w0", planned: bool = False) -> WorkerProcess:
+    w = WorkerProcess(worker_id, 0, _Proc(), _Pipe())  # type: ignore[arg-type]
+    w.planned = planned
+    agent.workers[worker_id] = w
+    return w
+
+
+def _reports(agent: Agent) -> list[pb.EventReport]:
+    out = []
+    while not agent.outbox.empty():
+        out.append(agent.outbox.get_nowait())
+    return out
+
+
+def test_a_worker_lost_before_its_first_plan_is_restarted_with_a_growing_back_off() -> None:
+    agent = _agent(max_restarts=0, start_retries=3)
+    delays = []
+    for attempt in range(4):
+        w = _worker(agent, f"node-a.w0-r{attempt}" if attempt else "node-a.w0")
+        w.phase = pb.WORKER_PHASE_GONE
+        agent._plan_restart(w, -9, 100.0)
+        if 0 in agent._respawn_at:
+            delays.append(agent._respawn_at.pop(0) - 100.0)
+    assert delays == [1.0, 2.0, 4.0]  # max_restarts=0 does not stop a start from healing
+    reports = _reports(agent)
+    assert [r.kind for r in reports] == [pb.WORKER_RESTARTING] * 4
+    details = [r.detail for r in reports]
+    assert details[0] == (
+        "starting slot 0 again in 1s (restart 1 of 3): it died before its first plan (signal 9)"
+    )
+    assert details[3] == "not restarted: died before its first plan 4 times (start_retries=3)"
+
+
+def test_a_worker_that_trained_follows_max_restarts() -> None:
+    agent = _agent(max_restarts=0, start_retries=3)
+    w = _worker(agent, planned=True)
+    w.phase = pb.WORKER_PHASE_GONE
+    agent._plan_restart(w, 1, 100.0)
+    assert not agent._respawn_at and not _reports(agent)  # a lost member is the job's to heal
+
+
+def test_a_worker_that_cannot_start_is_never_retried() -> None:
+    agent = _agent(start_retries=3)
+    w = _worker(agent)
+    agent._on_worker_message(w, pb.FromWorker(start_failed=pb.WorkerProblem(detail="bad data")))
+    w.phase = pb.WORKER_PHASE_GONE
+    agent._plan_restart(w, 2, 100.0)
+    assert not agent._respawn_at
+    assert [r.kind for r in _reports(agent)] == [pb.START_FAILED]
+
+
+class _Refusing:
+    """A controller that refuses every WORKER_READY, as it does for another model."""
+
+    async def call(self, method: str, request: Any) -> Any:
+        return pb.EventAcks(
+            acks=[pb.EventAck(accepted=False, reason="another model") for _ in request.reports]
+        )
+
+
+def test_a_worker_the_controller_refuses_is_stopped_and_not_started_again() -> None:
+    async def main() -> None:
+        agent = _agent(start_retries=3)
+        agent.client = _Refusing()  # type: ignore[assignment]
+        w = _worker(agent)
+        agent.report(pb.WORKER_READY, w, "ready")
+        sender = asyncio.ensure_future(agent._sender())
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            sender.cancel()
+        pipe = w.channel
+        assert isinstance(pipe, _Pipe)
+        assert [m.WhichOneof("kind") for m in pipe.sent] == ["shutdown"]
+        w.phase = pb.WORKER_PHASE_GONE
+        agent._plan_restart(w, 0, 100.0)
+        assert not agent._respawn_at
+
+    asyncio.run(main())
