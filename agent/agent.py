@@ -27,7 +27,14 @@ from typing import Any
 from elastiq import logs, rpc
 from elastiq.agent.host_link import HostLink
 from elastiq.agent.plan_layout import PlanLayout, apply_plan_delta
-from elastiq.agent.workers import Launcher, WorkerProcess, spawn_worker, start_local, stop_workers
+from elastiq.agent.workers import (
+    Launcher,
+    WorkerProcess,
+    is_stopped,
+    spawn_worker,
+    start_local,
+    stop_workers,
+)
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -478,7 +485,14 @@ class Agent:
                     continue
                 silent = now - w.last_alive
                 if not w.heard:
-                    if now - w.started > self.config.contact_timeout_s:
+                    # before its first word only a stopped process is known to be hung
+                    # at once; a slow import is not
+                    w.stopped_since = (w.stopped_since or now) if is_stopped(w.pid) else 0.0
+                    if w.stopped_since and now - w.stopped_since > self.config.liveness_timeout_s:
+                        self._kill_hung(
+                            w, f"stopped for {now - w.stopped_since:.1f}s before its first word"
+                        )
+                    elif now - w.started > self.config.contact_timeout_s:
                         self._kill_hung(
                             w, f"said nothing in the {now - w.started:.0f}s since it was started"
                         )

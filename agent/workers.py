@@ -91,6 +91,9 @@ class WorkerProcess:
     """It has sent a message (before that, only contact_timeout_s bounds its start)."""
     start_failed: bool = False
     """It reported that it cannot start (its model or data): never restarted."""
+    stopped_since: float = 0.0
+    """time.monotonic() since when it has been seen stopped (SIGSTOP) before its first
+    word; 0: not stopped."""
     exit_reported: bool = False
 
     @property
@@ -109,6 +112,21 @@ class WorkerProcess:
             self.proc.send_signal(sig)
         except ProcessLookupError:
             pass
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP, a debugger), read from Linux's
+    /proc/<pid>/stat; False where that cannot be read (another PID namespace, as a
+    sidecar's workers are, or another OS), so callers fall back to silence alone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    # "pid (comm) state ...": comm may hold spaces and parentheses; the state follows
+    # the last ")"
+    _, _, rest = stat.rpartition(b")")
+    return rest[1:2] in (b"T", b"t")
 
 
 def spawn_worker(

@@ -44,7 +44,8 @@ def describe_wait(min_workers: int, waited_s: float, nodes: list[NodeReadiness])
     slots = sum(n.slots for n in nodes)
     line = f"{ready} of {slots} workers ready, minimum {min_workers}, waiting {duration(waited_s)}"
     if not nodes:
-        return line + "; no node has registered yet (are the agents running and pointed here?)"
+        hint = " (are the agents running, pointed at this controller?)" if waited_s >= 30 else ""
+        return f"{line}; no node has registered yet{hint}"
     lagging = [n for n in nodes if n.ready < n.slots]
     lagging.sort(key=lambda n: (-n.registered_s, n.node_id))
     shown = [

@@ -285,6 +285,11 @@ def _mirror(
             "WorkerLost" if phase == "Recovering" else "Steady",
             f"{controller.failures} worker(s) lost so far",
         )
+        if phase == "Pending" and controller.waiting_for:
+            # what the start waits for, and which pods lag (issue 17)
+            status.message = f"starting: {controller.waiting_for}"
+        elif status.message.startswith("starting: "):
+            status.message = ""  # started: the wait is over
     status.phase = phase
 
 

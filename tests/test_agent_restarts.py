@@ -1,13 +1,18 @@
 """The agent's restart rules (issue 17), wired with stand-in processes: which worker
 is started again, after what back-off, with what report, and which never is.
 
-The real processes, signals and controller are in test_start_faults.py; here each
-rule is checked on its own in milliseconds.
+The whole start with real workers, signals and a controller is in
+test_start_faults.py; here each rule is checked on its own, in milliseconds, or (the
+watchdog) in a second or two against a real process that never says a word.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from typing import Any
 
 from elastiq.agent.agent import Agent, AgentConfig
@@ -124,3 +129,53 @@ def test_a_worker_the_controller_refuses_is_stopped_and_not_started_again() -> N
         assert not agent._respawn_at
 
     asyncio.run(main())
+
+
+def _silent_process(
+    worker_id: str, slot: int, read_fd: int, write_fd: int
+) -> subprocess.Popen[bytes]:
+    """A worker process that never says a word (stuck before its first message)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def _supervised(agent: Agent, seconds: float, while_running: Any = None) -> list[pb.EventReport]:
+    """Start slot 0's worker (a silent process) and run the agent's watchdog for
+    `seconds`; returns what the agent reported. Every process started is killed."""
+
+    async def main() -> list[pb.EventReport]:
+        agent._loop = asyncio.get_running_loop()
+        agent._launcher = lambda: _silent_process  # type: ignore[method-assign]
+        agent._start_worker(0)
+        first = next(iter(agent.workers.values()))
+        if while_running is not None:
+            while_running(first)
+        watchdog = asyncio.ensure_future(agent._supervise())
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            agent.done.set()
+            await watchdog
+            for w in agent.workers.values():
+                w.signal(signal.SIGKILL)
+                w.proc.wait(5)
+        return _reports(agent)
+
+    return asyncio.run(main())
+
+
+def test_a_worker_that_never_says_a_word_is_killed_after_the_contact_timeout() -> None:
+    agent = _agent(contact_timeout_s=1.0, liveness_timeout_s=30.0, start_retries=1)
+    reports = _supervised(agent, 2.0)
+    kinds = [r.kind for r in reports]
+    assert kinds[:2] == [pb.WORKER_HUNG, pb.WORKER_RESTARTING], reports
+    assert (
+        "killed by the watchdog: said nothing in the 1s since it was started" in reports[0].detail
+    )
+
+
+def test_a_worker_stopped_before_its_first_word_is_killed_within_the_liveness_timeout() -> None:
+    agent = _agent(contact_timeout_s=60.0, liveness_timeout_s=0.5, start_retries=0)
+    reports = _supervised(agent, 1.5, lambda w: os.kill(w.pid, signal.SIGSTOP))
+    (hung,) = [r for r in reports if r.kind == pb.WORKER_HUNG]
+    assert hung.detail.startswith("killed by the watchdog: stopped for 0.")
+    assert "before its first word" in hung.detail

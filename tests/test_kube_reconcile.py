@@ -176,6 +176,19 @@ def test_a_failed_job_carries_the_controllers_reason() -> None:
     assert failed.message == "3 stages cannot share 2 units" and actions.create == []
 
 
+def test_a_starting_job_says_what_it_waits_for() -> None:
+    """Issue 17: before the first generation the job's message is the controller's
+    wait, naming the lagging pods; once it runs the wait is gone."""
+    wait = "2 of 4 workers ready, minimum 4, waiting 1m20s; lm-w3: 0 of 1 ready"
+    reply = controller(pb.JOB_PENDING, waiting_for=wait)
+    actions = reconcile(ref(), pods(0, 1, 2, 3), status(), reply, metadata_generation=1, now=NOW)
+    assert actions.status.phase == "Pending" and actions.status.message == f"starting: {wait}"
+    running = reconcile(
+        ref(), pods(0, 1, 2, 3), actions.status, controller(), metadata_generation=1, now=NOW
+    )
+    assert "waiting" not in running.status.message
+
+
 def test_an_invalid_spec_fails_once_and_a_fixed_one_runs() -> None:
     bad = invalid_spec(status(), "replicas too high", metadata_generation=2, now=NOW)
     assert bad.status.phase == "Failed" and [e.reason for e in bad.events] == ["InvalidSpec"]

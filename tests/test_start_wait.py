@@ -34,8 +34,9 @@ def test_a_minimum_the_registered_nodes_cannot_reach_says_what_to_do() -> None:
     assert "start more nodes or lower --min-workers" in line
 
 
-def test_no_node_at_all_is_said_as_such() -> None:
-    assert "no node has registered yet" in describe_wait(2, 3.0, [])
+def test_no_node_at_all_is_said_as_such_and_after_a_while_what_to_check() -> None:
+    assert describe_wait(2, 3.0, []).endswith("no node has registered yet")
+    assert "are the agents running" in describe_wait(2, 30.0, [])
 
 
 def test_events_come_when_the_wait_starts_and_every_minute_after() -> None:
