@@ -13,6 +13,20 @@ for lost_steps to stay 0), and report
 - throughput_before / throughput_after (tokens/s, from rank 0's step log, medians
   of the steps between warm-up and the kill, and after the change);
 - post_change_efficiency = after / (before x survivors / workers).
+
+Why that last figure alone cannot be trusted here (issue 18): 8 processes share 2
+cores, so wall-clock tokens/s says how the OS shared the cores at least as much as
+what the layout costs. So each run also reports, from every rank's step log, the
+step's own clocks (agent/runtime/worker._Clocks): this thread's CPU time of the
+forward, backward and update (`cpu_s`), the time it waited on pipeline neighbours
+(`p2p_wait_s`: the bubble and the transfers) and on collectives, per stage, before
+and after the change. From those, what the layout predicts on dedicated cores: the
+step takes at least its busiest rank's CPU time (`bottleneck_cpu_s`), so
+`cpu_efficiency` = bottleneck before / (bottleneck after x survivors / workers). The
+whole job's CPU per step (`total_cpu_s`) says what the change added in work.
+
+Every case runs --rounds times, interleaved; the summary gives each figure's median
+and spread (min, max).
 Prints progress lines, then one JSON object on the last line.
 """
 
@@ -24,6 +38,8 @@ import json
 import os
 import statistics
 import tempfile
+import threading
+import time
 from typing import Any
 
 from elastiq.cli.chaos_spec import ChaosSpec
@@ -55,6 +71,95 @@ def _tokens_per_s(walls: list[float], tokens_per_step: int) -> float | None:
     return round(tokens_per_step / statistics.median(gaps), 1) if gaps else None
 
 
+class MachineLoad:
+    """Samples /proc/stat (Linux) every 0.25 s while a run goes on, so that a window of
+    steps can be told apart: cores busy with the job, busy with something else, or
+    idle while the job waited. A wall-clock drop with the job's own CPU per step
+    unchanged is either the layout waiting on itself (idle cores) or another process
+    taking them (busy cores the workers did not use)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int, int, int]] = []  # wall, busy, total, steal
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load-sampler", daemon=True)
+
+    def __enter__(self) -> MachineLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with open("/proc/stat", encoding="ascii") as fh:
+                    fields = [int(x) for x in fh.readline().split()[1:]]
+            except (OSError, ValueError):
+                return
+            idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+            steal = fields[7] if len(fields) > 7 else 0
+            total = sum(fields[:8])
+            self.samples.append((time.time(), total - idle, total, steal))
+            self._stop.wait(0.25)
+
+    def window(self, t0: float, t1: float) -> dict[str, float] | None:
+        """Cores busy (of all), and stolen by the hypervisor, between walls t0 and t1."""
+        inside = [x for x in self.samples if t0 <= x[0] <= t1]
+        if len(inside) < 2:
+            return None
+        (_, b0, n0, s0), (_, b1, n1, s1) = inside[0], inside[-1]
+        cores = os.cpu_count() or 1
+        if n1 == n0:
+            return None
+        return {
+            "busy_cores": round(cores * (b1 - b0) / (n1 - n0), 2),
+            "steal_cores": round(cores * (s1 - s0) / (n1 - n0), 2),
+        }
+
+
+def _median(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 6) if xs else None
+
+
+def _clocks(entries: list[dict[str, Any]], plan: pb.Plan, keep: Any) -> dict[str, Any]:
+    """Per stage of `plan`: the median over the kept steps of each rank's clocks,
+    averaged over the stage's ranks; and the layout's bottleneck and total CPU."""
+    by_rank: dict[int, list[dict[str, float]]] = {}
+    for e in entries:
+        if keep(e) and "times" in e:
+            by_rank.setdefault(e["rank"], []).append(e["times"])
+    stages = []
+    for i, st in enumerate(plan.stages):
+        ranks = [r for r in st.ranks if r in by_rank]
+        per = {
+            key: [_median([t[key] for t in by_rank[r]]) or 0.0 for r in ranks]
+            for key in ("cpu_s", "process_cpu_s", "wall_s", "p2p_wait_s", "collective_wait_s")
+        }
+        stages.append(
+            {
+                "stage": i,
+                "replicas": len(st.ranks),
+                "units": [st.unit_lo, st.unit_hi],
+                **{k: round(statistics.mean(v), 4) if v else None for k, v in per.items()},
+            }
+        )
+    cpus = [_median([t["cpu_s"] for t in ts]) or 0.0 for ts in by_rank.values()]
+    # cores the workers themselves kept busy: each rank's CPU over its wall, summed
+    used = sum(
+        (_median([t["process_cpu_s"] for t in ts]) or 0.0)
+        / (_median([t["wall_s"] for t in ts]) or 1)
+        for ts in by_rank.values()
+    )
+    return {
+        "workers_cores": round(used, 2),
+        "stages": stages,
+        "bottleneck_cpu_s": round(max(cpus), 4) if cpus else None,
+        "total_cpu_s": round(sum(cpus), 4) if cpus else None,
+    }
+
+
 def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> dict[str, Any]:
     import asyncio
 
@@ -71,7 +176,8 @@ def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> d
             )
             return await run_local_async(cfg, local, out=quiet, on_status=_keep(captured))
 
-        summary = asyncio.run(main())
+        with MachineLoad() as load:
+            summary = asyncio.run(main())
         if not summary.succeeded or not summary.recoveries:
             return {"error": summary.error or f"phase {summary.phase}"}
         lines = []
@@ -91,6 +197,26 @@ def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> d
     rec = summary.recoveries[0]
     t_before, t_after = _tokens_per_s(before, tokens), _tokens_per_s(after, tokens)
     survivors = workers - 1
+    last_gen = max(e["generation"] for e in lines)
+    after_from = min((e["step"] for e in lines if e["generation"] == last_gen), default=0)
+    clocks_before = _clocks(
+        lines,
+        captured["first"].plan,
+        lambda e: e["generation"] == 1 and warmup <= e["step"] < kill_at,
+    )
+    clocks_after = _clocks(
+        lines,
+        plan,
+        lambda e: e["generation"] == last_gen and e["step"] >= after_from + warmup // 2,
+    )
+    b_before, b_after = clocks_before["bottleneck_cpu_s"], clocks_after["bottleneck_cpu_s"]
+    kept_before = [
+        e["wall"] for e in rank0 if e["generation"] == 1 and warmup <= e["step"] < kill_at
+    ]
+    if kept_before:
+        clocks_before["machine"] = load.window(kept_before[0], kept_before[-1])
+    if after:
+        clocks_after["machine"] = load.window(after[0], after[-1])
     return {
         "workers": workers,
         "stages_after": [len(st.ranks) for st in plan.stages],
@@ -105,14 +231,33 @@ def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> d
         "post_change_efficiency": (
             round(t_after / (t_before * survivors / workers), 3) if t_before and t_after else None
         ),
+        "cpu_efficiency": (
+            round(b_before / (b_after * survivors / workers), 3) if b_before and b_after else None
+        ),
+        "clocks_before": clocks_before,
+        "clocks_after": clocks_after,
     }
 
 
 def _keep(captured: dict[str, pb.StatusResponse]) -> Any:
     def on_status(status: pb.StatusResponse) -> None:
+        if "first" not in captured and status.plan.generation == 1:
+            captured["first"] = status
         captured["final"] = status
 
     return on_status
+
+
+def _spread(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None, "all": []}
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+        "all": [round(v, 3) for v in values],
+    }
 
 
 def main() -> None:
@@ -120,15 +265,50 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=90)
     parser.add_argument("--kill-at", type=int, default=45)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every case, interleaved")
     parser.add_argument("--layouts", default="PP2xDP2,PP4xDP2")
     parser.add_argument("--faults", default="kill-worker,kill-before-snapshot")
     args = parser.parse_args()
-    result = {}
-    for layout in args.layouts.split(","):
-        for fault in args.faults.split(","):
-            key = layout if fault == "kill-worker" else f"{layout} {fault}"
-            result[key] = measure(layout, fault, args.steps, args.kill_at, args.warmup)
-            print(f"{key}: {json.dumps(result[key])}", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for r in range(args.rounds):
+        for layout in args.layouts.split(","):
+            for fault in args.faults.split(","):
+                key = layout if fault == "kill-worker" else f"{layout} {fault}"
+                run = measure(layout, fault, args.steps, args.kill_at, args.warmup)
+                runs.setdefault(key, []).append(run)
+                brief = {
+                    k: run.get(k)
+                    for k in (
+                        "post_change_efficiency",
+                        "cpu_efficiency",
+                        "mttr_s",
+                        "lost_steps",
+                        "stages_after",
+                        "throughput_before",
+                        "throughput_after",
+                    )
+                }
+                print(f"round {r} {key}: {json.dumps(brief)}", flush=True)
+                for when in ("clocks_before", "clocks_after"):
+                    clocks = run.get(when, {})
+                    machine = clocks.get("machine")
+                    print(
+                        f"    {when[7:]:>6} workers kept {clocks.get('workers_cores')} cores "
+                        f"busy; the machine {machine}",
+                        flush=True,
+                    )
+                    for st in clocks.get("stages", []):
+                        print(f"    {when[7:]:>6} {json.dumps(st)}", flush=True)
+    result: dict[str, Any] = {}
+    for key, case in runs.items():
+        result[key] = {
+            "rounds": len(case),
+            **{
+                k: _spread(case, k)
+                for k in ("post_change_efficiency", "cpu_efficiency", "mttr_s", "lost_steps")
+            },
+            "runs": case,
+        }
     result["targets"] = {"post_change_efficiency": 0.90, "lost_steps": 0, "mttr_s": 3.0}
     print(json.dumps(result))
 

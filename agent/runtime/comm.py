@@ -115,6 +115,18 @@ class RendezvousClient:
         )
 
 
+@dataclass(slots=True)
+class WaitTimes:
+    """Seconds the calling thread spent blocked on this group, cumulative: what a
+    step waited for its neighbours and peers rather than computed (bench/reshard.py
+    reads it from the step log, issue 18)."""
+
+    p2p_s: float = 0.0
+    """Pipeline sends and receives: the bubble and the transfers together."""
+    collective_s: float = 0.0
+    """All-reduces, all-gathers, reduce-scatters, broadcasts."""
+
+
 class Group:
     """One generation's process group with supersede-aware, timed operations."""
 
@@ -135,6 +147,7 @@ class Group:
         self.timeout_s = timeout_s
         self.superseded = superseded
         self._waiter: _Waiter | None = None
+        self.waited = WaitTimes()
 
     @classmethod
     def build(
@@ -179,6 +192,7 @@ class Group:
 
     def _wait(self, work: dist.Work, what: str) -> None:
         """Wait for a collective; gloo marks those complete from its own threads."""
+        t0 = time.perf_counter()
         try:
             _poll(work.is_completed, self.superseded, time.monotonic() + self.timeout_s, what)
             work.wait()
@@ -186,8 +200,10 @@ class Group:
             raise
         except RuntimeError as exc:
             raise CollectiveFailed(f"{what}: {str(exc).splitlines()[0][:200]}") from exc
+        finally:
+            self.waited.collective_s += time.perf_counter() - t0
 
-    def _wait_in_thread(self, works: list[Any], what: str) -> None:
+    def _wait_in_thread(self, works: list[Any], what: str, p2p: bool = True) -> None:
         """Wait for operations gloo completes only inside wait() (send, recv,
         reduce_scatter: measured, is_completed() stays False). A wait(timeout) that
         expires breaks the pair (measured), so the blocking waits run in the group's
@@ -197,15 +213,23 @@ class Group:
         if self._waiter is None:
             self._waiter = _Waiter(f"waiter-g{self.generation}")
             weakref.finalize(self, self._waiter.stop)
+        t0 = time.perf_counter()
         done, errors = self._waiter.submit(works)
         # Event.wait wakes the moment the wait completes (no polling latency on the
         # hot path of pipeline receives); the slices let a superseding plan interrupt
         deadline = time.monotonic() + self.timeout_s
-        while not done.wait(0.02):
-            if self.superseded():
-                raise Superseded(what)
-            if time.monotonic() > deadline:
-                raise CollectiveFailed(f"{what} timed out")
+        try:
+            while not done.wait(0.02):
+                if self.superseded():
+                    raise Superseded(what)
+                if time.monotonic() > deadline:
+                    raise CollectiveFailed(f"{what} timed out")
+        finally:
+            waited = time.perf_counter() - t0
+            if p2p:
+                self.waited.p2p_s += waited
+            else:
+                self.waited.collective_s += waited
         if errors:
             raise CollectiveFailed(f"{what}: {str(errors[0]).splitlines()[0][:200]}")
 
@@ -236,7 +260,7 @@ class Group:
         """output <- sum over ranks of chunks[my rank] (chunks of equal size)."""
         what = "reduce_scatter"
         work = self._issue(what, lambda: self.pg.reduce_scatter([output], [chunks]))
-        self._wait_in_thread([work], what)
+        self._wait_in_thread([work], what, p2p=False)
 
     def allgather_into(self, outputs: list[torch.Tensor], tensor: torch.Tensor) -> None:
         work = self._issue("allgather", lambda: self.pg.allgather([outputs], [tensor]))

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import torch
@@ -54,6 +55,52 @@ from elastiq.proto import elastiq_pb2 as pb
 log = logging.getLogger("elastiq.agent.runtime.worker")
 
 EXIT_OK, EXIT_CONFIG, EXIT_STATE_LOST, EXIT_NO_PLAN = 0, 2, 3, 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Clocks:
+    """A step's clocks: wall time, this thread's CPU time (the forward, backward and
+    update it computed; blocked waits and gloo's own threads excluded), and the time
+    it waited on pipeline neighbours and on collectives. Read before and after the
+    step; the difference is the step's. On 2 cores shared by 8 workers the wall time
+    says how the OS shared the cores; the CPU time says what the layout costs."""
+
+    wall_s: float
+    cpu_s: float
+    process_cpu_s: float
+    """Every thread of the process (gloo's, the checkpoint writer's, the snapshot
+    sender's): beside cpu_s, what runs next to the training and competes for cores."""
+    p2p_s: float
+    collective_s: float
+
+    @classmethod
+    def read(cls, group: Group, stage_group: Group) -> _Clocks:
+        groups = [group] if stage_group is group else [group, stage_group]
+        return cls(
+            wall_s=time.perf_counter(),
+            cpu_s=time.thread_time(),
+            process_cpu_s=time.process_time(),
+            p2p_s=sum(g.waited.p2p_s for g in groups),
+            collective_s=sum(g.waited.collective_s for g in groups),
+        )
+
+    def since(self, before: _Clocks) -> _Clocks:
+        return _Clocks(
+            wall_s=self.wall_s - before.wall_s,
+            cpu_s=self.cpu_s - before.cpu_s,
+            process_cpu_s=self.process_cpu_s - before.process_cpu_s,
+            p2p_s=self.p2p_s - before.p2p_s,
+            collective_s=self.collective_s - before.collective_s,
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "wall_s": round(self.wall_s, 6),
+            "cpu_s": round(self.cpu_s, 6),
+            "process_cpu_s": round(self.process_cpu_s, 6),
+            "p2p_wait_s": round(self.p2p_s, 6),
+            "collective_wait_s": round(self.collective_s, 6),
+        }
 
 
 class Worker:
@@ -98,6 +145,8 @@ class Worker:
         self.group: Group | None = None
         self.stage_group: Group | None = None
         self._step_log: TextIO | None = None
+        self._times: _Clocks | None = None
+        """The last step's clocks (its forward/backward/update, not the rest of the loop)."""
         if cfg.step_log:
             os.makedirs(cfg.step_log, exist_ok=True)
             # line-buffered: one write per step, readable while the job runs
@@ -138,7 +187,9 @@ class Worker:
         while self.state.step < self.cfg.steps:
             step = self.state.step + 1
             t0 = time.perf_counter()
+            before = _Clocks.read(group, stage_group)
             result = self._step(view, group, stage_group, step)
+            self._times = _Clocks.read(group, stage_group).since(before)
             if self.link.die_after_update_of and step >= self.link.die_after_update_of:
                 self._die_before_snapshot(step)
             self.buddies.start(group, step, self.state)
@@ -201,6 +252,8 @@ class Worker:
                 "step_time": round(elapsed, 6),
                 "wall": round(now, 6),
             }
+            if self._times is not None:  # where the step's own time went (issue 18)
+                line["times"] = self._times.as_dict()
             stats = self.checkpoints.engine.stats if self.checkpoints.engine else None
             if stats is not None:  # cumulative: where checkpointing's time went
                 line["ckpt"] = {
