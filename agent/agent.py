@@ -30,11 +30,11 @@ from elastiq.agent.plan_layout import PlanLayout, apply_plan_delta
 from elastiq.agent.workers import (
     Launcher,
     WorkerProcess,
-    is_stopped,
     spawn_worker,
     start_local,
     stop_workers,
 )
+from elastiq.child_processes import is_stopped
 from elastiq.proto import elastiq_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -114,21 +114,6 @@ class WorkerProcess:
             pass
 
 
-def is_stopped(pid: int) -> bool:
-    """Whether process `pid` is stopped (SIGSTOP, a debugger), read from Linux's
-    /proc/<pid>/stat; False where that cannot be read (another PID namespace, as a
-    sidecar's workers are, or another OS), so callers fall back to silence alone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    # "pid (comm) state ...": comm may hold spaces and parentheses; the state follows
-    # the last ")"
-    _, _, rest = stat.rpartition(b")")
-    return rest[1:2] in (b"T", b"t")
-
-
 def spawn_worker(
     worker_id: str,
     node_id: str,

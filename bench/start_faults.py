@@ -25,16 +25,10 @@ import tempfile
 import time
 from typing import Any
 
+from elastiq.child_processes import child_pids
+
 ARGS = ["--workers", "6", "--pipeline-stages", "2", "--zero", "1", "--steps", "30"]
 STARTUP_EVENTS = ("worker_exited", "worker_restarting", "worker_hung", "node_lost", "waiting")
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:
-        return []
 
 
 def one_run(faults: bool, workdir: str, tag: str) -> dict[str, Any]:
@@ -50,8 +44,8 @@ def one_run(faults: bool, workdir: str, tag: str) -> dict[str, Any]:
             deadline = time.monotonic() + 60
             agents: list[int] = []
             while time.monotonic() < deadline:
-                agents = sorted(_children(run.pid))
-                workers = [_children(a) for a in agents]
+                agents = child_pids(run.pid)
+                workers = [child_pids(a) for a in agents]
                 if len(agents) == 6 and all(workers):
                     break
                 time.sleep(0.01)

@@ -19,26 +19,18 @@ import time
 
 import pytest
 
+from elastiq.child_processes import child_pids
 from elastiq.proto import elastiq_pb2 as pb
 from tests.cluster import Cluster
 
 pytestmark = pytest.mark.slow
 
 
-def _children(pid: int) -> list[int]:
-    """The child processes of `pid` (Linux /proc)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:
-        return []
-
-
 def _worker_pid(agent: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
     """The pid of the agent's worker as soon as it is started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        kids = _children(agent.pid)
+        kids = child_pids(agent.pid)
         if kids:
             return kids[0]
         time.sleep(0.01)

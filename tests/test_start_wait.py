@@ -5,7 +5,20 @@ port 0, the embedded store)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
 
+import pytest
+
+from elastiq.agent.agent import AgentConfig
+from elastiq.child_processes import child_pids, is_stopped
+from elastiq.cli.local_run_config import LocalRunConfig
+from elastiq.controller.job_state import ControllerConfig
 from elastiq.controller.server import Controller
 from elastiq.controller.start_wait import NodeReadiness, StartWait, describe_wait, duration
 from elastiq.proto import elastiq_pb2 as pb
@@ -116,3 +129,42 @@ def test_a_worker_lost_while_settling_puts_the_start_back_to_waiting() -> None:
         assert await _generation_after(controller, 1.5) == 1
 
     with_controller(body, min_workers=2, settle_s=0.5, lease_ttl_s=30.0)
+
+
+# -- the start's settings refuse what cannot work, saying why --------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ControllerConfig(start_timeout_s=-1), "start_timeout_s=-1"),
+        (lambda: LocalRunConfig(workers=4, min_workers=5), "min_workers=5 must be in 0..workers=4"),
+        (lambda: LocalRunConfig(workers=4, min_workers=3, max_workers=2), "below the workers"),
+        (lambda: LocalRunConfig(start_retries=101), "start_retries=101"),
+        (lambda: LocalRunConfig(start_timeout_s=-5), "start_timeout_s must be >= 0"),
+        (lambda: AgentConfig(controllers=["h:1"], start_retries=-1), "start_retries=-1"),
+        (lambda: AgentConfig(controllers=["h:1"], contact_timeout_s=0), "must be positive"),
+    ],
+)
+def test_impossible_start_settings_are_refused(make: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_proc_tells_a_stopped_child_from_a_running_one() -> None:
+    """elastiq.child_processes reads /proc: the children of a process, and whether one
+    is stopped (the agent's watchdog uses it before a worker's first word)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in child_pids(os.getpid())
+        assert not is_stopped(child.pid)
+        os.kill(child.pid, signal.SIGSTOP)
+        for _ in range(100):  # the state changes once the signal is delivered
+            if is_stopped(child.pid):
+                break
+            time.sleep(0.01)
+        assert is_stopped(child.pid)
+    finally:
+        child.kill()
+        child.wait(5)
+    assert not is_stopped(child.pid) and child.pid not in child_pids(os.getpid())

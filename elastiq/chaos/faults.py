@@ -20,6 +20,7 @@ from elastiq import fs
 from elastiq.chaos.cluster import ChaosCluster
 from elastiq.checkpoint import catalog
 from elastiq.checkpoint.manifest import step_dir
+from elastiq.child_processes import child_pids
 from elastiq.proto import elastiq_pb2 as pb
 
 
@@ -30,22 +31,6 @@ class Injected:
     step: int
     """The job's step when it was injected."""
     detail: str
-
-
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (a node agent's workers), from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
 
 
 def _kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -95,7 +80,7 @@ class FaultInjector:
         nodes = sorted({m.node_id for m in self._members(status)} & set(self.cluster.agents))
         node = self.rng.choice(nodes)
         agent = self.cluster.agents.pop(node)
-        workers = _children(agent.pid)
+        workers = child_pids(agent.pid)
         _kill(agent.pid)
         for pid in workers:
             _kill(pid)
