@@ -1,10 +1,21 @@
-"""Online resharding: lose one worker of a PP x DP job and measure the change.
+"""Online resharding: change the membership of a PP x DP job and measure the change.
 
-For PP2xDP2 (4 workers) and PP4xDP2 (8 workers), ZeRO-1: SIGKILL one worker of a
-middle position at step KILL_AT, once as it reports the step (kill-worker: wherever
-its snapshot transfer happens to be) and once right after its update, before its
-snapshot leaves (kill-before-snapshot: the worst moment, which a replay must cover
-for lost_steps to stay 0), and report
+For PP2xDP2 (4 workers) and PP4xDP2 (8 workers), ZeRO-1, the cases are:
+- kill-worker: SIGKILL one worker of a middle position at step KILL_AT as it reports
+  the step (wherever its snapshot transfer happens to be);
+- kill-before-snapshot: the same worker dies right after its update, before its
+  snapshot leaves (the worst moment, which a replay must cover for lost_steps to
+  stay 0);
+- stage-lost (PP4xDP2): both workers of stage 1 are SIGKILLed at KILL_AT, so no live
+  replica holds its layers: they come from the buddies on stage 2, and the job goes
+  on with 3 stages of 2;
+- scale-out (PP4xDP2 on 4 nodes of 2 workers): a fifth node starts at step KILL_AT
+  (`elastiq run --add-node-at`) and its 2 workers join the running job (10 workers);
+- scale-out-1 (not run by default): the same with nodes of one worker (9 workers).
+  No 4-stage layout of this model's 8 layer units runs 9 workers faster than 8 (a
+  third replica of a stage runs 6 of the 16 micro-batches, not 5.3), so the cost
+  model itself predicts 8/9 at best: it shows the limit, not the runtime;
+and each reports
 - mttr_s split by phase (detect, plan, deliver, comm_rebuild, migrate, resume),
   from the controller's recovery record;
 - migrated_bytes: what the plan's moves carried (params 4 B/element, moments 8);
@@ -12,7 +23,7 @@ for lost_steps to stay 0), and report
   provide): no recovery can move less;
 - throughput_before / throughput_after (tokens/s, from rank 0's step log, medians
   of the steps between warm-up and the kill, and after the change);
-- post_change_efficiency = after / (before x survivors / workers).
+- post_change_efficiency = after / (before x workers after / workers before).
 
 Why that last figure alone cannot be trusted here (issue 18): 8 processes share 2
 cores, so wall-clock tokens/s says how the OS shared the cores at least as much as
@@ -22,8 +33,14 @@ forward, backward and update (`cpu_s`), the time it waited on pipeline neighbour
 (`p2p_wait_s`: the bubble and the transfers) and on collectives, per stage, before
 and after the change. From those, what the layout predicts on dedicated cores: the
 step takes at least its busiest rank's CPU time (`bottleneck_cpu_s`), so
-`cpu_efficiency` = bottleneck before / (bottleneck after x survivors / workers). The
+`cpu_efficiency` = bottleneck before / (bottleneck after x workers after / workers
+before). The
 whole job's CPU per step (`total_cpu_s`) says what the change added in work.
+
+Beside the measured figures, `predicted_efficiency` is the planner's cost model
+(`stages.predicted_step_s`: the busiest replica's micro-batches times its stage's
+measured forward+backward time, plus the pipeline's fill and drain) on the layouts
+before and after, both with the job's final measured unit costs.
 
 Every case runs --rounds times, interleaved; the summary gives each figure's median
 and spread (min, max).
@@ -47,9 +64,16 @@ from elastiq.cli.local_run import run_local_async
 from elastiq.cli.local_run_config import LocalRunConfig
 from elastiq.cli.summary import RunSummary
 from elastiq.config import JobConfig, ModelConfig
+from elastiq.controller.stages import predicted_step_s
 from elastiq.proto import elastiq_pb2 as pb
 
 LAYOUTS = {"PP2xDP2": (2, 4, 1), "PP4xDP2": (4, 8, 3)}  # stages, workers, victim rank
+SCALE_OUT_EXTRA_STEPS = 30
+CHANGES = ("kill-worker", "kill-before-snapshot", "stage-lost", "scale-out", "scale-out-1")
+DEFAULT_CASES = (
+    "PP2xDP2/kill-worker,PP2xDP2/kill-before-snapshot,PP4xDP2/kill-worker,"
+    "PP4xDP2/kill-before-snapshot,PP4xDP2/stage-lost,PP4xDP2/scale-out"
+)
 
 
 def job_config(stages: int, steps: int, step_log: str) -> JobConfig:
@@ -160,20 +184,45 @@ def _clocks(entries: list[dict[str, Any]], plan: pb.Plan, keep: Any) -> dict[str
     }
 
 
-def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> dict[str, Any]:
+def _change(layout: str, change: str, kill_at: int, tmp: str) -> LocalRunConfig:
+    """The local run that makes `change` happen to `layout`."""
+    stages, workers, victim = LAYOUTS[layout]
+    if change in ("kill-worker", "kill-before-snapshot"):
+        return LocalRunConfig(
+            workers=workers, run_dir=tmp, chaos=[ChaosSpec(change, rank=victim, step=kill_at)]
+        )
+    if change == "stage-lost":
+        # the first plan gives stage s ranks [s*d, (s+1)*d) (even split in rank order)
+        per_stage = workers // stages
+        first = victim // per_stage * per_stage
+        chaos = [
+            ChaosSpec("kill-worker", rank=r, step=kill_at) for r in range(first, first + per_stage)
+        ]
+        return LocalRunConfig(workers=workers, run_dir=tmp, chaos=chaos)
+    if change in ("scale-out", "scale-out-1"):
+        # the node starts at KILL_AT like the faults, so the steps before are the same
+        # window; its agent and workers then take seconds to start (torch's import on
+        # busy cores, which also slows the others: no step from then until the join
+        # counts), so this case runs SCALE_OUT_EXTRA_STEPS more steps
+        per_node = 2 if change == "scale-out" else 1
+        return LocalRunConfig(
+            workers=workers, workers_per_node=per_node, run_dir=tmp, add_nodes_at=[kill_at]
+        )
+    raise ValueError(f"change {change!r}: expected one of {CHANGES}")
+
+
+def measure(layout: str, change: str, steps: int, kill_at: int, warmup: int) -> dict[str, Any]:
     import asyncio
 
-    stages, workers, victim = LAYOUTS[layout]
+    stages, workers, _ = LAYOUTS[layout]
+    if change.startswith("scale-out"):
+        steps += SCALE_OUT_EXTRA_STEPS
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
         cfg = job_config(stages, steps, os.path.join(tmp, "steps"))
         captured: dict[str, pb.StatusResponse] = {}
+        local = _change(layout, change, kill_at, tmp)
 
         async def main() -> RunSummary:
-            local = LocalRunConfig(
-                workers=workers,
-                run_dir=tmp,
-                chaos=[ChaosSpec(fault, rank=victim, step=kill_at)],
-            )
             return await run_local_async(cfg, local, out=quiet, on_status=_keep(captured))
 
         with MachineLoad() as load:
@@ -186,23 +235,28 @@ def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> d
                 lines += [json.loads(line) for line in fh if line.strip()]
     rank0 = sorted((e for e in lines if e["rank"] == 0), key=lambda e: (e["generation"], e["step"]))
     tokens = cfg.global_batch * cfg.seq_len
-    before = [e["wall"] for e in rank0 if e["generation"] == 1 and warmup <= e["step"] < kill_at]
+    # the steps before the change: generation 1 from the warm-up to the fault, or to
+    # the step at which the new node started
+    changed_at = min((e["step"] for e in lines if e["generation"] > 1), default=kill_at)
+    end_before = min(kill_at, changed_at)
+    before = [e["wall"] for e in rank0 if e["generation"] == 1 and warmup <= e["step"] < end_before]
     after_all = [e["wall"] for e in rank0 if e["generation"] > 1]
     after = after_all[warmup // 2 :]
     plan = captured["final"].plan
+    first_plan = captured["first"].plan
     moved = sum((m.hi - m.lo) * (4 if m.what == "params" else 8) for m in plan.moves)
     lower = sum(
         (m.hi - m.lo) * (4 if m.what == "params" else 8) for m in plan.moves if m.via == "buddy"
     )
     rec = summary.recoveries[0]
     t_before, t_after = _tokens_per_s(before, tokens), _tokens_per_s(after, tokens)
-    survivors = workers - 1
+    ratio = len(plan.assignments) / len(first_plan.assignments)  # workers after / before
     last_gen = max(e["generation"] for e in lines)
     after_from = min((e["step"] for e in lines if e["generation"] == last_gen), default=0)
     clocks_before = _clocks(
         lines,
-        captured["first"].plan,
-        lambda e: e["generation"] == 1 and warmup <= e["step"] < kill_at,
+        first_plan,
+        lambda e: e["generation"] == 1 and warmup <= e["step"] < end_before,
     )
     clocks_after = _clocks(
         lines,
@@ -210,15 +264,29 @@ def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> d
         lambda e: e["generation"] == last_gen and e["step"] >= after_from + warmup // 2,
     )
     b_before, b_after = clocks_before["bottleneck_cpu_s"], clocks_after["bottleneck_cpu_s"]
-    kept_before = [
-        e["wall"] for e in rank0 if e["generation"] == 1 and warmup <= e["step"] < kill_at
-    ]
-    if kept_before:
-        clocks_before["machine"] = load.window(kept_before[0], kept_before[-1])
+    if before:
+        clocks_before["machine"] = load.window(before[0], before[-1])
+    # the planner's cost model on both layouts, with the same (final) measured unit
+    # costs: what the layouts themselves promise, without any machine in it
+    costs = list(captured["final"].unit_costs_s)
+    micro_batches = cfg.global_batch // cfg.micro_batch
+
+    def predicted(p: pb.Plan) -> float | None:
+        if not costs:
+            return None
+        ranges = [(st.unit_lo, st.unit_hi) for st in p.stages]
+        return round(
+            predicted_step_s(costs, ranges, [len(st.ranks) for st in p.stages], micro_batches), 4
+        )
+
+    p_before, p_after = predicted(first_plan), predicted(plan)
     if after:
         clocks_after["machine"] = load.window(after[0], after[-1])
     return {
         "workers": workers,
+        "workers_after": len(plan.assignments),
+        "changed_at_step": changed_at,
+        "state_from": sorted({m.via for m in plan.moves}),
         "stages_after": [len(st.ranks) for st in plan.stages],
         "units_after": [[st.unit_lo, st.unit_hi] for st in plan.stages],
         "mttr_s": rec.recovery_s,
@@ -229,10 +297,15 @@ def measure(layout: str, fault: str, steps: int, kill_at: int, warmup: int) -> d
         "throughput_before": t_before,
         "throughput_after": t_after,
         "post_change_efficiency": (
-            round(t_after / (t_before * survivors / workers), 3) if t_before and t_after else None
+            round(t_after / (t_before * ratio), 3) if t_before and t_after else None
         ),
         "cpu_efficiency": (
-            round(b_before / (b_after * survivors / workers), 3) if b_before and b_after else None
+            round(b_before / (b_after * ratio), 3) if b_before and b_after else None
+        ),
+        "predicted_step_before_s": p_before,
+        "predicted_step_after_s": p_after,
+        "predicted_efficiency": (
+            round(p_before / (p_after * ratio), 3) if p_before and p_after else None
         ),
         "clocks_before": clocks_before,
         "clocks_after": clocks_after,
@@ -266,48 +339,66 @@ def main() -> None:
     parser.add_argument("--kill-at", type=int, default=45)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="runs of every case, interleaved")
-    parser.add_argument("--layouts", default="PP2xDP2,PP4xDP2")
-    parser.add_argument("--faults", default="kill-worker,kill-before-snapshot")
+    parser.add_argument(
+        "--cases",
+        default=DEFAULT_CASES,
+        help=f"LAYOUT/CHANGE,... with LAYOUT in {sorted(LAYOUTS)}, CHANGE in {list(CHANGES)}",
+    )
     args = parser.parse_args()
+    cases = [tuple(c.split("/", 1)) for c in args.cases.split(",")]
+    for case in cases:
+        if len(case) != 2 or case[0] not in LAYOUTS or case[1] not in CHANGES:
+            parser.error(f"--cases: {'/'.join(case)!r} is not LAYOUT/CHANGE ({args.cases!r})")
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in range(args.rounds):
-        for layout in args.layouts.split(","):
-            for fault in args.faults.split(","):
-                key = layout if fault == "kill-worker" else f"{layout} {fault}"
-                run = measure(layout, fault, args.steps, args.kill_at, args.warmup)
-                runs.setdefault(key, []).append(run)
-                brief = {
-                    k: run.get(k)
-                    for k in (
-                        "post_change_efficiency",
-                        "cpu_efficiency",
-                        "mttr_s",
-                        "lost_steps",
-                        "stages_after",
-                        "throughput_before",
-                        "throughput_after",
-                    )
-                }
-                print(f"round {r} {key}: {json.dumps(brief)}", flush=True)
-                for when in ("clocks_before", "clocks_after"):
-                    clocks = run.get(when, {})
-                    machine = clocks.get("machine")
-                    print(
-                        f"    {when[7:]:>6} workers kept {clocks.get('workers_cores')} cores "
-                        f"busy; the machine {machine}",
-                        flush=True,
-                    )
-                    for st in clocks.get("stages", []):
-                        print(f"    {when[7:]:>6} {json.dumps(st)}", flush=True)
+        for layout, change in cases:
+            key = layout if change == "kill-worker" else f"{layout} {change}"
+            run = measure(layout, change, args.steps, args.kill_at, args.warmup)
+            runs.setdefault(key, []).append(run)
+            brief = {
+                k: run.get(k)
+                for k in (
+                    "post_change_efficiency",
+                    "cpu_efficiency",
+                    "predicted_efficiency",
+                    "mttr_s",
+                    "phases_s",
+                    "lost_steps",
+                    "stages_after",
+                    "state_from",
+                    "changed_at_step",
+                    "throughput_before",
+                    "throughput_after",
+                    "predicted_step_before_s",
+                    "predicted_step_after_s",
+                )
+            }
+            print(f"round {r} {key}: {json.dumps(brief)}", flush=True)
+            for when in ("clocks_before", "clocks_after"):
+                clocks = run.get(when, {})
+                machine = clocks.get("machine")
+                print(
+                    f"    {when[7:]:>6} workers kept {clocks.get('workers_cores')} cores "
+                    f"busy; the machine {machine}",
+                    flush=True,
+                )
+                for st in clocks.get("stages", []):
+                    print(f"    {when[7:]:>6} {json.dumps(st)}", flush=True)
     result: dict[str, Any] = {}
-    for key, case in runs.items():
+    for key, case_runs in runs.items():
         result[key] = {
-            "rounds": len(case),
+            "rounds": len(case_runs),
             **{
-                k: _spread(case, k)
-                for k in ("post_change_efficiency", "cpu_efficiency", "mttr_s", "lost_steps")
+                k: _spread(case_runs, k)
+                for k in (
+                    "post_change_efficiency",
+                    "cpu_efficiency",
+                    "predicted_efficiency",
+                    "mttr_s",
+                    "lost_steps",
+                )
             },
-            "runs": case,
+            "runs": case_runs,
         }
     result["targets"] = {"post_change_efficiency": 0.90, "lost_steps": 0, "mttr_s": 3.0}
     print(json.dumps(result))

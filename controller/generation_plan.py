@@ -177,6 +177,12 @@ class GenerationPlanner:
             old = self.unit_costs.get(unit)
             self.unit_costs[unit] = cost if old is None else 0.8 * old + 0.2 * cost
 
+    def cost_profile(self) -> tuple[float, ...]:
+        """The unit costs the next plan would balance with; () before any measurement."""
+        if self.unit_numel is None or not self.unit_costs:
+            return ()
+        return measured_profile(self.unit_numel, self.unit_costs).unit_costs
+
     async def propose(
         self,
         *,
@@ -214,6 +220,7 @@ class GenerationPlanner:
                 holders=holders,
                 snapshots=self.job.buddy_snapshots,
                 max_workers=self.config.max_workers,
+                micro_batches=self.job.micro_batches,
             )
         except PlanError as exc:
             return Refused(f"cannot plan generation {generation}: {exc}")

@@ -393,7 +393,7 @@ class JobController:
             self.phase = pb.JOB_RUNNING
         self._event(
             "recovered",
-            f"generation {record.generation} resumed {took:.3f}s after the failure "
+            f"generation {record.generation} resumed {took:.3f}s after the change began "
             f"({record.cause}); lost steps {record.lost_steps}",
         )
 
@@ -700,6 +700,7 @@ class JobController:
             total_steps=self.job.steps,
             first_loss=self.first_loss,
             waiting_for=self.waiting_for if self.layout is None else "",
+            unit_costs_s=self.planner.cost_profile(),
         )
         return build_status(
             header,

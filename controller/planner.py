@@ -27,7 +27,7 @@ from elastiq.controller.reshard import (
     lost_owner_buddies,
     plan_moves,
 )
-from elastiq.controller.stages import balance_stages, bottleneck
+from elastiq.controller.stages import balance_stages, bottleneck, effective_degrees
 from elastiq.partition import even_split, stage_buddies
 
 
@@ -124,6 +124,7 @@ def make_hybrid_plan(
     holders: set[str] | None = None,
     snapshots: bool = True,
     max_workers: int = 0,
+    micro_batches: int = 0,
 ) -> HybridLayout:
     """The next pipeline x data parallel layout, moving as little state as possible.
 
@@ -139,6 +140,10 @@ def make_hybrid_plan(
     `max_workers`: plan at most this many (0: all); the others wait as spares. A
     spare or joiner planned while a member is lost takes that member's exact place
     (rank, stage, interval), so the layout and the computation stay the same.
+    `micro_batches`: a step's micro-batches (0: assume an even split). Replicas run
+    whole micro-batches, so a third replica of a stage in a step of 16 saves a
+    quarter of its time, not a third; the balance counts that
+    (`stages.effective_degrees`).
     """
     if zero not in (0, 1, 2):
         raise PlanError(f"zero={zero} must be 0, 1 or 2")
@@ -208,7 +213,7 @@ def make_hybrid_plan(
                 for u in range(*previous.stages[old_s].units):
                     holder[u] = new_s
         for joiner in pending:
-            groups[_best_stage_for_joiner(profile, groups)].append(joiner)
+            groups[_best_stage_for_joiner(profile, groups, micro_batches)].append(joiner)
         dropped = tuple(w for w in old_ids if w not in by_id)
     degrees = [len(g) for g in groups]
     if any(d == 0 for d in degrees):
@@ -225,7 +230,10 @@ def make_hybrid_plan(
         ranges = [st.units for st in previous.stages]
     else:
         ranges = balance_stages(
-            profile.unit_costs, degrees, unit_bytes=profile.unit_numel, holder=holder
+            profile.unit_costs,
+            effective_degrees(degrees, micro_batches),
+            unit_bytes=profile.unit_numel,
+            holder=holder,
         )
     layout_stages = tuple(
         StageLayout(units=r, ranks=tuple(sorted(g))) for r, g in zip(ranges, groups, strict=True)
@@ -277,7 +285,7 @@ def make_hybrid_plan(
     )
 
 
-def _best_stage_for_joiner(profile: Profile, groups: list[list[int]]) -> int:
+def _best_stage_for_joiner(profile: Profile, groups: list[list[int]], micro_batches: int) -> int:
     """The stage whose extra replica lowers the bottleneck most (an empty stage, left
     by a stage loss, first); ties go to the stage with fewer replicas."""
     degrees = [len(g) for g in groups]
@@ -286,6 +294,10 @@ def _best_stage_for_joiner(profile: Profile, groups: list[list[int]]) -> int:
 
     def after(s: int) -> tuple[float, int, int]:
         trial = [d + (1 if i == s else 0) for i, d in enumerate(degrees)]
-        return (bottleneck(profile.unit_costs, trial), degrees[s], s)
+        return (
+            bottleneck(profile.unit_costs, effective_degrees(trial, micro_batches)),
+            degrees[s],
+            s,
+        )
 
     return min(range(len(groups)), key=after)

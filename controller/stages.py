@@ -18,11 +18,22 @@ class StageBalanceError(ValueError):
     """The units cannot be split into the requested stages."""
 
 
-def _loads(prefix: list[float], lo: int, hi: int, degree: int) -> float:
+def effective_degrees(degrees: Sequence[int], micro_batches: int) -> list[float]:
+    """What `degrees[s]` replicas are worth when a step's `micro_batches` are split
+    among them in whole micro-batches: the busiest runs ceil(M / d), so d replicas
+    do the work of M / ceil(M / d) (16 over 3: 2.67, not 3). 0: an even split."""
+    if micro_batches < 0:
+        raise StageBalanceError(f"micro_batches={micro_batches} must be >= 0")
+    if not micro_batches:
+        return [float(d) for d in degrees]
+    return [micro_batches / -(-micro_batches // d) if d >= 1 else float(d) for d in degrees]
+
+
+def _loads(prefix: list[float], lo: int, hi: int, degree: float) -> float:
     return (prefix[hi] - prefix[lo]) / degree
 
 
-def bottleneck(costs: Sequence[float], degrees: Sequence[int]) -> float:
+def bottleneck(costs: Sequence[float], degrees: Sequence[float]) -> float:
     """The smallest achievable max over stages of cost(stage) / degree(stage)."""
     n, s = len(costs), len(degrees)
     _check(n, s, costs, degrees)
@@ -42,7 +53,7 @@ def bottleneck(costs: Sequence[float], degrees: Sequence[int]) -> float:
 
 def balance_stages(
     costs: Sequence[float],
-    degrees: Sequence[int],
+    degrees: Sequence[float],
     current: Sequence[tuple[int, int]] | None = None,
     unit_bytes: Sequence[int] | None = None,
     tolerance: float = 0.02,
@@ -120,7 +131,7 @@ def _holders(ranges: Sequence[tuple[int, int]], n: int, s: int) -> list[int]:
     return holder
 
 
-def _check(n: int, s: int, costs: Sequence[float], degrees: Sequence[int]) -> None:
+def _check(n: int, s: int, costs: Sequence[float], degrees: Sequence[float]) -> None:
     if s < 1 or n < s:
         raise StageBalanceError(
             f"cannot split {n} units into {s} stages (need 1 <= stages <= units)"
@@ -129,3 +140,30 @@ def _check(n: int, s: int, costs: Sequence[float], degrees: Sequence[int]) -> No
         raise StageBalanceError(f"every stage needs at least one replica: degrees {list(degrees)}")
     if any(c < 0 for c in costs):
         raise StageBalanceError("unit costs must be >= 0")
+
+
+def predicted_step_s(
+    costs: Sequence[float],
+    ranges: Sequence[tuple[int, int]],
+    degrees: Sequence[int],
+    micro_batches: int,
+) -> float:
+    """The step time the cost model predicts for a layout: `costs` are seconds of
+    forward+backward per micro-batch per unit, stage s holds units `ranges[s]` on
+    `degrees[s]` replicas, and a step has `micro_batches` micro-batches.
+
+    A replica of stage s runs ceil(M / d_s) micro-batches (the schedule splits them
+    in contiguous blocks, so 16 over 3 replicas is 6, 5, 5: a third replica saves
+    a quarter, not a third). The slowest replica sets the pace, and the pipeline's
+    fill and drain add one micro-batch of every other stage: the 1F1B estimate
+    (m + S - 1) t when the stages are equal. Communication is not in it, so on a
+    machine where it is not hidden the measured step is longer."""
+    if len(ranges) != len(degrees) or not ranges:
+        raise StageBalanceError(f"{len(ranges)} stage ranges for {len(degrees)} degrees")
+    if micro_batches < 1:
+        raise StageBalanceError(f"micro_batches={micro_batches} must be >= 1")
+    _check(len(costs), len(ranges), costs, degrees)
+    per_mb = [sum(costs[lo:hi]) for lo, hi in ranges]
+    busy = [t * -(-micro_batches // d) for t, d in zip(per_mb, degrees, strict=True)]
+    slowest = max(range(len(busy)), key=busy.__getitem__)
+    return busy[slowest] + sum(t for s, t in enumerate(per_mb) if s != slowest)

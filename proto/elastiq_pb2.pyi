@@ -512,7 +512,7 @@ class Recovery(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., cause: _Optional[str] = ..., failure_time: _Optional[float] = ..., resumed_time: _Optional[float] = ..., lost_steps: _Optional[int] = ..., phases: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("job", "phase", "generation", "members", "plan", "events", "step", "loss", "tokens_per_s", "failures", "recoveries", "leader", "total_steps", "first_loss", "checkpoint_step", "waiting_for")
+    __slots__ = ("job", "phase", "generation", "members", "plan", "events", "step", "loss", "tokens_per_s", "failures", "recoveries", "leader", "total_steps", "first_loss", "checkpoint_step", "waiting_for", "unit_costs_s")
     JOB_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -529,6 +529,7 @@ class StatusResponse(_message.Message):
     FIRST_LOSS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    UNIT_COSTS_S_FIELD_NUMBER: _ClassVar[int]
     job: str
     phase: JobPhase
     generation: int
@@ -545,7 +546,8 @@ class StatusResponse(_message.Message):
     first_loss: float
     checkpoint_step: int
     waiting_for: str
-    def __init__(self, job: _Optional[str] = ..., phase: _Optional[_Union[JobPhase, str]] = ..., generation: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., failures: _Optional[int] = ..., recoveries: _Optional[_Iterable[_Union[Recovery, _Mapping]]] = ..., leader: _Optional[str] = ..., total_steps: _Optional[int] = ..., first_loss: _Optional[float] = ..., checkpoint_step: _Optional[int] = ..., waiting_for: _Optional[str] = ...) -> None: ...
+    unit_costs_s: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, job: _Optional[str] = ..., phase: _Optional[_Union[JobPhase, str]] = ..., generation: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., failures: _Optional[int] = ..., recoveries: _Optional[_Iterable[_Union[Recovery, _Mapping]]] = ..., leader: _Optional[str] = ..., total_steps: _Optional[int] = ..., first_loss: _Optional[float] = ..., checkpoint_step: _Optional[int] = ..., waiting_for: _Optional[str] = ..., unit_costs_s: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AdminRequest(_message.Message):
     __slots__ = ("token", "action", "rank", "node_id", "at_step", "at_generation")

@@ -87,6 +87,41 @@ def test_a_joiner_goes_to_the_most_loaded_stage() -> None:
     assert all(m.via == "live" for m in g2.moves) and not g2.lost
 
 
+@pytest.mark.parametrize(("micro_batches", "moved"), [(4, False), (6, True), (0, True)])
+def test_a_third_replica_gets_layers_only_when_the_micro_batch_split_lets_it_help(
+    micro_batches: int, moved: bool
+) -> None:
+    """PP2xDP2 over 6 equal units, 3 per stage; a fifth worker joins stage 0. With 6
+    micro-batches a step (or an even split assumed: 0), each of 3 replicas runs 2, so
+    stage 0 can take a fourth unit and the step gets shorter. With 4, one replica
+    still runs 2 of them: a fourth unit there would make stage 0 the slowest, so the
+    layers stay where they are and nothing moves."""
+    equal = Profile(unit_costs=(1.0,) * 6, unit_numel=(10,) * 6)
+    members = refs(4)
+
+    def plan_mb(m: list[WorkerRef], prev: HybridLayout | None, gen: int) -> HybridLayout:
+        return make_hybrid_plan(
+            m, equal, prev, gen, stages=2, zero=1, reason="t", micro_batches=micro_batches
+        )
+
+    g1 = plan_mb(members, None, 1)
+    g2 = plan_mb(members + refs(1, start=4), g1, 2)
+    assert [len(st.ranks) for st in g2.stages] == [3, 2]
+    assert (g2.stages[0].units != g1.stages[0].units) is moved
+    if not moved:
+        joiner = g2.worker_ids().index("w0004")
+        params_to = {m.dst_rank for m in g2.moves if m.what == "params"}
+        assert params_to == {joiner}, "only the joiner receives layers"
+
+
+def test_effective_degrees_count_whole_micro_batches() -> None:
+    from elastiq.controller.stages import effective_degrees
+
+    assert effective_degrees([1, 2, 3, 4], 16) == [1.0, 2.0, 16 / 6, 4.0]
+    assert effective_degrees([3, 20], 0) == [3.0, 20.0]  # even split assumed
+    assert effective_degrees([20], 16) == [16.0]  # 4 of 20 replicas have nothing to do
+
+
 def test_a_joiner_restores_a_stage_lost_whole_before_adding_replicas() -> None:
     """PP2 on 2 workers loses stage 1: one stage holds everything. The next joiner
     makes a second stage again (taking layers from live holders), not a replica."""

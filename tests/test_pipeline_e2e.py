@@ -95,6 +95,7 @@ def test_two_failures_in_one_step_become_one_generation(tmp_path: object) -> Non
     assert end.recoveries and all(r.lost_steps == 0 for r in end.recoveries)
 
 
+@pytest.mark.extended  # the same join through `elastiq run`: tests/test_add_node.py
 def test_a_joining_node_raises_a_stage_degree_in_place(tmp_path: object) -> None:
     cluster = Cluster(str(tmp_path), job={**PP2, "steps": 200, "step-delay": 0.03})
     try:

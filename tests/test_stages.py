@@ -12,6 +12,7 @@ from elastiq.controller.stages import (
     balance_stages,
     bottleneck,
     moved_units,
+    predicted_step_s,
 )
 from elastiq.partition import (
     buddies,
@@ -117,3 +118,28 @@ def test_gradient_keepers_are_replicas_of_the_same_stage() -> None:
     assert gradient_keepers(nodes, [[0], [1, 2, 3]], [1, 0, 0, 0]) == [-1, 3, 3, 1]
     # data parallelism: the buddy is a replica already, and keeps it
     assert gradient_keepers(["a", "a", "b"], [[0, 1, 2]], [2, 2, 0]) == [2, 2, 0]
+
+
+def test_the_predicted_step_of_equal_stages_is_the_1f1b_estimate() -> None:
+    # 4 equal stages of 2 replicas, 16 micro-batches: (m + S - 1) t with m = 8, t = 2
+    assert predicted_step_s([1.0] * 8, [(0, 2), (2, 4), (4, 6), (6, 8)], [2] * 4, 16) == 22.0
+
+
+def test_a_third_replica_saves_only_what_the_micro_batch_split_allows() -> None:
+    ranges = [(0, 2), (2, 4), (4, 6), (6, 8)]
+    two = predicted_step_s([1.0] * 8, ranges, [2, 2, 2, 2], 16)
+    three = predicted_step_s([1.0] * 8, ranges, [3, 2, 2, 2], 16)
+    # stage 0's ranks run 6 of 16 micro-batches instead of 8, but stages 1-3 still run
+    # 8: the step does not get shorter, which is why one extra worker in a 4-stage
+    # pipeline of 8 equal layers cannot raise throughput
+    assert three == two
+    # moving a layer onto it makes it the slowest: 3 layers x 6 micro-batches
+    fewer = predicted_step_s([1.0] * 8, [(0, 3), (3, 5), (5, 7), (7, 8)], [3, 2, 2, 2], 16)
+    assert fewer == 3 * 6 + 2 + 2 + 1
+
+
+def test_a_prediction_for_a_layout_that_does_not_fit_is_refused() -> None:
+    with pytest.raises(StageBalanceError, match="stage ranges"):
+        predicted_step_s([1.0] * 4, [(0, 2)], [1, 1], 8)
+    with pytest.raises(StageBalanceError, match="micro_batches"):
+        predicted_step_s([1.0] * 4, [(0, 4)], [1], 0)

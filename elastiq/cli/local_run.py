@@ -44,6 +44,12 @@ async def run_local_async(
     on_status: Callable[[pb.StatusResponse], None] | None = None,
 ) -> RunSummary:
     """Run the job; `on_status` sees every status polled, the final one last."""
+    late = [step for step in local.add_nodes_at if step >= job.steps]
+    if late:
+        raise ValueError(
+            f"add_nodes_at {late}: the job ends at step {job.steps}, so a node added then "
+            "would never join; pick steps below it"
+        )
     run_dir = local.run_dir or os.path.join("runs", job.job)
     os.makedirs(run_dir, exist_ok=True)
     # a local run makes its own credentials: the agents get theirs in their environment
@@ -128,6 +134,7 @@ async def run_local_async(
             raise RuntimeError("the local controller did not become leader")
         view = ProgressView(out, job.steps)
         pending = list(local.chaos)
+        to_add = sorted(local.add_nodes_at)
         agent_restarts = [0] * nodes
         while not job_ctl.done.is_set():
             if job_ctl.layout is None:
@@ -151,6 +158,14 @@ async def run_local_async(
                 for spec in list(pending):
                     if _schedule_chaos(job_ctl, spec):
                         pending.remove(spec)
+                while to_add and status.step >= to_add[0]:
+                    to_add.pop(0)
+                    view.note(
+                        f"node{len(agents)} starts at step {status.step} (--add-node-at): "
+                        f"{local.workers_per_node} more worker(s) join the running job"
+                    )
+                    agents.append(start_agent(len(agents)))
+                    agent_restarts.append(local.start_retries)  # joins a running job
             if all(a.poll() is not None for a in agents):
                 break
             try:

@@ -42,6 +42,10 @@ class LocalRunConfig:
     """Controller store URL."""
     chaos: list[ChaosSpec] = field(default_factory=list)
     """Faults to inject, by (rank, step)."""
+    add_nodes_at: list[int] = field(default_factory=list)
+    """Start one more node (an agent with --workers-per-node workers) when the job
+    reaches each of these steps: scale-out rehearsed the way --chaos rehearses
+    failures. The new workers join the running job; nobody restarts."""
     liveness_timeout_s: float = 3.0
     """Agent watchdog: kill a worker silent for this long."""
     progress_timeout_s: float = 120.0
@@ -98,8 +102,17 @@ class LocalRunConfig:
                     f"chaos kill-node: node {spec.node!r} does not exist; local nodes are "
                     f"node0..node{self.workers // self.workers_per_node - 1}"
                 )
-        if self.workers > 64:
-            raise ValueError(f"workers={self.workers}: a local run is limited to 64 processes")
+        if any(step < 1 for step in self.add_nodes_at):
+            raise ValueError(
+                f"add_nodes_at={self.add_nodes_at}: a node joins at a step >= 1 (the job "
+                "must be running; to start with it, raise --workers)"
+            )
+        total = self.workers + (self.spare_nodes + len(self.add_nodes_at)) * self.workers_per_node
+        if total > 64:
+            raise ValueError(
+                f"{total} workers with spares and added nodes: a local run is limited to 64 "
+                "processes"
+            )
 
 
 def run_file_path(job: str) -> str:

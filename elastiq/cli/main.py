@@ -93,7 +93,7 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
 
 
 #: LocalRunConfig fields `elastiq run` sets another way
-_RUN_SKIP = ("chaos", "log_level")
+_RUN_SKIP = ("chaos", "add_nodes_at", "log_level")
 _RUN_ENV = {"store": envvars.STORE}
 #: secrets never come from argv: --*-token-file names a file (flag > environment)
 _CONTROLLER_SKIP: tuple[str, ...] = ()
@@ -112,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         skip=_RUN_SKIP,
         env=_RUN_ENV,
         chaos=[ChaosSpec.parse(c) for c in args.chaos],
+        add_nodes_at=args.add_node_at,
         log_level=args.log_level,
     )
     summary = run_local(_job_config(args), local)
@@ -345,6 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="fault by (rank, step): kill-worker:rank=2,step=50 | hang:rank=1,step=30 | "
         "kill-node:node=node1,step=40 | kill-before-snapshot:rank=1,step=15 (repeatable)",
+    )
+    run.add_argument(
+        "--add-node-at",
+        type=int,
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="start one more node when the job reaches STEP; its workers join the running "
+        "job, a scale-out rehearsal (repeatable)",
     )
     run.set_defaults(func=cmd_run)
 
