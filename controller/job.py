@@ -76,6 +76,8 @@ class JobController:
         # the last layout every member finished joining: plans take state from it
         self.generations = CompletedGenerations()
         self._growth_waiting: list[str] = []
+        self._held_joins: dict[str, list[str]] = {}
+        """Per node: readiness of workers waiting for the node's other slots."""
         self._completed = 0
         """The newest generation every member reported joining."""
         self._progress_observed = 0.0
@@ -325,7 +327,7 @@ class JobController:
                 WorkerRef(node_id, req.slot, req.worker_id), pid=req.pid
             )
             self._event("worker_ready", f"{req.worker_id} (pid {req.pid})")
-            self._on_membership_grew(f"{req.worker_id} joined")
+            self._on_worker_ready(node, f"{req.worker_id} joined")
             return pb.EventAck(accepted=True)
         if req.kind == pb.START_FAILED:
             self._event("start_failed", f"{req.worker_id}: {req.detail}")
@@ -419,6 +421,39 @@ class JobController:
             self.recovery.failure(cause, failure_time, self._last_committed())
             self.phase = pb.JOB_RECOVERING
         self._request_replan(cause)
+
+    def _on_worker_ready(self, node: NodeState, reason: str) -> None:
+        """A worker is ready. On a node new to the running job whose other slots are
+        still starting, it waits for them (up to settle_s) so that the node joins in
+        one reconfiguration, not one per worker: a node of 8 would otherwise pause
+        training 8 times. Training goes on meanwhile; any plan made in between (a
+        failure) takes the ready ones in anyway."""
+        held = self._held_joins.setdefault(node.node_id, [])
+        held.append(reason)
+        new_node = not any(w in self._member_ids for w in node.workers)
+        if (
+            self.layout is not None
+            and not self.takeover
+            and new_node
+            and len(node.workers) < node.slots
+            and self.config.settle_s > 0
+        ):
+            if len(held) == 1:
+                self._event(
+                    "waiting",
+                    f"{node.node_id}: {len(node.workers)} of {node.slots} workers ready; "
+                    f"they join together (waiting up to {self.config.settle_s:g}s)",
+                )
+                asyncio.get_running_loop().call_later(
+                    self.config.settle_s, self._release_held_join, node.node_id
+                )
+            return
+        self._release_held_join(node.node_id)
+
+    def _release_held_join(self, node_id: str) -> None:
+        held = self._held_joins.pop(node_id, [])
+        if held:
+            self._on_membership_grew("; ".join(held))
 
     def _on_membership_grew(self, reason: str) -> None:
         if self.takeover:

@@ -39,7 +39,9 @@ class ControllerConfig:
     a lost worker's exact place, so the layout does not change."""
     settle_s: float = 1.0
     """After min_workers are ready, wait up to this long for the rest of the
-    registered nodes' workers before planning (it ends early once all are ready)."""
+    registered nodes' workers before planning (it ends early once all are ready).
+    Also how long a node joining the running job waits for its other workers, so
+    that they join in one reconfiguration."""
     start_timeout_s: float = 300.0
     """Fail the job when no generation has formed this long after the controller
     started, saying what it waited for (0: wait for ever). Kubernetes: keep it above
