@@ -16,7 +16,8 @@ parallelism (data parallelism alone is one stage):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from elastiq.controller.reshard import (
@@ -212,8 +213,10 @@ def make_hybrid_plan(
             if old_s >= 0 and any(order[r].worker_id in kept for r in ranks):
                 for u in range(*previous.stages[old_s].units):
                     holder[u] = new_s
-        for joiner in pending:
-            groups[_best_stage_for_joiner(profile, groups, micro_batches)].append(joiner)
+        for joiner, s in zip(
+            pending, _stages_for_joiners(profile, groups, len(pending), micro_batches), strict=True
+        ):
+            groups[s].append(joiner)
         dropped = tuple(w for w in old_ids if w not in by_id)
     degrees = [len(g) for g in groups]
     if any(d == 0 for d in degrees):
@@ -285,10 +288,62 @@ def make_hybrid_plan(
     )
 
 
-def _best_stage_for_joiner(profile: Profile, groups: list[list[int]], micro_batches: int) -> int:
+#: joint placement of joiners tries every split of them over the stages while
+#: splits x stages x units^2 stays below this (about a second of Python); beyond it,
+#: one joiner at a time
+_JOINT_PLACEMENT_WORK = 2_000_000
+
+
+def _splits(n: int, stages: int) -> Iterator[tuple[int, ...]]:
+    """Every way to give n joiners to `stages` stages (compositions of n)."""
+    if stages == 1:
+        yield (n,)
+        return
+    for first in range(n, -1, -1):
+        for rest in _splits(n - first, stages - 1):
+            yield (first, *rest)
+
+
+def _stages_for_joiners(
+    profile: Profile, groups: list[list[int]], n: int, micro_batches: int
+) -> list[int]:
+    """The stage of each of n joiners. Empty stages (left by a stage loss) are filled
+    first. The rest are placed together: the split of them over the stages with the
+    lowest bottleneck, ties to the most even degrees. One at a time, greedily, the
+    first joiner of two can take a stage that leaves the second nothing useful (a
+    node of 2 joining PP4xDP2: 3+3 replicas where 2+4 runs the step faster)."""
+    degrees = [len(g) for g in groups]
+    placed: list[int] = []
+    while len(placed) < n and 0 in degrees:
+        s = degrees.index(0)
+        degrees[s] += 1
+        placed.append(s)
+    rest = n - len(placed)
+    if rest == 0:
+        return placed
+    units, stages = len(profile.unit_costs), len(degrees)
+    count = math.comb(rest + stages - 1, stages - 1)
+    if count * stages * units * units > _JOINT_PLACEMENT_WORK:
+        for _ in range(rest):
+            s = _best_stage_for_joiner(profile, degrees, micro_batches)
+            degrees[s] += 1
+            placed.append(s)
+        return placed
+
+    def score(split: tuple[int, ...]) -> tuple[float, int]:
+        trial = [d + k for d, k in zip(degrees, split, strict=True)]
+        load = bottleneck(profile.unit_costs, effective_degrees(trial, micro_batches))
+        return (round(load, 12), sum(d * d for d in trial))
+
+    best = min(_splits(rest, stages), key=score)
+    for s, k in enumerate(best):
+        placed += [s] * k
+    return placed
+
+
+def _best_stage_for_joiner(profile: Profile, degrees: list[int], micro_batches: int) -> int:
     """The stage whose extra replica lowers the bottleneck most (an empty stage, left
     by a stage loss, first); ties go to the stage with fewer replicas."""
-    degrees = [len(g) for g in groups]
     if 0 in degrees:
         return degrees.index(0)
 
@@ -300,4 +355,4 @@ def _best_stage_for_joiner(profile: Profile, groups: list[list[int]], micro_batc
             s,
         )
 
-    return min(range(len(groups)), key=after)
+    return min(range(len(degrees)), key=after)

@@ -188,3 +188,57 @@ def test_a_spare_takes_a_lost_workers_exact_place() -> None:
     assert [(st.units, st.ranks) for st in g2.stages] == [(st.units, st.ranks) for st in g1.stages]
     assert not g2.lost and {m.dst_rank for m in g2.moves} == {1}
     assert any(m.via == "buddy" and m.what == "moments" for m in g2.moves)
+
+
+def test_a_node_of_two_joining_goes_where_both_shorten_the_step() -> None:
+    """PP4xDP2 over embedding, 6 blocks and a head, 16 micro-batches: the slowest
+    stages hold 2 blocks on 2 replicas. Two joiners placed one at a time went to
+    stages 0 and 1 (the first joiner: every stage ties, so the first one), where
+    stage 0's embedding keeps the load above what the best split reaches."""
+    from elastiq.controller.stages import bottleneck, effective_degrees
+
+    profile = Profile(
+        unit_costs=(0.17, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.32),
+        unit_numel=(100,) + (50,) * 6 + (100,),
+    )
+    members = refs(8)
+
+    def plan16(m: list[WorkerRef], prev: HybridLayout | None, gen: int) -> HybridLayout:
+        return make_hybrid_plan(
+            m, profile, prev, gen, stages=4, zero=1, reason="t", micro_batches=16
+        )
+
+    g1 = plan16(members, None, 1)
+    g2 = plan16(members + refs(2, start=8), g1, 2)
+    degrees = [len(st.ranks) for st in g2.stages]
+
+    def load(d: list[int]) -> float:
+        return bottleneck(profile.unit_costs, effective_degrees(d, 16))
+
+    every = [
+        [2 + a, 2 + b, 2 + c, 2 + (2 - a - b - c)]
+        for a in range(3)
+        for b in range(3 - a)
+        for c in range(3 - a - b)
+    ]
+    assert load(degrees) == min(load(d) for d in every)
+    assert load(degrees) < load([3, 3, 2, 2]), "the greedy split is beaten"
+    assert degrees == [2, 3, 3, 2], "ties go to the most even degrees"
+
+
+def test_joiners_beyond_the_joint_search_are_placed_one_at_a_time_quickly() -> None:
+    members = refs(64)
+    g1 = make_hybrid_plan(members, PROFILE, None, 1, stages=6, zero=1, reason="t")
+    start = time.perf_counter()
+    g2 = make_hybrid_plan(
+        members + refs(200, start=64),
+        PROFILE,
+        g1,
+        2,
+        stages=6,
+        zero=1,
+        reason="t",
+        micro_batches=64,
+    )
+    assert time.perf_counter() - start < 2.0
+    assert g2.world_size == 264 and all(len(st.ranks) >= 10 for st in g2.stages)
