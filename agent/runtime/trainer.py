@@ -197,11 +197,17 @@ class TrainState:
             else {}
         )
         a = self.unit_range[0]
+        # the unit's cost is this thread's CPU time: the runtime computes on CPU, where
+        # wall time also counts the moments the OS gave the core to another process
+        # (8 workers on 2 cores: each unit's wall time was a random multiple of its
+        # cost, and the layouts followed the noise). On an accelerator neither clock
+        # measures kernels; that needs device events.
+        clock = time.thread_time
         for u in order:
             unit = self.units[u - a]
-            start = time.perf_counter()
+            start = clock()
             h = unit(h, masks.get(u)) if isinstance(unit, Block) else unit(h)
-            self._unit_time[u] = self._unit_time.get(u, 0.0) + time.perf_counter() - start
+            self._unit_time[u] = self._unit_time.get(u, 0.0) + clock() - start
             self._unit_calls[u] = self._unit_calls.get(u, 0) + 1
         return h
 
