@@ -49,6 +49,15 @@ class ManifestError(ValueError):
     """A manifest that is malformed or unsafe; nothing was loaded."""
 
 
+def _whole(value: object) -> int:
+    """An integer field as JSON wrote it. A float is refused, not truncated: 2.7
+    bytes is a damaged manifest, and 8e8609 parses as infinity, which int() cannot
+    convert (a fuzzed manifest found that)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}"[:80])
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class TensorMeta:
     name: str
@@ -154,27 +163,27 @@ class Manifest:
         sums_key = "checksums" if version >= 2 else "crc32"
         try:
             tensors = {
-                str(n): TensorMeta(str(n), str(t["dtype"]), tuple(int(d) for d in t["shape"]))
+                str(n): TensorMeta(str(n), str(t["dtype"]), tuple(_whole(d) for d in t["shape"]))
                 for n, t in dict(raw["tensors"]).items()
             }
             fragments = [
                 Fragment(
                     str(f["tensor"]),
                     str(f["file"]),
-                    int(f["lo"]),
-                    int(f["hi"]),
-                    int(f["offset"]),
+                    _whole(f["lo"]),
+                    _whole(f["hi"]),
+                    _whole(f["offset"]),
                     tuple(int(c, 16) for c in f[sums_key]),
                 )
                 for f in raw["fragments"]
             ]
             manifest = cls(
-                step=int(raw["step"]),
+                step=_whole(raw["step"]),
                 tensors=tensors,
                 fragments=fragments,
                 extra=dict(raw.get("extra", {})),
-                parts=int(raw.get("parts", 1)),
-                block_bytes=int(raw.get("block_bytes", DEFAULT_BLOCK_BYTES)),
+                parts=_whole(raw.get("parts", 1)),
+                block_bytes=_whole(raw.get("block_bytes", DEFAULT_BLOCK_BYTES)),
                 tiers={str(k): str(v) for k, v in dict(raw.get("tiers", {})).items()},
                 checksum=str(raw["checksum"]) if version >= 2 else checksums.CRC32,
             )

@@ -246,6 +246,9 @@ def _tamper(url: str, step: int, change: object) -> None:
         (lambda m: next(iter(m["tensors"].values())).update(dtype="F99"), "unknown dtype"),
         (lambda m: m["fragments"][0].update(hi=m["fragments"][0]["hi"] + 10**9), "outside its"),
         (lambda m: m["fragments"].pop(), "covered up to"),
+        # JSON reads 8e8609 as infinity: int() of it raised OverflowError (fuzz)
+        (lambda m: m.update(block_bytes=float("inf")), "expected an integer"),
+        (lambda m: m["fragments"][0].update(lo=0.5), "expected an integer"),
     ],
 )
 def test_an_unsafe_or_malformed_manifest_loads_nothing(

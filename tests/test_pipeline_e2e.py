@@ -30,8 +30,13 @@ def _assert_recovered_in_place(end: pb.StatusResponse, before: dict[str, int]) -
     assert all(before[w] == m.pid for m in end.members if (w := m.worker_id) in survivors)
 
 
-# position 1 (stage 0, replica 1) is lost in the parameter-equality test below
-@pytest.mark.parametrize("victim", [0, pytest.param(2, marks=pytest.mark.extended), 3])
+# position 1 (stage 0, replica 1) is lost in the parameter-equality test below; the
+# second stage's positions run with --extended (bench/reshard.py loses one of them in
+# every case), to keep the suite inside its 15 minutes
+@pytest.mark.parametrize(
+    "victim",
+    [0, pytest.param(2, marks=pytest.mark.extended), pytest.param(3, marks=pytest.mark.extended)],
+)
 def test_every_stage_position_of_pp2_dp2_can_be_lost(tmp_path: object, victim: int) -> None:
     end, before = run(str(tmp_path), PP2, victim)
     _assert_recovered_in_place(end, before)
