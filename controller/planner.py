@@ -342,10 +342,9 @@ def _stages_for_joiners(
 
 
 def _best_stage_for_joiner(profile: Profile, degrees: list[int], micro_batches: int) -> int:
-    """The stage whose extra replica lowers the bottleneck most (an empty stage, left
-    by a stage loss, first); ties go to the stage with fewer replicas."""
-    if 0 in degrees:
-        return degrees.index(0)
+    """The stage whose extra replica lowers the bottleneck most; ties go to the stage
+    with fewer replicas. Every stage has a replica here: `_stages_for_joiners` fills
+    empty ones first."""
 
     def after(s: int) -> tuple[float, int, int]:
         trial = [d + (1 if i == s else 0) for i, d in enumerate(degrees)]

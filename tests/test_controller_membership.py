@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from elastiq.config import JobConfig
+from elastiq.controller.job import JobController
 from elastiq.controller.server import Controller
 from elastiq.proto import elastiq_pb2 as pb
 from tests.live_controller import Session, planned_one_worker, with_controller
@@ -231,16 +232,22 @@ def test_a_live_node_that_registers_again_keeps_its_workers_in_the_plan() -> Non
     with_controller(body, JobConfig(job="membership", steps=200), lease_ttl_s=30.0)
 
 
+async def _node_b_of_2_with_one_ready(controller: Controller, session: Session) -> JobController:
+    """Generation 1 is node-a alone; node-b registers 2 slots and one is ready."""
+    await planned_one_worker(controller, session)
+    job = controller.job
+    assert job is not None
+    await session.register("node-b", slots=2)
+    await session.ready_worker("node-b")
+    return job
+
+
 def test_a_new_node_joins_with_all_its_workers_in_one_generation() -> None:
     """A node of 2 joins the running job: its first ready worker waits for the second
     (up to settle_s), and both come in with one plan, not two reconfigurations."""
 
     async def body(controller: Controller, session: Session) -> None:
-        await planned_one_worker(controller, session)
-        job = controller.job
-        assert job is not None
-        await session.register("node-b", slots=2)
-        await session.ready_worker("node-b")
+        job = await _node_b_of_2_with_one_ready(controller, session)
         await asyncio.sleep(0.4)
         assert job.generation == 1, "planned the node's first worker alone"
         await session.ready_worker("node-b", worker_id="node-b.w1", slot=1, pid=2)
@@ -255,11 +262,7 @@ def test_a_new_node_joins_with_all_its_workers_in_one_generation() -> None:
 
 def test_a_new_node_whose_other_worker_never_comes_joins_after_the_settle() -> None:
     async def body(controller: Controller, session: Session) -> None:
-        await planned_one_worker(controller, session)
-        job = controller.job
-        assert job is not None
-        await session.register("node-b", slots=2)
-        await session.ready_worker("node-b")
+        job = await _node_b_of_2_with_one_ready(controller, session)
         await _until("generation 2", lambda: job.generation == 2, timeout_s=3.0)
         assert job.layout is not None
         assert set(job.layout.worker_ids()) == {"node-a.w0", "node-b.w0"}
