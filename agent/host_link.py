@@ -26,6 +26,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
@@ -74,8 +75,11 @@ class RemoteProcess:
 class HostLink:
     """Listens on the socket, holds the connected host, relays starts and signals."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_exit: Callable[[], None] | None = None) -> None:
+        """`on_exit` is called (from the link's thread) when the host reports a
+        worker's exit, so the agent can look at once rather than on its next tick."""
         self.path = path
+        self._on_exit = on_exit
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if os.path.exists(path):
             os.unlink(path)  # a socket left by this container's previous run
@@ -218,6 +222,8 @@ class HostLink:
                 log.warning("worker host reported an unknown exit; dropping it")
                 return False
             proc.exited(message.exited.code)
+            if self._on_exit is not None:
+                self._on_exit()
         else:
             log.warning("worker host sent %s out of turn; dropping it", kind)
             return False

@@ -95,6 +95,8 @@ class WorkerProcess:
     """time.monotonic() since when it has been seen stopped (SIGSTOP) before its first
     word; 0: not stopped."""
     exit_reported: bool = False
+    chaos_killed: tuple[float, int] | None = None
+    """Chaos SIGKILLed it (wall time, step): reported together with its exit."""
 
     @property
     def pid(self) -> int:

@@ -37,6 +37,17 @@ step takes at least its busiest rank's CPU time (`bottleneck_cpu_s`), so
 before). The
 whole job's CPU per step (`total_cpu_s`) says what the change added in work.
 
+`cpu_efficiency` still carries the machine's speed: this VM's cores change speed
+under us (the same rank's same step cost 0.054 s of CPU in one run, 0.07-0.10 s in
+another), and before and after are windows a minute apart. `balance_efficiency`
+takes the speed out with the job's own clock: the busiest rank's share of the whole
+job's CPU per step, measured in each window, so a factor that slows every rank alike
+cancels. It is bottleneck share before / (share after x workers after / workers
+before): 1.0 when both layouts spread the same work equally well. It assumes the
+job's total work per step stays the same across the change, which `total_cpu_ratio`
+(the job's CPU per step after / before) shows: a new layout that adds work (more
+transfers, a duplicated update) would flatter it, and shows there as a ratio above 1.
+
 Beside the measured figures, `predicted_efficiency` is the planner's cost model
 (`stages.predicted_step_s`: the busiest replica's micro-batches times its stage's
 measured forward+backward time, plus the pipeline's fill and drain) on the layouts
@@ -184,6 +195,19 @@ def _clocks(entries: list[dict[str, Any]], plan: pb.Plan, keep: Any) -> dict[str
     }
 
 
+def _balance_efficiency(
+    before: dict[str, Any], after: dict[str, Any], ratio: float
+) -> float | None:
+    """The busiest rank's share of the job's CPU per step before, over the same share
+    after x workers after / before: what the layouts' balance is worth, with the
+    machine's speed in each window cancelled by the job's own total."""
+    if not (before["total_cpu_s"] and after["total_cpu_s"] and after["bottleneck_cpu_s"]):
+        return None
+    share_before = before["bottleneck_cpu_s"] / before["total_cpu_s"]
+    share_after = after["bottleneck_cpu_s"] / after["total_cpu_s"]
+    return round(share_before / (share_after * ratio), 3)
+
+
 def _change(layout: str, change: str, kill_at: int, tmp: str) -> LocalRunConfig:
     """The local run that makes `change` happen to `layout`."""
     stages, workers, victim = LAYOUTS[layout]
@@ -302,6 +326,12 @@ def measure(layout: str, change: str, steps: int, kill_at: int, warmup: int) -> 
         "cpu_efficiency": (
             round(b_before / (b_after * ratio), 3) if b_before and b_after else None
         ),
+        "balance_efficiency": _balance_efficiency(clocks_before, clocks_after, ratio),
+        "total_cpu_ratio": (
+            round(clocks_after["total_cpu_s"] / clocks_before["total_cpu_s"], 3)
+            if clocks_before["total_cpu_s"] and clocks_after["total_cpu_s"]
+            else None
+        ),
         "predicted_step_before_s": p_before,
         "predicted_step_after_s": p_after,
         "predicted_efficiency": (
@@ -360,6 +390,8 @@ def main() -> None:
                 for k in (
                     "post_change_efficiency",
                     "cpu_efficiency",
+                    "balance_efficiency",
+                    "total_cpu_ratio",
                     "predicted_efficiency",
                     "mttr_s",
                     "phases_s",
@@ -393,6 +425,8 @@ def main() -> None:
                 for k in (
                     "post_change_efficiency",
                     "cpu_efficiency",
+                    "balance_efficiency",
+                    "total_cpu_ratio",
                     "predicted_efficiency",
                     "mttr_s",
                     "lost_steps",

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from elastiq.agent.agent import Agent, AgentConfig
@@ -179,3 +180,24 @@ def test_a_worker_stopped_before_its_first_word_is_killed_within_the_liveness_ti
     (hung,) = [r for r in reports if r.kind == pb.WORKER_HUNG]
     assert hung.detail.startswith("killed by the watchdog: stopped for 0.")
     assert "before its first word" in hung.detail
+
+
+def test_a_chaos_kill_is_reported_with_the_exit_it_causes() -> None:
+    """The injection is held until the exit it causes, and both are queued together,
+    in order, so they reach the controller in one batch: sent alone, the injection's
+    round trip held the exit report back (detect was 45-90 ms of a recovery). The
+    failure is still timed from the kill."""
+    agent = _agent(contact_timeout_s=60.0, liveness_timeout_s=60.0, start_retries=0)
+    queued_at_kill: list[int] = []
+
+    def kill_now(w: WorkerProcess) -> None:
+        agent._inject(pb.ChaosCommand(action=pb.KILL_WORKER, worker_id=w.worker_id, id="c1"))
+        queued_at_kill.append(agent.outbox.qsize())
+
+    started = time.time()
+    reports = _supervised(agent, 1.0, kill_now)
+    assert queued_at_kill == [0]
+    assert [r.kind for r in reports][:2] == [pb.CHAOS_INJECTED, pb.WORKER_EXITED], reports
+    injected, exited = reports[:2]
+    assert injected.detail == "kill-worker" and exited.detail == "exited with code -9"
+    assert started <= injected.wall_time <= exited.wall_time
