@@ -39,14 +39,12 @@ def _gloo_loop_cpu_s() -> float:
 def test_a_dropped_receive_whose_data_arrives_later_leaves_no_thread_spinning() -> None:
     store = dist.HashStore()
     posted = threading.Event()
-    groups: list[Group] = []
 
     def rank_main(rank: int) -> None:
         pg = dist.ProcessGroupGloo(
             dist.PrefixStore("g1/", store), rank, 2, datetime.timedelta(seconds=30)
         )
         group = Group(pg, rank, 2, 1, 30.0, lambda: False)
-        groups.append(group)
         if rank == 0:
             # the receive a pipeline step posts up front, dropped when the step is
             # superseded before it needed the data

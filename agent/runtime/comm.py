@@ -148,8 +148,9 @@ class Group:
         it, and the group's device thread spins on the readable socket for as long
         as the group lives (measured: a full core; one rank of PP4xDP2 in 7 of 12
         runs, from a superseded step's posted receives, which took the wall-clock
-        throughput after the change to 0.64-1.00 of linear, mostly below 0.84). A superseded step
-        drops its works; the group keeps them, and lets them go when they complete."""
+        throughput after the change to 0.64-1.00 of linear, mostly below 0.84). A
+        superseded step drops its works; the group keeps them, and lets them go when
+        they complete."""
         _RECENT_GROUPS.append((pg, self._in_flight))
         self.rank = rank
         self.world = world
