@@ -87,6 +87,11 @@ DEFAULT_CASES = (
 )
 
 
+N_LAYERS = 6
+#: the model's identical transformer blocks (unit 0 is the embedding, the last the head)
+BLOCK_UNITS = range(1, N_LAYERS + 1)
+
+
 def job_config(stages: int, steps: int, step_log: str) -> JobConfig:
     return JobConfig(
         job="bench-reshard",
@@ -97,7 +102,7 @@ def job_config(stages: int, steps: int, step_log: str) -> JobConfig:
         pipeline_stages=stages,
         zero=1,
         step_log=step_log,
-        model=ModelConfig(dim=64, n_layers=6, n_heads=4),
+        model=ModelConfig(dim=64, n_layers=N_LAYERS, n_heads=4),
     )
 
 
@@ -181,30 +186,63 @@ def _clocks(entries: list[dict[str, Any]], plan: pb.Plan, keep: Any) -> dict[str
             }
         )
     cpus = [_median([t["cpu_s"] for t in ts]) or 0.0 for ts in by_rank.values()]
+    speeds = _block_speeds(entries, keep)
     # cores the workers themselves kept busy: each rank's CPU over its wall, summed
     used = sum(
         (_median([t["process_cpu_s"] for t in ts]) or 0.0)
         / (_median([t["wall_s"] for t in ts]) or 1)
         for ts in by_rank.values()
     )
+    # the same CPU in "work": each rank's CPU over its blocks' speed factor
+    ranks = list(by_rank)
+    work = [c / speeds.get(r, 1.0) for r, c in zip(ranks, cpus, strict=True)]
+    busiest = ranks[cpus.index(max(cpus))] if cpus else None
     return {
         "workers_cores": round(used, 2),
         "stages": stages,
         "bottleneck_cpu_s": round(max(cpus), 4) if cpus else None,
         "total_cpu_s": round(sum(cpus), 4) if cpus else None,
+        "busiest_block_speed": round(speeds.get(busiest, 1.0), 3) if busiest is not None else None,
+        "bottleneck_work_s": round(max(work), 4) if work else None,
+        "total_work_s": round(sum(work), 4) if work else None,
     }
 
 
+def _block_speeds(entries: list[dict[str, Any]], keep: Any) -> dict[int, float]:
+    """Each rank's median forward CPU of one block for one micro-batch, over the
+    window's median of the same across ranks: 1.0 for a rank that computes a block
+    as fast as the job's typical rank, 1.2 for one that takes a fifth longer. The
+    model's blocks (BLOCK_UNITS) are identical, so this compares the same work on
+    different ranks in the same window; the first block a rank runs for a
+    micro-batch is left out (it runs colder: 0.1-0.3 ms more, measured)."""
+    per_rank: dict[int, list[float]] = {}
+    for e in entries:
+        if not keep(e) or "unit_forward_s" not in e:
+            continue
+        ran = sorted(int(u) for u in e["unit_forward_s"] if int(u) in BLOCK_UNITS)
+        blocks = [e["unit_forward_s"][str(u)] for u in ran[1:]]
+        if blocks:
+            per_rank.setdefault(e["rank"], []).append(statistics.mean(blocks))
+    medians = {r: statistics.median(v) for r, v in per_rank.items()}
+    if not medians:
+        return {}
+    typical = statistics.median(medians.values())
+    return {r: m / typical for r, m in medians.items()} if typical > 0 else {}
+
+
 def _balance_efficiency(
-    before: dict[str, Any], after: dict[str, Any], ratio: float
+    before: dict[str, Any], after: dict[str, Any], ratio: float, of: str = "cpu"
 ) -> float | None:
     """The busiest rank's share of the job's CPU per step before, over the same share
     after x workers after / before: what the layouts' balance is worth, with the
-    machine's speed in each window cancelled by the job's own total."""
-    if not (before["total_cpu_s"] and after["total_cpu_s"] and after["bottleneck_cpu_s"]):
+    machine's speed in each window cancelled by the job's own total. of="work": the
+    same with each rank's CPU divided by its block speed (`_block_speeds`), which
+    also cancels a speed that differs between ranks of one window."""
+    top, total = f"bottleneck_{of}_s", f"total_{of}_s"
+    if not (before.get(total) and after.get(total) and after.get(top)):
         return None
-    share_before = before["bottleneck_cpu_s"] / before["total_cpu_s"]
-    share_after = after["bottleneck_cpu_s"] / after["total_cpu_s"]
+    share_before = before[top] / before[total]
+    share_after = after[top] / after[total]
     return round(share_before / (share_after * ratio), 3)
 
 
@@ -327,6 +365,10 @@ def measure(layout: str, change: str, steps: int, kill_at: int, warmup: int) -> 
             round(b_before / (b_after * ratio), 3) if b_before and b_after else None
         ),
         "balance_efficiency": _balance_efficiency(clocks_before, clocks_after, ratio),
+        "work_balance_efficiency": _balance_efficiency(
+            clocks_before, clocks_after, ratio, of="work"
+        ),
+        "busiest_block_speed_after": clocks_after["busiest_block_speed"],
         "total_cpu_ratio": (
             round(clocks_after["total_cpu_s"] / clocks_before["total_cpu_s"], 3)
             if clocks_before["total_cpu_s"] and clocks_after["total_cpu_s"]
@@ -391,6 +433,8 @@ def main() -> None:
                     "post_change_efficiency",
                     "cpu_efficiency",
                     "balance_efficiency",
+                    "work_balance_efficiency",
+                    "busiest_block_speed_after",
                     "total_cpu_ratio",
                     "predicted_efficiency",
                     "mttr_s",
@@ -426,6 +470,8 @@ def main() -> None:
                     "post_change_efficiency",
                     "cpu_efficiency",
                     "balance_efficiency",
+                    "work_balance_efficiency",
+                    "busiest_block_speed_after",
                     "total_cpu_ratio",
                     "predicted_efficiency",
                     "mttr_s",

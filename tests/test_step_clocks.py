@@ -1,6 +1,7 @@
 """Each step's own clocks in the step log (issue 18): CPU time of the step's compute,
-and the time it waited on pipeline neighbours and on collectives. A real 2-stage
-pipeline on real processes; the figures must be consistent with each other."""
+the forward CPU time of each layer unit, and the time it waited on pipeline
+neighbours and on collectives. A real 2-stage pipeline on real processes; the
+figures must be consistent with each other."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def test_every_step_logs_its_cpu_time_and_its_waits(tmp_path: object) -> None:
         assert 0 < t["cpu_s"] <= t["wall_s"] + 0.01, e  # one thread cannot beat the clock
         assert 0 <= t["p2p_wait_s"] + t["collective_wait_s"] <= t["wall_s"] + 0.01, e
         assert t["wall_s"] <= e["step_time"] + 1e-6, e  # the step, not the whole loop
+    # each rank's own units, forward of one micro-batch each: 4 micro-batches of it fit
+    # in the step's CPU time, and the two ranks together ran every unit of the model
+    for e in entries:
+        per_call = e["unit_forward_s"]
+        assert per_call and all(v > 0 for v in per_call.values()), e
+        assert 4 * sum(per_call.values()) <= e["times"]["cpu_s"], e
+    assert {u for e in entries for u in e["unit_forward_s"]} == {"0", "1", "2", "3"}
     # a pipeline waits on its neighbour, and every step agrees on the loss by all-reduce
     assert all(e["times"]["collective_wait_s"] > 0 for e in entries)
     assert any(e["times"]["p2p_wait_s"] > 0 for e in entries)

@@ -61,6 +61,10 @@ class TrainState:
         self.unit_ids = list(range(a, b))
         self._unit_time: dict[int, float] = {}
         self._unit_calls: dict[int, int] = {}
+        # the same, per step: the step log's per-unit forward cost (issue 18: the same
+        # block, run by two ranks in one window, cost 1.2 ms on one and 1.5 on the other)
+        self._step_unit_time: dict[int, float] = {}
+        self._step_unit_calls: dict[int, int] = {}
         self.units = nn.ModuleList(self.source.make_unit(u) for u in self.unit_ids)
         self.flat = FlatParams(
             [(str(u), m) for u, m in zip(self.unit_ids, self.units, strict=True)],
@@ -207,9 +211,20 @@ class TrainState:
             unit = self.units[u - a]
             start = clock()
             h = unit(h, masks.get(u)) if isinstance(unit, Block) else unit(h)
-            self._unit_time[u] = self._unit_time.get(u, 0.0) + clock() - start
+            spent = clock() - start
+            self._unit_time[u] = self._unit_time.get(u, 0.0) + spent
             self._unit_calls[u] = self._unit_calls.get(u, 0) + 1
+            self._step_unit_time[u] = self._step_unit_time.get(u, 0.0) + spent
+            self._step_unit_calls[u] = self._step_unit_calls.get(u, 0) + 1
         return h
+
+    def take_step_unit_forward_s(self) -> dict[int, float]:
+        """CPU seconds of one forward call (one micro-batch) of each unit this rank ran
+        since the last call: comparable across ranks, as it leaves out how many
+        micro-batches each ran. Measured, not scaled (take_unit_costs adds backward)."""
+        per_call = {u: t / self._step_unit_calls[u] for u, t in self._step_unit_time.items()}
+        self._step_unit_time, self._step_unit_calls = {}, {}
+        return per_call
 
     def take_unit_costs(self) -> dict[int, float]:
         """Seconds of forward+backward per micro-batch for each of this stage's units

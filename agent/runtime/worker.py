@@ -147,6 +147,8 @@ class Worker:
         self._step_log: TextIO | None = None
         self._times: _Clocks | None = None
         """The last step's clocks (its forward/backward/update, not the rest of the loop)."""
+        self._unit_forward_s: dict[int, float] = {}
+        """The last step's forward CPU seconds per micro-batch, by layer unit."""
         if cfg.step_log:
             os.makedirs(cfg.step_log, exist_ok=True)
             # line-buffered: one write per step, readable while the job runs
@@ -190,6 +192,7 @@ class Worker:
             before = _Clocks.read(group, stage_group)
             result = self._step(view, group, stage_group, step)
             self._times = _Clocks.read(group, stage_group).since(before)
+            self._unit_forward_s = self.state.take_step_unit_forward_s()
             if self.link.die_after_update_of and step >= self.link.die_after_update_of:
                 self._die_before_snapshot(step)
             self.buddies.start(group, step, self.state)
@@ -254,6 +257,9 @@ class Worker:
             }
             if self._times is not None:  # where the step's own time went (issue 18)
                 line["times"] = self._times.as_dict()
+                line["unit_forward_s"] = {
+                    str(u): round(t, 7) for u, t in sorted(self._unit_forward_s.items())
+                }
             stats = self.checkpoints.engine.stats if self.checkpoints.engine else None
             if stats is not None:  # cumulative: where checkpointing's time went
                 line["ckpt"] = {
