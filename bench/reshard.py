@@ -209,25 +209,33 @@ def _clocks(entries: list[dict[str, Any]], plan: pb.Plan, keep: Any) -> dict[str
 
 
 def _block_speeds(entries: list[dict[str, Any]], keep: Any) -> dict[int, float]:
-    """Each rank's median forward CPU of one block for one micro-batch, over the
-    window's median of the same across ranks: 1.0 for a rank that computes a block
-    as fast as the job's typical rank, 1.2 for one that takes a fifth longer. The
-    model's blocks (BLOCK_UNITS) are identical, so this compares the same work on
-    different ranks in the same window; the first block a rank runs for a
-    micro-batch is left out (it runs colder: 0.1-0.3 ms more, measured)."""
-    per_rank: dict[int, list[float]] = {}
+    """Each rank's forward CPU of one block for one micro-batch, over the window's
+    typical rank's: 1.0 for a rank that computes a block as fast as the job's typical
+    rank, 1.2 for one that takes a fifth longer. The model's blocks (BLOCK_UNITS) are
+    identical, so this compares the same work on different ranks in the same window.
+    The first block a rank runs for a micro-batch is slower than the next on every
+    rank (0.1-0.3 ms, measured: it starts on data another thread just wrote), so
+    first blocks are compared with first blocks and the others with the others; a
+    rank's factor is the mean of its two ratios (one, when it runs a single block)."""
+    first: dict[int, list[float]] = {}
+    later: dict[int, list[float]] = {}
     for e in entries:
         if not keep(e) or "unit_forward_s" not in e:
             continue
         ran = sorted(int(u) for u in e["unit_forward_s"] if int(u) in BLOCK_UNITS)
-        blocks = [e["unit_forward_s"][str(u)] for u in ran[1:]]
-        if blocks:
-            per_rank.setdefault(e["rank"], []).append(statistics.mean(blocks))
-    medians = {r: statistics.median(v) for r, v in per_rank.items()}
-    if not medians:
-        return {}
-    typical = statistics.median(medians.values())
-    return {r: m / typical for r, m in medians.items()} if typical > 0 else {}
+        if ran:
+            first.setdefault(e["rank"], []).append(e["unit_forward_s"][str(ran[0])])
+        if len(ran) > 1:
+            rest = [e["unit_forward_s"][str(u)] for u in ran[1:]]
+            later.setdefault(e["rank"], []).append(statistics.mean(rest))
+    ratios: dict[int, list[float]] = {}
+    for per_rank in (first, later):
+        medians = {r: statistics.median(v) for r, v in per_rank.items()}
+        typical = statistics.median(medians.values()) if medians else 0.0
+        for r, m in medians.items():
+            if typical > 0:
+                ratios.setdefault(r, []).append(m / typical)
+    return {r: statistics.mean(v) for r, v in ratios.items()}
 
 
 def _balance_efficiency(
