@@ -91,6 +91,10 @@ class AgentConfig:
     as this agent's own children."""
     host_timeout_s: float = 300.0
     """Sidecar mode: give up when no worker host has connected for this long."""
+    exit_with_parent: bool = False
+    """Be killed (SIGKILL, with this agent's workers after it) when the process that
+    started this agent exits, however it ends: `elastiq run` starts its agents so,
+    as nothing else would ever stop them. A node's own agent leaves this off."""
 
     def __post_init__(self) -> None:
         if not self.controllers:

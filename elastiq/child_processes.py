@@ -1,13 +1,15 @@
 """Ending the child processes a command started (agents, controllers): each gets until a
 shared deadline to exit on its own, then SIGKILL, so no run leaves a process behind
 and none waits longer than the deadline in all. Also what Linux's /proc says of a
-process: its children, and whether it is stopped."""
+process: its children, and whether it is stopped; and a child's own request to die
+with its parent, for children nothing else would ever stop."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from typing import Protocol
@@ -30,6 +32,23 @@ def reap(procs: Iterable[Waitable], within_s: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait(5)
+
+
+def die_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when the thread that started it exits
+    (PR_SET_PDEATHSIG: the starting thread, so start such children from a thread
+    that lives as long as they should). False when the parent is already gone, and
+    the caller should exit; True otherwise, also where nothing can be asked (not
+    Linux)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    return os.getppid() == parent  # else the parent died before prctl took effect
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -117,3 +118,63 @@ def test_kill_before_snapshot_is_scheduled_by_rank_and_step() -> None:
     assert (spec.rank, spec.step, CHAOS_ACTIONS[spec.action]) == (1, 15, pb.KILL_BEFORE_SNAPSHOT)
     with pytest.raises(ValueError, match="kill-before-snapshot needs rank=R"):
         ChaosSpec.parse("kill-before-snapshot:step=15")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its new parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_local_run_leaves_no_agent_or_worker_running(
+    tmp_path: pathlib.Path, sig: str
+) -> None:
+    """`kill`, `timeout` or a supervisor stops `elastiq run`: SIGTERM ends it as Ctrl-C
+    does (agents stopped, run file removed, exit 143), and even SIGKILL, which it
+    cannot see, takes its agents and their workers with it. Before, both left them
+    training for ever (found when a benchmark was stopped)."""
+    from elastiq.child_processes import child_pids
+
+    env = {**os.environ, "HOME": str(tmp_path)}
+    job = ["--job", "stopme", "--workers", "2", "--steps", "100000"]
+    model = ["--dim", "32", "--layers", "2", "--heads", "2"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "elastiq.cli", "run", *job, *model],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    agents: list[int] = []
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            agents = child_pids(run.pid)
+            workers = [w for a in agents for w in child_pids(a)]
+            if len(agents) == 2 and len(workers) == 2:
+                break
+            time.sleep(0.2)
+        assert len(agents) == 2 and len(workers) == 2, (agents, workers)
+        run.send_signal(getattr(signal, sig))
+        code = run.wait(30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(map(_running, agents + workers)):
+            time.sleep(0.1)
+        left = [p for p in agents + workers if _running(p)]
+        assert not left, f"still running after {sig}: {left}"
+        if sig == "SIGTERM":
+            assert code == 143, run.stderr.read() if run.stderr else code
+            assert not (tmp_path / ".elastiq" / "local" / "stopme.json").exists()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+        for pid in agents + workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -48,6 +48,7 @@ from elastiq.agent.runtime.join import Holding, JoinParts, StateLost, join_gener
 from elastiq.agent.runtime.pipeline import run_pipeline_step
 from elastiq.agent.runtime.plan_view import PlanView, RouteShape
 from elastiq.agent.runtime.trainer import StepResult, TrainState, run_step
+from elastiq.child_processes import die_with_parent
 from elastiq.config import JobConfig
 from elastiq.proto import elastiq_pb2 as pb
 
@@ -360,15 +361,7 @@ class Worker:
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when its agent dies, as losing a node would."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    parent = os.getppid()
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the agent died before prctl took effect
+    if not die_with_parent():  # the agent died before the request took effect
         os._exit(EXIT_NO_PLAN)
 
 

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -119,6 +120,7 @@ async def run_local_async(
                 str(local.max_restarts),
                 "--start-retries",
                 str(local.start_retries),
+                "--exit-with-parent",
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -126,6 +128,8 @@ async def run_local_async(
             env=agent_env,
         )
 
+    finished = False
+    stop_catching_sigterm = _cancel_on_sigterm()
     try:
         for i in range(nodes):
             agents.append(start_agent(i))
@@ -181,8 +185,14 @@ async def run_local_async(
         print_summary(summary, out)
         if local.summary_json:
             summary.write_json(local.summary_json)
+        finished = True
         return summary
     finally:
+        stop_catching_sigterm()
+        if not finished:  # stopped or failed: the agents would train on, unplanned
+            for agent in agents:
+                if agent.poll() is None:
+                    agent.terminate()
         reap(agents)
         for fh in logs:
             fh.close()
@@ -191,6 +201,23 @@ async def run_local_async(
             os.remove(run_file)
         except OSError:
             pass
+
+
+def _cancel_on_sigterm() -> Callable[[], None]:
+    """SIGTERM (`kill`, `timeout`, a supervisor) ends the run as Ctrl-C does: the run
+    is cancelled, so it stops its agents and removes its run file, where Python's
+    default would exit at once and leave them training with nobody to stop them
+    (the agents also die with this process, `exit_with_parent`, which covers
+    SIGKILL). Returns what puts the default back."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        return lambda: None
+    try:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    except (NotImplementedError, RuntimeError, ValueError):  # not Unix, or not the main thread
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _schedule_chaos(job_ctl: JobController, spec: ChaosSpec) -> bool:

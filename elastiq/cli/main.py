@@ -20,6 +20,7 @@ from typing import Any
 from elastiq import envvars, logs, rpc
 from elastiq.agent.agent import AgentConfig
 from elastiq.agent.worker_host import WorkerHostConfig
+from elastiq.child_processes import die_with_parent
 from elastiq.cli import ckpt, data
 from elastiq.cli.flags import add_flags, config_from, parse_model_args
 from elastiq.cli.local_run_config import LocalRunConfig
@@ -168,6 +169,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         token=read_token(args.token_file, envvars.AGENT_TOKEN, "agent"),
         log_level=args.log_level,
     )
+    if config.exit_with_parent and not die_with_parent():
+        print("elastiq agent: the process that started it has exited", file=sys.stderr)
+        return 1
     return asyncio.run(Agent(config).run())
 
 
@@ -504,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:  # `elastiq run` stopped by SIGTERM (local_run)
+        print(f"elastiq {args.command}: stopped (SIGTERM)", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":
