@@ -217,7 +217,11 @@ def _cancel_on_sigterm() -> Callable[[], None]:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     except (NotImplementedError, RuntimeError, ValueError):  # not Unix, or not the main thread
         return lambda: None
-    return lambda: loop.remove_signal_handler(signal.SIGTERM)
+
+    def restore() -> None:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+    return restore
 
 
 def _schedule_chaos(job_ctl: JobController, spec: ChaosSpec) -> bool:
