@@ -67,7 +67,12 @@ def _stage_ranks(stage: int) -> Callable[[pb.StatusResponse], list[int]]:
 PP3: dict[str, object] = {"pipeline-stages": 3, "zero": 1}
 
 
-@pytest.mark.parametrize("stage", [0, pytest.param(1, marks=pytest.mark.extended), 2])
+# the middle and the last stage run with --extended (bench/reshard.py loses a middle
+# stage of PP4 in every run), to keep the suite inside its 15 minutes
+@pytest.mark.parametrize(
+    "stage",
+    [0, pytest.param(1, marks=pytest.mark.extended), pytest.param(2, marks=pytest.mark.extended)],
+)
 def test_a_whole_stage_of_pp3_lost_at_once_trains_like_a_run_without_failure(
     tmp_path: object, failure_free: ReferenceRuns, stage: int
 ) -> None:
