@@ -193,16 +193,18 @@ def _clocks(entries: list[dict[str, Any]], plan: pb.Plan, keep: Any) -> dict[str
         / (_median([t["wall_s"] for t in ts]) or 1)
         for ts in by_rank.values()
     )
-    # the same CPU in "work": each rank's CPU over its blocks' speed factor
+    # the same CPU in "work": each rank's CPU over its blocks' speed factor; none
+    # where a rank's speed was not measured (no block, or no per-unit clocks)
     ranks = list(by_rank)
-    work = [c / speeds.get(r, 1.0) for r, c in zip(ranks, cpus, strict=True)]
+    measured = all(r in speeds for r in ranks)
+    work = [c / speeds[r] for r, c in zip(ranks, cpus, strict=True)] if measured else []
     busiest = ranks[cpus.index(max(cpus))] if cpus else None
     return {
         "workers_cores": round(used, 2),
         "stages": stages,
         "bottleneck_cpu_s": round(max(cpus), 4) if cpus else None,
         "total_cpu_s": round(sum(cpus), 4) if cpus else None,
-        "busiest_block_speed": round(speeds.get(busiest, 1.0), 3) if busiest is not None else None,
+        "busiest_block_speed": round(speeds[busiest], 3) if busiest in speeds else None,
         "bottleneck_work_s": round(max(work), 4) if work else None,
         "total_work_s": round(sum(work), 4) if work else None,
     }

@@ -208,18 +208,22 @@ def _cancel_on_sigterm() -> Callable[[], None]:
     is cancelled, so it stops its agents and removes its run file, where Python's
     default would exit at once and leave them training with nobody to stop them
     (the agents also die with this process, `exit_with_parent`, which covers
-    SIGKILL). Returns what puts the default back."""
+    SIGKILL). Returns what puts the previous handler back."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     if task is None:
         return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
     try:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     except (NotImplementedError, RuntimeError, ValueError):  # not Unix, or not the main thread
         return lambda: None
 
     def restore() -> None:
+        # remove_signal_handler leaves SIG_DFL: a caller's own handler comes back
         loop.remove_signal_handler(signal.SIGTERM)
+        if previous is not None:  # None: set outside Python, left at SIG_DFL
+            signal.signal(signal.SIGTERM, previous)
 
     return restore
 
